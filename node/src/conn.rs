@@ -1,0 +1,121 @@
+//! One client connection: read, parse every complete request in the buffer, dispatch them all
+//! (so a pipeline's requests run together and cross-shard ops go out in one message per shard),
+//! then write all their replies with one write.
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::exec::Round;
+use crate::protocol::{self, Parse, Request};
+use crate::shard::{Counters, Shard};
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the listener stays open.
+                eprintln!("keel-node: shard {}: accept failed: {e}", shard.id);
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let c = &shard.counters;
+        if c.curr_connections.get() as usize >= shard.conns_max {
+            Counters::add(&c.rejected_connections, 1);
+            let _ = stream.write_all(b"SERVER_ERROR too many open connections\r\n").await;
+            continue;
+        }
+        Counters::add(&c.curr_connections, 1);
+        Counters::add(&c.total_connections, 1);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let _ = serve(&shard, stream).await;
+            Counters::add(&shard.counters.curr_connections, u64::MAX); // wrapping -1
+        })
+        .detach();
+    }
+}
+
+async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let chunk = shard.read_buffer_bytes;
+    let mut rbuf: Vec<u8> = Vec::with_capacity(chunk);
+    let mut out: Vec<u8> = Vec::with_capacity(chunk);
+    // Bytes of a refused value still to discard (they may arrive in later reads).
+    let mut swallow = 0usize;
+    let mut parsed_all = true;
+    loop {
+        if parsed_all {
+            let len = rbuf.len();
+            rbuf.resize(len + chunk, 0);
+            let n = stream.read(&mut rbuf[len..]).await?;
+            rbuf.truncate(len + n);
+            if n == 0 {
+                return Ok(());
+            }
+            Counters::add(&shard.counters.bytes_read, n as u64);
+        }
+        let now = crate::engine::Engine::<keel_nvme::UringDevice>::now();
+        let mut pos = 0;
+        let mut close = false;
+        parsed_all = true;
+        {
+            let mut round = Round::new(now);
+            loop {
+                if swallow > 0 {
+                    let k = swallow.min(rbuf.len() - pos);
+                    pos += k;
+                    swallow -= k;
+                    if swallow > 0 {
+                        break;
+                    }
+                }
+                if round.len() >= shard.pipeline_depth_max {
+                    // Answer what we have before parsing more: bounds this connection's memory.
+                    parsed_all = false;
+                    break;
+                }
+                match protocol::parse(&rbuf[pos..], &shard.limits) {
+                    Parse::Incomplete => break,
+                    Parse::Done { req, consumed } => {
+                        pos += consumed;
+                        if matches!(req, Request::Quit) {
+                            close = true;
+                            break;
+                        }
+                        round.dispatch(shard, req);
+                    }
+                    Parse::Invalid { err, consumed, swallow: s, close: c } => {
+                        round.push_bytes(err.reply());
+                        pos += consumed;
+                        swallow = s;
+                        if c {
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            round.finish(shard, &mut out).await;
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            Counters::add(&shard.counters.bytes_written, out.len() as u64);
+            out.clear();
+        }
+        rbuf.drain(..pos);
+        if close {
+            return Ok(());
+        }
+        // A large value grew the buffer; give the memory back once it is handled.
+        if rbuf.capacity() > 4 * chunk && rbuf.len() < chunk {
+            rbuf.shrink_to(chunk);
+        }
+        if out.capacity() > 4 * chunk {
+            out.shrink_to(chunk);
+        }
+    }
+}

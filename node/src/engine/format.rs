@@ -1,0 +1,338 @@
+//! On-disk formats of the value log, byte by byte (docs/design.md draws the same tables).
+//!
+//! All integers are little-endian and fixed size. A record is padded with zeros to a multiple
+//! of 8 bytes so the scanner can look for the next header on 8-byte boundaries after damage.
+//!
+//! Record (header 48 bytes, then key, then value, then zero padding):
+//! ```text
+//!  0  u32 magic      REC_MAGIC
+//!  4  u32 crc32c     over bytes [8, 48 + key_len + value_len)
+//!  8  u64 seq        log sequence number, strictly increasing within a shard
+//! 16  u64 cas        the item's CAS unique (equal to seq when the item was written by a client)
+//! 24  u32 value_len
+//! 28  u32 flags      client flags
+//! 32  u32 exptime    absolute unix seconds, 0 = never; for Flush: the deadline
+//! 36  u32 time       unix seconds when the item was written (kept when GC moves it)
+//! 40  u16 key_len
+//! 42  u8  kind       1 put, 2 delete, 3 touch, 4 flush
+//! 43  u8  bits       item state bits (1 = stale: invalidated by a meta command)
+//! 44  u8[4] zero
+//! ```
+//! Segment header (the first block of every segment in use; a zeroed block means "free"):
+//! ```text
+//!  0  u64 magic      SEG_MAGIC
+//!  8  u32 seg_no
+//! 12  u32 version    1
+//! 16  u64 first_seq  every record in the segment has seq >= first_seq
+//! 24  u32 crc32c     over bytes [0, 24)
+//! ```
+//! Device superblock (block 0 of the device):
+//! ```text
+//!  0  u64 magic      DEV_MAGIC
+//!  8  u32 version    1
+//! 12  u32 shards
+//! 16  u64 segment_bytes
+//! 24  u64 device_bytes
+//! 32  u64 region_bytes
+//! 40  u32 crc32c     over bytes [0, 40)
+//! ```
+
+pub const REC_MAGIC: u32 = u32::from_le_bytes(*b"KRec");
+pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"KEELSEG1");
+pub const DEV_MAGIC: u64 = u64::from_le_bytes(*b"KEELDEV1");
+pub const VERSION: u32 = 1;
+pub const HEADER_BYTES: usize = 48;
+pub const SEG_HEADER_BYTES: u64 = keel_nvme::BLOCK_BYTES;
+/// Regions begin after the superblock, aligned to 1 MiB.
+pub const DATA_START_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Put = 1,
+    Delete = 2,
+    Touch = 3,
+    Flush = 4,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Put,
+            2 => Kind::Delete,
+            3 => Kind::Touch,
+            4 => Kind::Flush,
+            _ => return None,
+        })
+    }
+}
+
+/// The fixed fields of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub seq: u64,
+    pub cas: u64,
+    pub value_len: u32,
+    pub flags: u32,
+    pub exptime: u32,
+    pub time: u32,
+    pub key_len: u16,
+    pub kind: Kind,
+    pub bits: u8,
+}
+
+/// Bytes a record with this key and value occupies in the log, padding included.
+pub const fn record_bytes(key_len: usize, value_len: usize) -> usize {
+    (HEADER_BYTES + key_len + value_len).next_multiple_of(8)
+}
+
+/// Appends one framed record to `out`.
+pub fn encode(out: &mut Vec<u8>, h: &Header, key: &[u8], value: &[u8]) {
+    assert_eq!(h.key_len as usize, key.len());
+    assert_eq!(h.value_len as usize, value.len());
+    let start = out.len();
+    out.extend_from_slice(&REC_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&h.seq.to_le_bytes());
+    out.extend_from_slice(&h.cas.to_le_bytes());
+    out.extend_from_slice(&h.value_len.to_le_bytes());
+    out.extend_from_slice(&h.flags.to_le_bytes());
+    out.extend_from_slice(&h.exptime.to_le_bytes());
+    out.extend_from_slice(&h.time.to_le_bytes());
+    out.extend_from_slice(&h.key_len.to_le_bytes());
+    out.push(h.kind as u8);
+    out.push(h.bits);
+    out.extend_from_slice(&[0; 4]);
+    debug_assert_eq!(out.len() - start, HEADER_BYTES);
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.resize(start + record_bytes(key.len(), value.len()), 0);
+}
+
+/// Why bytes at a position are not a record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bad {
+    /// All-zero header: never written (the end of a segment's data).
+    Empty,
+    /// No record magic: garbage, or the inside of an older record.
+    NoMagic,
+    /// A record header that fails its length or checksum check: damage or a torn write.
+    Corrupt,
+    /// The buffer ends before the record does.
+    Short,
+}
+
+/// A record checked against its checksum.
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub header: Header,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    /// Padded length: where the next record starts.
+    pub len: usize,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes the record at the start of `b`, verifying its checksum. `value_len_max` bounds the
+/// length fields so a damaged header cannot make the scanner read gigabytes.
+pub fn decode(b: &[u8], value_len_max: usize) -> Result<Record<'_>, Bad> {
+    if b.len() < HEADER_BYTES {
+        return Err(Bad::Short);
+    }
+    let magic = u32_at(b, 0);
+    if magic != REC_MAGIC {
+        return Err(if b[..HEADER_BYTES].iter().all(|&x| x == 0) { Bad::Empty } else { Bad::NoMagic });
+    }
+    let key_len = u16::from_le_bytes([b[40], b[41]]) as usize;
+    let value_len = u32_at(b, 24) as usize;
+    let kind = Kind::from_u8(b[42]).ok_or(Bad::Corrupt)?;
+    if key_len > 250 || value_len > value_len_max || b[44..48].iter().any(|&x| x != 0) {
+        return Err(Bad::Corrupt);
+    }
+    let end = HEADER_BYTES + key_len + value_len;
+    if b.len() < end {
+        return Err(Bad::Short);
+    }
+    if crc32c::crc32c(&b[8..end]) != u32_at(b, 4) {
+        return Err(Bad::Corrupt);
+    }
+    let header = Header {
+        seq: u64_at(b, 8),
+        cas: u64_at(b, 16),
+        value_len: value_len as u32,
+        flags: u32_at(b, 28),
+        exptime: u32_at(b, 32),
+        time: u32_at(b, 36),
+        key_len: key_len as u16,
+        kind,
+        bits: b[43],
+    };
+    Ok(Record {
+        header,
+        key: &b[HEADER_BYTES..HEADER_BYTES + key_len],
+        value: &b[HEADER_BYTES + key_len..end],
+        len: record_bytes(key_len, value_len),
+    })
+}
+
+/// A segment's first block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegHeader {
+    pub seg_no: u32,
+    pub first_seq: u64,
+}
+
+pub fn encode_seg_header(out: &mut [u8], h: &SegHeader) {
+    out[..SEG_HEADER_BYTES as usize].fill(0);
+    out[0..8].copy_from_slice(&SEG_MAGIC.to_le_bytes());
+    out[8..12].copy_from_slice(&h.seg_no.to_le_bytes());
+    out[12..16].copy_from_slice(&VERSION.to_le_bytes());
+    out[16..24].copy_from_slice(&h.first_seq.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..24]);
+    out[24..28].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// `None` for a free (zeroed) or damaged header; a damaged one is reported by the caller.
+pub fn decode_seg_header(b: &[u8]) -> Option<SegHeader> {
+    if u64_at(b, 0) != SEG_MAGIC || u32_at(b, 12) != VERSION {
+        return None;
+    }
+    if crc32c::crc32c(&b[0..24]) != u32_at(b, 24) {
+        return None;
+    }
+    Some(SegHeader { seg_no: u32_at(b, 8), first_seq: u64_at(b, 16) })
+}
+
+/// The device superblock: the geometry the data was written with, so a changed profile cannot
+/// silently reinterpret the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub shards: u32,
+    pub segment_bytes: u64,
+    pub device_bytes: u64,
+    pub region_bytes: u64,
+}
+
+pub fn encode_superblock(out: &mut [u8], s: &Superblock) {
+    out.fill(0);
+    out[0..8].copy_from_slice(&DEV_MAGIC.to_le_bytes());
+    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&s.shards.to_le_bytes());
+    out[16..24].copy_from_slice(&s.segment_bytes.to_le_bytes());
+    out[24..32].copy_from_slice(&s.device_bytes.to_le_bytes());
+    out[32..40].copy_from_slice(&s.region_bytes.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..40]);
+    out[40..44].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Ok(None): a blank device. Err: something that is not a Keel superblock, or a damaged one.
+pub fn decode_superblock(b: &[u8]) -> Result<Option<Superblock>, String> {
+    if b[..64].iter().all(|&x| x == 0) {
+        return Ok(None);
+    }
+    if u64_at(b, 0) != DEV_MAGIC {
+        return Err("block 0 is not a Keel superblock (another program's data?)".into());
+    }
+    if crc32c::crc32c(&b[0..40]) != u32_at(b, 40) {
+        return Err("the superblock fails its checksum".into());
+    }
+    if u32_at(b, 8) != VERSION {
+        return Err(format!("superblock version {} is not supported (want {VERSION})", u32_at(b, 8)));
+    }
+    Ok(Some(Superblock {
+        shards: u32_at(b, 12),
+        segment_bytes: u64_at(b, 16),
+        device_bytes: u64_at(b, 24),
+        region_bytes: u64_at(b, 32),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(key: &[u8], value: &[u8]) -> Header {
+        Header {
+            seq: 7,
+            cas: 7,
+            value_len: value.len() as u32,
+            flags: 0xdead_beef,
+            exptime: 0,
+            time: 1_700_000_000,
+            key_len: key.len() as u16,
+            kind: Kind::Put,
+            bits: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_padding() {
+        for vlen in [0usize, 1, 7, 8, 100, 4096] {
+            let value = vec![0xab; vlen];
+            let mut out = Vec::new();
+            encode(&mut out, &header(b"key", &value), b"key", &value);
+            assert_eq!(out.len() % 8, 0);
+            let r = decode(&out, 1 << 20).unwrap();
+            assert_eq!(r.key, b"key");
+            assert_eq!(r.value, &value[..]);
+            assert_eq!(r.len, out.len());
+            assert_eq!(r.header, header(b"key", &value));
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let mut out = Vec::new();
+        encode(&mut out, &header(b"k1", b"hello world"), b"k1", b"hello world");
+        let used = HEADER_BYTES + 2 + 11;
+        for byte in 0..used {
+            for bit in 0..8 {
+                let mut b = out.clone();
+                b[byte] ^= 1 << bit;
+                assert!(decode(&b, 1 << 20).is_err(), "flip of byte {byte} bit {bit} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_record_is_short_and_zeroes_are_empty() {
+        let mut out = Vec::new();
+        encode(&mut out, &header(b"k", b"v"), b"k", b"v");
+        for cut in 0..HEADER_BYTES + 2 {
+            assert_eq!(decode(&out[..cut], 1 << 20).unwrap_err(), Bad::Short);
+        }
+        assert_eq!(decode(&[0u8; 64], 1 << 20).unwrap_err(), Bad::Empty);
+    }
+
+    #[test]
+    fn oversized_length_fields_are_refused_before_reading() {
+        let mut out = Vec::new();
+        encode(&mut out, &header(b"k", b"v"), b"k", b"v");
+        out[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&out, 1 << 20).unwrap_err(), Bad::Corrupt);
+    }
+
+    #[test]
+    fn seg_header_and_superblock_round_trip() {
+        let mut b = vec![0u8; 4096];
+        let h = SegHeader { seg_no: 3, first_seq: 99 };
+        encode_seg_header(&mut b, &h);
+        assert_eq!(decode_seg_header(&b), Some(h));
+        b[17] ^= 1;
+        assert_eq!(decode_seg_header(&b), None);
+        let s = Superblock { shards: 2, segment_bytes: 1 << 24, device_bytes: 1 << 30, region_bytes: 1 << 29 };
+        encode_superblock(&mut b, &s);
+        assert_eq!(decode_superblock(&b), Ok(Some(s)));
+        b[13] ^= 1;
+        assert!(decode_superblock(&b).is_err());
+        assert_eq!(decode_superblock(&[0u8; 4096]), Ok(None));
+    }
+}

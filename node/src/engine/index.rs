@@ -1,0 +1,69 @@
+//! The in-memory index: key -> where the value lives and the item's metadata.
+
+use std::collections::HashMap;
+
+use xxhash_rust::xxh3::Xxh3Builder;
+
+/// One item. 32 bytes; the key is held by the map (a boxed slice: 16 bytes + the key bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Region offset of the item's record.
+    pub offset: u64,
+    /// The item's CAS unique; also the seq of the record that wrote it unless GC moved it.
+    pub cas: u64,
+    pub value_len: u32,
+    pub flags: u32,
+    /// Absolute unix seconds; 0 = never.
+    pub exptime: u32,
+    /// [`STALE`] and [`WIN_SENT`].
+    pub bits: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<IndexEntry>() <= 32);
+
+/// Invalidated by `md ... I` or `ms ... I`: served with the X flag until rewritten.
+pub const STALE: u8 = 1;
+/// A client was handed the win token (W) for this item; others get Z. Not persisted.
+pub const WIN_SENT: u8 = 2;
+
+pub type Index = HashMap<Box<[u8]>, IndexEntry, Xxh3Builder>;
+
+pub fn new_index() -> Index {
+    HashMap::with_hasher(Xxh3Builder::new())
+}
+
+impl IndexEntry {
+    pub fn expired(&self, now: u32) -> bool {
+        self.exptime != 0 && self.exptime <= now
+    }
+}
+
+/// memcached's exptime rule: 0 never expires, negative is already expired, up to 30 days is
+/// relative to now, anything larger is an absolute unix time. `None` = already expired.
+pub fn absolute_exptime(exptime: i64, now: u32) -> Option<u32> {
+    const RELATIVE_MAX: i64 = 60 * 60 * 24 * 30;
+    match exptime {
+        0 => Some(0),
+        e if e < 0 => None,
+        e if e <= RELATIVE_MAX => Some((now as i64 + e).min(u32::MAX as i64) as u32),
+        e if e <= now as i64 => None,
+        e => Some(e.min(u32::MAX as i64) as u32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exptime_follows_memcached() {
+        let now = 1_800_000_000;
+        assert_eq!(absolute_exptime(0, now), Some(0));
+        assert_eq!(absolute_exptime(-1, now), None);
+        assert_eq!(absolute_exptime(10, now), Some(now + 10));
+        assert_eq!(absolute_exptime(2_592_000, now), Some(now + 2_592_000));
+        assert_eq!(absolute_exptime(2_592_001, now), None, "absolute time in 1970");
+        assert_eq!(absolute_exptime(now as i64 + 5, now), Some(now + 5));
+        assert_eq!(absolute_exptime(i64::MAX, now), Some(u32::MAX));
+    }
+}

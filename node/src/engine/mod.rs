@@ -1,0 +1,585 @@
+//! The storage engine of one shard: the value log on the shard's device region, the in-memory
+//! index, the DRAM value cache, TTL, garbage collection and recovery.
+//!
+//! Write interface (kept narrow for the Raft layer that will sit above it): an [`Op`] is applied
+//! to the in-memory state at once, in arrival order, and its reply is released only when the
+//! record that carries it is durable ([`Pending::Durable`]). A read that finds an item whose
+//! record is not yet durable waits for it too, so no client ever sees a write that a crash could
+//! still take back.
+
+pub mod cache;
+pub mod format;
+pub mod gc;
+pub mod index;
+pub mod log;
+pub mod ops;
+pub mod recovery;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use keel_nvme::{Device, IoError, Region};
+
+use cache::Cache;
+use format::Kind;
+use index::{absolute_exptime, Index, IndexEntry, STALE, WIN_SENT};
+use log::{LogConfig, LogError, NewRecord, ValueLog};
+pub use ops::{Item, Op, OpResult, StoreMode};
+
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// The outcome of starting an op.
+pub enum Pending {
+    Ready(OpResult),
+    /// Reply with the result once `seq` is durable.
+    Durable(u64, OpResult),
+    Later(LocalFuture<OpResult>),
+}
+
+pub struct EngineConfig {
+    pub log: LogConfig,
+    pub cache_bytes: usize,
+}
+
+#[derive(Default)]
+pub struct EngineStats {
+    pub corrupt_records: Cell<u64>,
+    pub recovered_records: Cell<u64>,
+    pub damaged_segment_headers: Cell<u64>,
+    pub disk_reads: Cell<u64>,
+    pub gc_segments: Cell<u64>,
+    pub gc_moved_bytes: Cell<u64>,
+    pub expired_unfetched: Cell<u64>,
+    pub evictions: Cell<u64>,
+}
+
+/// An op waiting behind a read-modify-write of the same key (see [`Engine::start`]).
+struct Deferred {
+    op: Op,
+    now: u32,
+    reply: oneshot::Sender<Pending>,
+}
+
+pub struct Engine<D: Device> {
+    pub log: Rc<ValueLog<D>>,
+    pub index: RefCell<Index>,
+    pub cache: RefCell<Cache>,
+    pub stats: EngineStats,
+    /// Keys with a read-modify-write waiting on a disk read; later ops on them queue here in
+    /// arrival order so a pipelined `append k; get k` sees the append.
+    gates: RefCell<HashMap<Box<[u8]>, VecDeque<Deferred>>>,
+    /// Deadline of a pending `flush_all <delay>`.
+    pub pending_flush: Cell<Option<u32>>,
+    /// The value a gated read-modify-write just read, for its re-run.
+    rmw_value: RefCell<Option<(Vec<u8>, u64, Arc<[u8]>)>>,
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0)
+}
+
+impl<D: Device + 'static> Engine<D> {
+    /// Recovers the shard's state from `dev` and opens a fresh segment for appends.
+    pub async fn open(dev: Region<D>, cfg: EngineConfig) -> Result<Rc<Self>, String> {
+        let now = unix_now();
+        let rec = recovery::recover(&dev, cfg.log.seg_bytes, cfg.log.value_len_max, now)
+            .await
+            .map_err(|e: IoError| format!("recovery failed: {e}"))?;
+        let stats = EngineStats::default();
+        stats.corrupt_records.set(rec.corrupt_records);
+        stats.recovered_records.set(rec.records);
+        stats.damaged_segment_headers.set(rec.damaged_segment_headers);
+        let log = ValueLog::new(dev, &cfg.log, rec.segs, rec.next_seq).map_err(|e| e.to_string())?;
+        Ok(Rc::new(Engine {
+            log: Rc::new(log),
+            index: RefCell::new(rec.index),
+            cache: RefCell::new(Cache::new(cfg.cache_bytes)),
+            stats,
+            gates: RefCell::new(HashMap::new()),
+            pending_flush: Cell::new(rec.pending_flush),
+            rmw_value: RefCell::new(None),
+        }))
+    }
+
+    pub fn now() -> u32 {
+        unix_now()
+    }
+
+    /// Starts `op`: its effect on the in-memory state happens now, in call order; the returned
+    /// [`Pending`] says when its reply may be sent.
+    pub fn start(self: &Rc<Self>, op: Op, now: u32) -> Pending {
+        if let Some(key) = op.key() {
+            if let Some(queue) = self.gates.borrow_mut().get_mut(key) {
+                let (tx, rx) = oneshot::channel();
+                queue.push_back(Deferred { op, now, reply: tx });
+                let log = self.log.clone();
+                return Pending::Later(Box::pin(async move {
+                    match rx.await {
+                        Ok(p) => resolve(&log, p).await,
+                        Err(_) => OpResult::ServerError("operation dropped".into()),
+                    }
+                }));
+            }
+        }
+        match op {
+            Op::Get { key, touch, vivify, want_value } => self.get(key, touch, vivify, want_value, now),
+            Op::Store { mode, key, flags, exptime, cas, data, invalidate } => {
+                self.store(mode, key, flags, exptime, cas, data, invalidate, now)
+            }
+            Op::Delete { key, cas, invalidate } => self.delete(key, cas, invalidate, now),
+            Op::Arith { key, incr, delta, cas, vivify, touch } => self.arith(key, incr, delta, cas, vivify, touch, now),
+            Op::Touch { key, exptime } => self.touch(&key, exptime, now),
+            Op::FlushAll { delay } => self.flush_all(delay, now),
+            Op::Stats => Pending::Ready(OpResult::Stats(self.stat_values())),
+        }
+    }
+
+    /// The live entry of `key`, dropping it if it has expired.
+    fn live(&self, key: &[u8], now: u32) -> Option<IndexEntry> {
+        let mut index = self.index.borrow_mut();
+        let e = *index.get(key)?;
+        if e.expired(now) {
+            index.remove(key);
+            drop(index);
+            self.log.release(e.offset, format::record_bytes(key.len(), e.value_len as usize) as u32);
+            self.cache.borrow_mut().remove(key);
+            self.stats.expired_unfetched.set(self.stats.expired_unfetched.get() + 1);
+            return None;
+        }
+        Some(e)
+    }
+
+    fn item(e: &IndexEntry, value: Arc<[u8]>) -> Item {
+        Item {
+            flags: e.flags,
+            exptime: e.exptime,
+            cas: e.cas,
+            value,
+            stale: e.bits & STALE != 0,
+            win: false,
+            already_won: false,
+        }
+    }
+
+    fn append(&self, r: &NewRecord<'_>) -> Result<log::Appended, OpResult> {
+        self.log.append(r, false).map_err(|e| match e {
+            LogError::Full(_) => OpResult::ServerError("out of memory storing object".into()),
+            LogError::Poisoned(m) => OpResult::ServerError(format!("storage failure: {m}")),
+        })
+    }
+
+    /// Puts a new version of `key` in the log, the index and the cache.
+    fn put(&self, key: &[u8], value: Arc<[u8]>, flags: u32, exptime: u32, bits: u8, now: u32) -> Result<(u64, IndexEntry), OpResult> {
+        let a = self.append(&NewRecord { kind: Kind::Put, key, value: &value, flags, exptime, time: now, cas: None, bits })?;
+        let e = IndexEntry { offset: a.offset, cas: a.cas, value_len: value.len() as u32, flags, exptime, bits };
+        if let Some(old) = self.index.borrow_mut().insert(key.into(), e) {
+            self.log.release(old.offset, format::record_bytes(key.len(), old.value_len as usize) as u32);
+        }
+        self.cache.borrow_mut().insert(key, a.cas, value);
+        Ok((a.seq, e))
+    }
+
+    /// Removes `key` with a tombstone.
+    fn remove(&self, key: &[u8], now: u32) -> Result<u64, OpResult> {
+        let a = self.append(&NewRecord { kind: Kind::Delete, key, value: &[], flags: 0, exptime: 0, time: now, cas: None, bits: 0 })?;
+        if let Some(old) = self.index.borrow_mut().remove(key) {
+            self.log.release(old.offset, format::record_bytes(key.len(), old.value_len as usize) as u32);
+        }
+        self.cache.borrow_mut().remove(key);
+        Ok(a.seq)
+    }
+
+    /// Rewrites the metadata of an existing item (TTL, stale bit) without moving its value.
+    /// `bits`: new persisted bits, or `None` to keep the entry's.
+    fn retouch(&self, key: &[u8], e: &mut IndexEntry, exptime: u32, bits: Option<u8>, now: u32) -> Result<u64, OpResult> {
+        let bits = bits.unwrap_or(e.bits & STALE);
+        let a = self.append(&NewRecord { kind: Kind::Touch, key, value: &[], flags: 0, exptime, time: now, cas: Some(e.cas), bits })?;
+        e.exptime = exptime;
+        e.bits = bits;
+        if let Some(slot) = self.index.borrow_mut().get_mut(key) {
+            *slot = *e;
+        }
+        Ok(a.seq)
+    }
+
+    /// The value of a live entry: from the cache, or a read of the log.
+    fn value_of(self: &Rc<Self>, key: &[u8], e: &IndexEntry) -> Result<Arc<[u8]>, LocalFuture<Option<Arc<[u8]>>>> {
+        if let Some((k, cas, v)) = &*self.rmw_value.borrow() {
+            if k == key && *cas == e.cas {
+                return Ok(v.clone());
+            }
+        }
+        if let Some(v) = self.cache.borrow_mut().get(key, e.cas) {
+            return Ok(v);
+        }
+        let this = self.clone();
+        let key = key.to_vec();
+        let e = *e;
+        Err(Box::pin(async move { this.read_value(&key, e).await }))
+    }
+
+    /// Reads a value from the log after its record is durable. `None` if the record is
+    /// damaged (counted) or the item changed meanwhile.
+    async fn read_value(self: Rc<Self>, key: &[u8], e: IndexEntry) -> Option<Arc<[u8]>> {
+        if self.log.durable(e.cas).await.is_err() {
+            return None;
+        }
+        let mut e = e;
+        for _ in 0..3 {
+            self.stats.disk_reads.set(self.stats.disk_reads.get() + 1);
+            match self.log.read_value(e.offset, key, e.value_len, e.cas).await {
+                Ok(Some(v)) => {
+                    let v: Arc<[u8]> = v.into();
+                    self.cache.borrow_mut().insert(key, e.cas, v.clone());
+                    return Some(v);
+                }
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            // GC may have moved the record (same cas, new offset) between lookup and read.
+            match self.index.borrow().get(key) {
+                Some(now) if now.cas == e.cas && now.offset != e.offset => e = *now,
+                _ => break,
+            }
+        }
+        if self.index.borrow().get(key).is_some_and(|now| now.cas == e.cas && now.offset == e.offset) {
+            self.stats.corrupt_records.set(self.stats.corrupt_records.get() + 1);
+        }
+        None
+    }
+
+    fn get(self: &Rc<Self>, key: Vec<u8>, touch: Option<i64>, vivify: Option<i64>, want_value: bool, now: u32) -> Pending {
+        let Some(mut e) = self.live(&key, now) else {
+            let Some(ttl) = vivify else { return Pending::Ready(OpResult::Miss) };
+            let exptime = absolute_exptime(ttl, now).unwrap_or(now);
+            return match self.put(&key, Arc::from(&[][..]), 0, exptime, WIN_SENT, now) {
+                Ok((seq, e)) => {
+                    let mut item = Self::item(&e, Arc::from(&[][..]));
+                    item.win = true;
+                    Pending::Durable(seq, OpResult::Hit(item))
+                }
+                Err(r) => Pending::Ready(r),
+            };
+        };
+        let mut wait = e.cas;
+        if let Some(t) = touch {
+            match absolute_exptime(t, now) {
+                Some(exp) => match self.retouch(&key, &mut e, exp, None, now) {
+                    Ok(seq) => wait = wait.max(seq),
+                    Err(r) => return Pending::Ready(r),
+                },
+                None => {
+                    // A negative TTL expires the item now; this read still returns it, as memcached does.
+                    if let Err(r) = self.remove(&key, now) {
+                        return Pending::Ready(r);
+                    }
+                }
+            }
+        }
+        let mut item = Self::item(&e, Arc::from(&[][..]));
+        if item.stale || vivify.is_some() {
+            if e.bits & WIN_SENT == 0 {
+                item.win = true;
+                if let Some(slot) = self.index.borrow_mut().get_mut(&key[..]) {
+                    slot.bits |= WIN_SENT;
+                }
+            } else {
+                item.already_won = true;
+            }
+        }
+        if !want_value {
+            return Pending::Durable(wait, OpResult::Hit(item));
+        }
+        match self.value_of(&key, &e) {
+            Ok(v) => {
+                item.value = v;
+                Pending::Durable(wait, OpResult::Hit(item))
+            }
+            Err(read) => {
+                let log = self.log.clone();
+                Pending::Later(Box::pin(async move {
+                    let v = read.await;
+                    if log.durable(wait).await.is_err() {
+                        return OpResult::ServerError("storage failure".into());
+                    }
+                    match v {
+                        Some(v) => {
+                            item.value = v;
+                            OpResult::Hit(item)
+                        }
+                        None => OpResult::Miss,
+                    }
+                }))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(self: &Rc<Self>, mode: StoreMode, key: Vec<u8>, flags: u32, exptime: i64, cas: u64, data: Vec<u8>, invalidate: bool, now: u32) -> Pending {
+        let cur = self.live(&key, now);
+        match (mode, &cur) {
+            (StoreMode::Add, Some(_)) => return Pending::Ready(OpResult::NotStored),
+            (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
+                return Pending::Ready(OpResult::NotStored)
+            }
+            _ => {}
+        }
+        let mut bits = 0;
+        if cas != 0 {
+            let Some(e) = &cur else { return Pending::Ready(OpResult::NotFound) };
+            if e.cas != cas {
+                if invalidate && cas < e.cas {
+                    bits = STALE;
+                } else {
+                    return Pending::Ready(OpResult::Exists);
+                }
+            }
+        }
+        let (value, flags, exptime): (Arc<[u8]>, u32, Option<u32>) = match (mode, cur) {
+            (StoreMode::Append | StoreMode::Prepend, Some(e)) => {
+                let old = match self.value_of(&key, &e) {
+                    Ok(v) => v,
+                    Err(read) => {
+                        return self.gate(key.clone(), Op::Store { mode, key, flags, exptime, cas, data, invalidate }, read, now)
+                    }
+                };
+                if old.len() + data.len() > self.log.value_len_max {
+                    return Pending::Ready(OpResult::ServerError("out of memory storing object".into()));
+                }
+                let mut v = Vec::with_capacity(old.len() + data.len());
+                if mode == StoreMode::Append {
+                    v.extend_from_slice(&old);
+                    v.extend_from_slice(&data);
+                } else {
+                    v.extend_from_slice(&data);
+                    v.extend_from_slice(&old);
+                }
+                (v.into(), e.flags, Some(e.exptime))
+            }
+            _ => {
+                if data.len() > self.log.value_len_max {
+                    return Pending::Ready(OpResult::TooLarge);
+                }
+                (data.into(), flags, absolute_exptime(exptime, now))
+            }
+        };
+        let Some(exptime) = exptime else {
+            // Already expired on arrival: memcached answers STORED and the item is gone.
+            return match self.remove(&key, now) {
+                Ok(seq) => Pending::Durable(seq, OpResult::Stored { cas: seq }),
+                Err(r) => Pending::Ready(r),
+            };
+        };
+        match self.put(&key, value, flags, exptime, bits, now) {
+            Ok((seq, e)) => Pending::Durable(seq, OpResult::Stored { cas: e.cas }),
+            Err(r) => Pending::Ready(r),
+        }
+    }
+
+    /// Holds `key` while its current value is read from disk, then re-runs `op` (which will
+    /// find the value cached) and every op that queued behind it, in order.
+    fn gate(self: &Rc<Self>, key: Vec<u8>, op: Op, read: LocalFuture<Option<Arc<[u8]>>>, now: u32) -> Pending {
+        self.gates.borrow_mut().insert(key.clone().into(), VecDeque::new());
+        let this = self.clone();
+        Pending::Later(Box::pin(async move {
+            let value = read.await;
+            let queued = this.gates.borrow_mut().remove(&key[..]).unwrap_or_default();
+            let first = match value {
+                Some(v) => {
+                    // Hand the value to the re-run directly: it may be too large to cache.
+                    let cas = this.index.borrow().get(&key[..]).map_or(0, |e| e.cas);
+                    *this.rmw_value.borrow_mut() = Some((key.clone(), cas, v));
+                    let p = this.start(op, now);
+                    *this.rmw_value.borrow_mut() = None;
+                    p
+                }
+                None => {
+                    // The value could not be read (damaged): the item is treated as missing.
+                    if let Some(old) = this.index.borrow_mut().remove(&key[..]) {
+                        this.log.release(old.offset, format::record_bytes(key.len(), old.value_len as usize) as u32);
+                    }
+                    this.start(op, now)
+                }
+            };
+            for d in queued {
+                let p = this.start(d.op, d.now);
+                let _ = d.reply.send(p);
+            }
+            resolve(&this.log, first).await
+        }))
+    }
+
+    fn delete(self: &Rc<Self>, key: Vec<u8>, cas: u64, invalidate: Option<Option<i64>>, now: u32) -> Pending {
+        let Some(mut e) = self.live(&key, now) else { return Pending::Ready(OpResult::NotFound) };
+        if cas != 0 && cas != e.cas {
+            return Pending::Ready(OpResult::Exists);
+        }
+        let r = match invalidate {
+            Some(ttl) => {
+                let exp = match ttl {
+                    Some(t) => absolute_exptime(t, now).unwrap_or(now),
+                    None => e.exptime,
+                };
+                self.retouch(&key, &mut e, exp, Some(STALE), now)
+            }
+            None => self.remove(&key, now),
+        };
+        match r {
+            Ok(seq) => Pending::Durable(seq, OpResult::Deleted),
+            Err(r) => Pending::Ready(r),
+        }
+    }
+
+    fn touch(self: &Rc<Self>, key: &[u8], exptime: i64, now: u32) -> Pending {
+        let Some(mut e) = self.live(key, now) else { return Pending::Ready(OpResult::NotFound) };
+        let r = match absolute_exptime(exptime, now) {
+            Some(exp) => self.retouch(key, &mut e, exp, None, now),
+            None => self.remove(key, now),
+        };
+        match r {
+            Ok(seq) => Pending::Durable(seq, OpResult::Touched),
+            Err(r) => Pending::Ready(r),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn arith(self: &Rc<Self>, key: Vec<u8>, incr: bool, delta: u64, cas: u64, vivify: Option<(u64, i64)>, touch: Option<i64>, now: u32) -> Pending {
+        let Some(e) = self.live(&key, now) else {
+            let Some((initial, ttl)) = vivify else { return Pending::Ready(OpResult::NotFound) };
+            let exptime = absolute_exptime(ttl, now).unwrap_or(now);
+            let value: Arc<[u8]> = initial.to_string().into_bytes().into();
+            return match self.put(&key, value.clone(), 0, exptime, 0, now) {
+                Ok((seq, e)) => Pending::Durable(seq, OpResult::Number { value: initial, item: Self::item(&e, value) }),
+                Err(r) => Pending::Ready(r),
+            };
+        };
+        if cas != 0 && cas != e.cas {
+            return Pending::Ready(OpResult::Exists);
+        }
+        let old = match self.value_of(&key, &e) {
+            Ok(v) => v,
+            Err(read) => return self.gate(key.clone(), Op::Arith { key, incr, delta, cas, vivify, touch }, read, now),
+        };
+        let Some(n) = parse_counter(&old) else { return Pending::Ready(OpResult::NonNumeric) };
+        let n = if incr { n.wrapping_add(delta) } else { n.saturating_sub(delta) };
+        let mut text = n.to_string().into_bytes();
+        if !incr && text.len() < old.len() {
+            // memcached decrements in place and pads the shorter number with spaces.
+            text.resize(old.len(), b' ');
+        }
+        let exptime = match touch {
+            Some(t) => absolute_exptime(t, now).unwrap_or(now),
+            None => e.exptime,
+        };
+        let value: Arc<[u8]> = text.into();
+        match self.put(&key, value.clone(), e.flags, exptime, e.bits & STALE, now) {
+            Ok((seq, e)) => Pending::Durable(seq, OpResult::Number { value: n, item: Self::item(&e, value) }),
+            Err(r) => Pending::Ready(r),
+        }
+    }
+
+    fn flush_all(self: &Rc<Self>, delay: i64, now: u32) -> Pending {
+        let deadline = if delay <= 0 { 0 } else { absolute_exptime(delay, now).unwrap_or(0) };
+        let a = match self.append(&NewRecord { kind: Kind::Flush, key: &[], value: &[], flags: 0, exptime: deadline, time: now, cas: None, bits: 0 }) {
+            Ok(a) => a,
+            Err(r) => return Pending::Ready(r),
+        };
+        if deadline == 0 {
+            self.clear_all(a.offset, a.len);
+            self.pending_flush.set(None);
+        } else {
+            self.pending_flush.set(Some(deadline));
+            self.resume_pending_flush();
+        }
+        Pending::Durable(a.seq, OpResult::Ok)
+    }
+
+    /// Drops every item. `keep` is the flush record itself, which stays live.
+    fn clear_all(&self, keep_offset: u64, keep_len: u32) {
+        self.index.borrow_mut().clear();
+        self.cache.borrow_mut().clear();
+        let mut segs = self.log.segs.borrow_mut();
+        for s in segs.iter_mut() {
+            s.live = 0;
+        }
+        if keep_offset != u64::MAX {
+            segs[self.log.seg_of(keep_offset)].live = keep_len as u64;
+        }
+    }
+
+    /// Arms the timer of a pending `flush_all <delay>` (a new one, or one recovery found).
+    pub fn resume_pending_flush(self: &Rc<Self>) {
+        if let Some(deadline) = self.pending_flush.get() {
+            let this = self.clone();
+            glommio::spawn_local(async move {
+                let wait = deadline.saturating_sub(Self::now()) as u64;
+                glommio::timer::sleep(std::time::Duration::from_secs(wait)).await;
+                // Re-check: a later flush_all replaces this one, as in memcached.
+                if this.pending_flush.get() == Some(deadline) {
+                    this.pending_flush.set(None);
+                    this.clear_all(u64::MAX, 0);
+                }
+            })
+            .detach();
+        }
+    }
+
+    pub fn stat_values(&self) -> Vec<(&'static str, u64)> {
+        let cache = self.cache.borrow();
+        let segs = self.log.segs.borrow();
+        let live: u64 = segs.iter().map(|s| s.live).sum();
+        vec![
+            ("curr_items", self.index.borrow().len() as u64),
+            ("bytes", live),
+            ("limit_maxbytes", self.log.dev.size_bytes()),
+            ("keel_cache_bytes", cache.bytes() as u64),
+            ("keel_cache_hits", cache.hits),
+            ("keel_cache_misses", cache.misses),
+            ("keel_disk_reads", self.stats.disk_reads.get()),
+            ("keel_corrupt_records", self.stats.corrupt_records.get()),
+            ("keel_damaged_segment_headers", self.stats.damaged_segment_headers.get()),
+            ("keel_recovered_records", self.stats.recovered_records.get()),
+            ("keel_log_flushes", self.log.stats.flushes.get()),
+            ("keel_log_bytes_written", self.log.stats.bytes_written.get()),
+            ("keel_log_records", self.log.stats.records_appended.get()),
+            ("keel_durable_seq", self.log.durable_seq()),
+            ("keel_segments", segs.len() as u64),
+            ("keel_segments_free", self.log.free_segments() as u64),
+            ("keel_gc_segments", self.stats.gc_segments.get()),
+            ("keel_gc_moved_bytes", self.stats.gc_moved_bytes.get()),
+            ("expired_unfetched", self.stats.expired_unfetched.get()),
+            ("keel_poisoned", self.log.poisoned().is_some() as u64),
+        ]
+    }
+}
+
+/// memcached accepts a counter only if the whole value is decimal digits (trailing spaces from
+/// an earlier in-place decr are allowed) that fit in 64 bits.
+fn parse_counter(v: &[u8]) -> Option<u64> {
+    let digits = v.iter().rposition(|&b| b != b' ').map_or(&v[..0], |i| &v[..=i]);
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Waits out a [`Pending`] given a way to wait for durability.
+pub async fn resolve<D: Device>(log: &ValueLog<D>, p: Pending) -> OpResult {
+    match p {
+        Pending::Ready(r) => r,
+        Pending::Durable(seq, r) => match log.durable(seq).await {
+            Ok(()) => r,
+            Err(e) => OpResult::ServerError(e.to_string()),
+        },
+        Pending::Later(f) => f.await,
+    }
+}
+
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! What a shard's engine can be asked to do, as owned values: these cross the shard mesh, so
+//! they hold their bytes rather than borrow the connection's buffer.
+
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+}
+
+#[derive(Debug)]
+pub enum Op {
+    /// get/gets/gat/gats/mg. `touch` updates the TTL (gat, mg T); `vivify` creates an empty
+    /// item on a miss and hands this client the win token (mg N).
+    Get { key: Vec<u8>, touch: Option<i64>, vivify: Option<i64>, want_value: bool },
+    /// set/add/replace/append/prepend/cas/ms. `cas` 0 = no compare. `invalidate`: a CAS
+    /// older than the item's stores the value marked stale instead of failing (ms I).
+    Store { mode: StoreMode, key: Vec<u8>, flags: u32, exptime: i64, cas: u64, data: Vec<u8>, invalidate: bool },
+    /// delete/md. `invalidate`: mark stale (with optional new TTL) instead of removing (md I).
+    Delete { key: Vec<u8>, cas: u64, invalidate: Option<Option<i64>> },
+    /// incr/decr/ma. `vivify`: (initial value, exptime) to create a missing counter with (ma N).
+    Arith { key: Vec<u8>, incr: bool, delta: u64, cas: u64, vivify: Option<(u64, i64)>, touch: Option<i64> },
+    Touch { key: Vec<u8>, exptime: i64 },
+    FlushAll { delay: i64 },
+    Stats,
+}
+
+impl Op {
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Op::Get { key, .. }
+            | Op::Store { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Arith { key, .. }
+            | Op::Touch { key, .. } => Some(key),
+            Op::FlushAll { .. } | Op::Stats => None,
+        }
+    }
+}
+
+/// An item as a read returns it.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub flags: u32,
+    /// Absolute unix seconds; 0 = never.
+    pub exptime: u32,
+    pub cas: u64,
+    pub value: Arc<[u8]>,
+    pub stale: bool,
+    /// This client got the win token (W).
+    pub win: bool,
+    /// Another client already holds the win token (Z).
+    pub already_won: bool,
+}
+
+#[derive(Debug)]
+pub enum OpResult {
+    Hit(Item),
+    Miss,
+    Stored { cas: u64 },
+    NotStored,
+    Exists,
+    NotFound,
+    Deleted,
+    Touched,
+    Number { value: u64, item: Item },
+    NonNumeric,
+    /// A delta on a value that would not fit in 64 bits (ma J/D parsing is the parser's).
+    Ok,
+    Stats(Vec<(&'static str, u64)>),
+    TooLarge,
+    /// Out of space or a poisoned log: the text follows "SERVER_ERROR ".
+    ServerError(String),
+}

@@ -1,0 +1,319 @@
+//! Command semantics between the protocol and the engines: a [`Round`] takes the requests parsed
+//! from one read, turns each into engine ops routed to the owning shards, and writes the replies
+//! in request order once the ops are done.
+
+use std::rc::Rc;
+
+use crate::engine::{Op, OpResult, Pending, StoreMode};
+use crate::protocol::{reply, Request, StoreCmd};
+use crate::shard::{Counters, Shard};
+
+/// Where one op of a request runs.
+enum Part {
+    Done(OpResult),
+    Local(Pending),
+    /// Index into the batch sent to `dest`.
+    Remote { dest: usize, idx: usize },
+}
+
+enum Slot<'a> {
+    Bytes(&'static [u8]),
+    Req { req: Request<'a>, parts: Vec<Part> },
+}
+
+/// The requests of one read, dispatched together.
+pub struct Round<'a> {
+    slots: Vec<Slot<'a>>,
+    remote: Vec<(usize, Vec<Op>)>,
+    now: u32,
+}
+
+pub const VERSION: &str = concat!("1.6.18-keel-", env!("CARGO_PKG_VERSION"));
+
+impl<'a> Round<'a> {
+    pub fn new(now: u32) -> Round<'a> {
+        Round { slots: Vec::new(), remote: Vec::new(), now }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn push_bytes(&mut self, b: &'static [u8]) {
+        self.slots.push(Slot::Bytes(b));
+    }
+
+    fn route(&mut self, shard: &Shard, op: Op) -> Part {
+        let dest = op.key().map_or(shard.id, |k| shard.shard_of(k));
+        if dest == shard.id {
+            return Part::Local(shard.start_local(op, self.now));
+        }
+        let batch = match self.remote.iter().position(|(d, _)| *d == dest) {
+            Some(i) => &mut self.remote[i].1,
+            None => {
+                self.remote.push((dest, Vec::new()));
+                &mut self.remote.last_mut().expect("just pushed").1
+            }
+        };
+        batch.push(op);
+        Part::Remote { dest, idx: batch.len() - 1 }
+    }
+
+    /// An op for every shard (flush_all, stats).
+    fn broadcast(&mut self, shard: &Shard, make: impl Fn() -> Op) -> Vec<Part> {
+        let mut parts = vec![Part::Local(shard.start_local(make(), self.now))];
+        for dest in (0..shard.nshards).filter(|&d| d != shard.id) {
+            let batch = match self.remote.iter().position(|(d, _)| *d == dest) {
+                Some(i) => &mut self.remote[i].1,
+                None => {
+                    self.remote.push((dest, Vec::new()));
+                    &mut self.remote.last_mut().expect("just pushed").1
+                }
+            };
+            batch.push(make());
+            parts.push(Part::Remote { dest, idx: batch.len() - 1 });
+        }
+        parts
+    }
+
+    /// Starts `req`'s ops. Local ops take effect now; remote ones when `finish` sends them, in
+    /// the same order, so two requests on one key from one connection keep their order.
+    pub fn dispatch(&mut self, shard: &Shard, req: Request<'a>) {
+        let parts = match &req {
+            Request::Get { keys, touch, .. } => keys
+                .iter()
+                .map(|k| self.route(shard, Op::Get { key: k.to_vec(), touch: *touch, vivify: None, want_value: true }))
+                .collect(),
+            Request::Store { cmd, key, flags, exptime, cas, data, .. } => {
+                let (mode, cas) = match cmd {
+                    StoreCmd::Set => (StoreMode::Set, 0),
+                    StoreCmd::Add => (StoreMode::Add, 0),
+                    StoreCmd::Replace => (StoreMode::Replace, 0),
+                    StoreCmd::Append => (StoreMode::Append, 0),
+                    StoreCmd::Prepend => (StoreMode::Prepend, 0),
+                    StoreCmd::Cas => (StoreMode::Set, *cas),
+                };
+                let op = Op::Store { mode, key: key.to_vec(), flags: *flags, exptime: *exptime, cas, data: data.to_vec(), invalidate: false };
+                vec![self.route(shard, op)]
+            }
+            Request::Delete { key, .. } => vec![self.route(shard, Op::Delete { key: key.to_vec(), cas: 0, invalidate: None })],
+            Request::Arith { incr, key, delta, .. } => vec![self.route(
+                shard,
+                Op::Arith { key: key.to_vec(), incr: *incr, delta: *delta, cas: 0, vivify: None, touch: None },
+            )],
+            Request::Touch { key, exptime, .. } => vec![self.route(shard, Op::Touch { key: key.to_vec(), exptime: *exptime })],
+            Request::FlushAll { delay, .. } => {
+                let delay = *delay;
+                self.broadcast(shard, || Op::FlushAll { delay })
+            }
+            Request::Stats { group: None } => self.broadcast(shard, || Op::Stats),
+            Request::Stats { .. } | Request::Version | Request::Verbosity { .. } | Request::Quit => Vec::new(),
+            Request::Meta(m) => match crate::meta::to_op(m) {
+                Ok(Some(op)) => vec![self.route(shard, op)],
+                Ok(None) => Vec::new(),
+                Err(e) => vec![Part::Done(e)],
+            },
+        };
+        self.slots.push(Slot::Req { req, parts });
+    }
+
+    /// Sends the remote batches, waits for every op, and writes the replies in order.
+    pub async fn finish(self, shard: &Rc<Shard>, out: &mut Vec<u8>) {
+        let now = self.now;
+        let calls = self.remote.into_iter().map(|(dest, ops)| async move { (dest, shard.call(dest, ops, now).await) });
+        let mut remote: Vec<(usize, Vec<Option<OpResult>>)> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|(d, r)| (d, r.into_iter().map(Some).collect()))
+            .collect();
+        for slot in self.slots {
+            match slot {
+                Slot::Bytes(b) => out.extend_from_slice(b),
+                Slot::Req { req, parts } => {
+                    let mut results = Vec::with_capacity(parts.len());
+                    for p in parts {
+                        results.push(match p {
+                            Part::Done(r) => r,
+                            Part::Local(p) => shard.resolve(p).await,
+                            Part::Remote { dest, idx } => remote
+                                .iter_mut()
+                                .find(|(d, _)| *d == dest)
+                                .and_then(|(_, v)| v[idx].take())
+                                .expect("every remote op answered once"),
+                        });
+                    }
+                    render(shard, &req, results, self.now, out);
+                }
+            }
+        }
+    }
+}
+
+fn server_error(out: &mut Vec<u8>, msg: &str) {
+    out.extend_from_slice(b"SERVER_ERROR ");
+    out.extend_from_slice(msg.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Replies common to the storage commands. Errors are written even under noreply, as memcached
+/// does; normal replies are not.
+fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
+    let line: &[u8] = match r {
+        OpResult::Stored { .. } => b"STORED\r\n",
+        OpResult::NotStored => b"NOT_STORED\r\n",
+        OpResult::Exists => b"EXISTS\r\n",
+        OpResult::NotFound => b"NOT_FOUND\r\n",
+        OpResult::Deleted => b"DELETED\r\n",
+        OpResult::Touched => b"TOUCHED\r\n",
+        OpResult::Ok => b"OK\r\n",
+        OpResult::TooLarge => return out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n"),
+        OpResult::ServerError(m) => return server_error(out, m),
+        OpResult::NonNumeric => {
+            return out.extend_from_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n")
+        }
+        OpResult::Number { value, .. } => {
+            if !noreply {
+                reply::number(out, *value);
+            }
+            return;
+        }
+        OpResult::Hit(_) | OpResult::Miss | OpResult::Stats(_) => b"SERVER_ERROR unexpected result\r\n",
+    };
+    if !noreply {
+        out.extend_from_slice(line);
+    }
+}
+
+fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, out: &mut Vec<u8>) {
+    let c = &shard.counters;
+    match req {
+        Request::Get { keys, cas, touch } => {
+            for (key, r) in keys.iter().zip(results) {
+                Counters::add(&c.cmd_get, 1);
+                if touch.is_some() {
+                    Counters::add(&c.cmd_touch, 1);
+                }
+                match r {
+                    OpResult::Hit(item) => {
+                        Counters::add(&c.get_hits, 1);
+                        if touch.is_some() {
+                            Counters::add(&c.touch_hits, 1);
+                        }
+                        reply::value(out, key, item.flags, &item.value, cas.then_some(item.cas));
+                    }
+                    OpResult::ServerError(m) => server_error(out, &m),
+                    _ => {
+                        Counters::add(&c.get_misses, 1);
+                        if touch.is_some() {
+                            Counters::add(&c.touch_misses, 1);
+                        }
+                    }
+                }
+            }
+            out.extend_from_slice(b"END\r\n");
+        }
+        Request::Store { cmd, noreply, .. } => {
+            let r = &results[0];
+            Counters::add(&c.cmd_set, 1);
+            if *cmd == StoreCmd::Cas {
+                match r {
+                    OpResult::Stored { .. } => Counters::add(&c.cas_hits, 1),
+                    OpResult::Exists => Counters::add(&c.cas_badval, 1),
+                    OpResult::NotFound => Counters::add(&c.cas_misses, 1),
+                    _ => {}
+                }
+            }
+            simple(out, r, *noreply);
+        }
+        Request::Delete { noreply, .. } => {
+            let r = &results[0];
+            match r {
+                OpResult::Deleted => Counters::add(&c.delete_hits, 1),
+                _ => Counters::add(&c.delete_misses, 1),
+            }
+            simple(out, r, *noreply);
+        }
+        Request::Arith { incr, noreply, .. } => {
+            let r = &results[0];
+            let (hits, misses) = if *incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
+            match r {
+                OpResult::Number { .. } => Counters::add(hits, 1),
+                OpResult::NotFound => Counters::add(misses, 1),
+                _ => {}
+            }
+            simple(out, r, *noreply);
+        }
+        Request::Touch { noreply, .. } => {
+            Counters::add(&c.cmd_touch, 1);
+            let r = &results[0];
+            match r {
+                OpResult::Touched => Counters::add(&c.touch_hits, 1),
+                _ => Counters::add(&c.touch_misses, 1),
+            }
+            simple(out, r, *noreply);
+        }
+        Request::FlushAll { noreply, .. } => {
+            Counters::add(&c.cmd_flush, 1);
+            let failed = results.iter().find(|r| !matches!(r, OpResult::Ok));
+            match failed {
+                Some(r) => simple(out, r, false),
+                None if !noreply => out.extend_from_slice(b"OK\r\n"),
+                None => {}
+            }
+        }
+        Request::Version => {
+            out.extend_from_slice(b"VERSION ");
+            out.extend_from_slice(VERSION.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Request::Verbosity { noreply } => {
+            if !noreply {
+                out.extend_from_slice(b"OK\r\n");
+            }
+        }
+        Request::Stats { group } => render_stats(shard, group.is_none(), results, now, out),
+        Request::Quit => {}
+        Request::Meta(m) => crate::meta::render(shard, m, results, now, out),
+    }
+}
+
+fn render_stats(shard: &Shard, general: bool, results: Vec<OpResult>, now: u32, out: &mut Vec<u8>) {
+    if general {
+        let uptime = shard.started.elapsed().as_secs();
+        let mut sums: Vec<(&'static str, u64)> = Vec::new();
+        for r in results {
+            if let OpResult::Stats(v) = r {
+                for (name, val) in v {
+                    match sums.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, s)) => *s = s.wrapping_add(val),
+                        None => sums.push((name, val)),
+                    }
+                }
+            }
+        }
+        let ru = rusage();
+        reply::stat(out, "pid", std::process::id());
+        reply::stat(out, "uptime", uptime);
+        reply::stat(out, "time", now);
+        reply::stat(out, "version", VERSION);
+        reply::stat(out, "pointer_size", 64);
+        reply::stat(out, "rusage_user", format_args!("{}.{:06}", ru.0 / 1_000_000, ru.0 % 1_000_000));
+        reply::stat(out, "rusage_system", format_args!("{}.{:06}", ru.1 / 1_000_000, ru.1 % 1_000_000));
+        reply::stat(out, "threads", shard.nshards);
+        for (name, val) in sums {
+            reply::stat(out, name, val);
+        }
+    }
+    out.extend_from_slice(b"END\r\n");
+}
+
+/// (user, system) CPU microseconds of the process.
+fn rusage() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // Fields 14 and 15 (utime, stime) in clock ticks; after the ')' they are at 11 and 12.
+    let tick = 100u64; // USER_HZ on Linux
+    let get = |i: usize| f.get(i).copied().unwrap_or(0) * 1_000_000 / tick;
+    (get(11), get(12))
+}

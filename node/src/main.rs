@@ -1,0 +1,77 @@
+//! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH] [--cores LIST]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use keel_node::config::{parse_cores, Profile};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Keel storage node: memcached text protocol over an io_uring value log, one shard per core.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The hardware profile (TOML); every tunable lives there.
+    #[arg(long, default_value = "hw-configs/dev.toml")]
+    profile: PathBuf,
+    /// Overrides node.listen (IP:PORT).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Overrides device.path (a file, created if missing, or a block device).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Overrides node.cores: CPU ids like 0,1 or 0-3.
+    #[arg(long)]
+    cores: Option<String>,
+    /// Prints the effective profile (after overrides) and exits.
+    #[arg(long)]
+    print_profile: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut p = match Profile::load(&args.profile) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("keel-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(l) = args.listen {
+        p.node.listen = l;
+    }
+    if let Some(d) = args.data {
+        p.device.path = d;
+    }
+    if let Some(c) = args.cores {
+        match parse_cores(&c) {
+            Ok(c) => p.node.cores = c,
+            Err(e) => {
+                eprintln!("keel-node: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Err(e) = p.validate() {
+        eprintln!("keel-node: profile {}: {e}", args.profile.display());
+        return ExitCode::from(2);
+    }
+    if args.print_profile {
+        print!("{}", toml::to_string(&p).expect("a profile serializes"));
+        return ExitCode::SUCCESS;
+    }
+    // One executor per shard plus the short-lived one that checks the superblock.
+    if let Err(e) = keel_nvme::preflight(p.node.cores.len() + 1, p.io.io_memory_bytes) {
+        eprintln!("keel-node: cannot start: {e}");
+        return ExitCode::from(1);
+    }
+    match keel_node::server::run(p) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel-node: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

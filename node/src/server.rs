@@ -1,0 +1,179 @@
+//! Starting a node: check the device's superblock, start one pinned executor per core, join
+//! the shard mesh, recover each shard's engine, start its background tasks, accept clients.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement, Shares};
+use keel_nvme::{Device, Region, UringDevice, BLOCK_BYTES};
+
+use crate::config::Profile;
+use crate::engine::format::{self, Superblock, DATA_START_BYTES};
+use crate::engine::gc::{self, GcConfig};
+use crate::engine::log::{self as vlog, LogConfig};
+use crate::engine::{Engine, EngineConfig};
+use crate::protocol::Limits;
+use crate::shard::{Msg, Shard, ShardConfig};
+
+/// How the device is cut up: recorded in the superblock at first start, checked at every start.
+fn geometry(p: &Profile) -> Superblock {
+    let shards = p.node.cores.len() as u64;
+    let seg = p.engine.segment_bytes;
+    let region = (p.device.size_bytes - DATA_START_BYTES) / shards / seg * seg;
+    Superblock { shards: shards as u32, segment_bytes: seg, device_bytes: p.device.size_bytes, region_bytes: region }
+}
+
+/// Opens (creating if needed) the device on a short-lived executor and checks or writes its
+/// superblock, so that a profile that no longer matches the data is refused before any shard
+/// reads it.
+fn prepare_device(p: &Profile) -> Result<Superblock, String> {
+    let want = geometry(p);
+    let path = p.device.path.clone();
+    let size = p.device.size_bytes;
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name("keel-format")
+        .spawn(move || async move {
+            let dev = UringDevice::open(&path, size).await.map_err(|e| e.to_string())?;
+            let block = dev.read_at(0, BLOCK_BYTES as usize).await.map_err(|e| e.to_string())?;
+            match format::decode_superblock(&block) {
+                Ok(Some(have)) if have == want => Ok(have),
+                Ok(Some(have)) => Err(format!(
+                    "device {}: it was formatted for {} shards, {}-byte segments and {} bytes, but the profile \
+                     asks for {} shards (node.cores), {}-byte segments (engine.segment_bytes) and {} bytes \
+                     (device.size_bytes): start with the profile it was created with, or point --data at a new file",
+                    path.display(), have.shards, have.segment_bytes, have.device_bytes,
+                    want.shards, want.segment_bytes, want.device_bytes
+                )),
+                Err(why) => Err(format!("device {}: refusing to use it: {why}", path.display())),
+                Ok(None) => {
+                    let mut buf = dev.alloc(BLOCK_BYTES as usize);
+                    format::encode_superblock(&mut buf, &want);
+                    dev.write_at(buf, 0).await.map_err(|e| e.to_string())?;
+                    // The superblock must be durable before any shard writes data it describes.
+                    dev.sync().await.map_err(|e| e.to_string())?;
+                    Ok(want)
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start an io_uring executor: {e}"))?
+        .join()
+        .map_err(|e| format!("format executor failed: {e}"))?
+}
+
+/// Runs the node until it is killed. Returns only on a start-up error.
+pub fn run(p: Profile) -> Result<(), String> {
+    if let Some(dir) = p.device.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let geo = prepare_device(&p)?;
+    let n = p.node.cores.len();
+    let mesh: MeshBuilder<Msg, _> = MeshBuilder::full(n, 4096);
+    let mut handles = Vec::new();
+    for (i, &cpu) in p.node.cores.iter().enumerate() {
+        let p = p.clone();
+        let mesh = mesh.clone();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("keel-shard-{i}"))
+            .io_memory(p.io.io_memory_bytes as usize)
+            .ring_depth(p.io.ring_depth)
+            .spawn(move || async move {
+                if let Err(e) = run_shard(p, geo, mesh).await {
+                    eprintln!("keel-node: {e}");
+                    std::process::exit(1);
+                }
+            })
+            .map_err(|e| format!("cannot start the executor for CPU {cpu}: {e}"))?;
+        handles.push(h);
+    }
+    for h in handles {
+        h.join().map_err(|e| format!("shard executor failed: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn run_shard(p: Profile, geo: Superblock, mesh: MeshBuilder<Msg, glommio::channels::channel_mesh::Full>) -> Result<(), String> {
+    let (senders, receivers) = mesh.join().await.map_err(|_| "cannot join the shard mesh".to_string())?;
+    // The mesh numbers the shards; shard `id` always owns region `id` and the partitions that
+    // map to `id`, whichever CPU runs it.
+    let id = senders.peer_id();
+    let n = p.node.cores.len();
+    let t0 = Instant::now();
+    let dev = UringDevice::open(&p.device.path, p.device.size_bytes).await.map_err(|e| e.to_string())?;
+    let region = Region::new(Rc::new(dev), DATA_START_BYTES + id as u64 * geo.region_bytes, geo.region_bytes)
+        .map_err(|e| e.to_string())?;
+    let cfg = EngineConfig {
+        log: LogConfig {
+            seg_bytes: geo.segment_bytes,
+            value_len_max: p.engine.value_len_max,
+            batch_bytes_max: p.log.batch_bytes_max,
+            flush_delay: Duration::from_millis(p.log.flush_delay_ms),
+        },
+        cache_bytes: (p.engine.cache_bytes / n as u64) as usize,
+    };
+    let engine = Engine::open(region, cfg).await.map_err(|e| format!("shard {id}: {e}"))?;
+    let s = engine.stat_values();
+    let stat = |k: &str| s.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
+    eprintln!(
+        "keel-node: shard {id} on CPU {}: recovered {} items from {} records in {} ms ({} corrupt records skipped)",
+        p.node.cores[id],
+        stat("curr_items"),
+        stat("keel_recovered_records"),
+        t0.elapsed().as_millis(),
+        stat("keel_corrupt_records")
+    );
+    engine.resume_pending_flush();
+
+    let ex = glommio::executor();
+    // Durability is on the request path (every set waits for it): the flush task gets the
+    // same share as requests. GC only uses what requests leave.
+    let flush_tq = ex.create_task_queue(Shares::Static(1000), glommio::Latency::Matters(Duration::from_millis(1)), "flush");
+    let gc_tq = ex.create_task_queue(Shares::Static(50), glommio::Latency::NotImportant, "gc");
+    let log = engine.log.clone();
+    glommio::spawn_local_into(
+        async move {
+            let e = vlog::run_flush(log).await;
+            eprintln!("keel-node: shard {id}: FATAL: {e}; no write will be acknowledged until restart");
+        },
+        flush_tq,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
+    let gc_engine = engine.clone();
+    let gc_cfg = GcConfig {
+        live_ratio_min: p.gc.live_ratio_min,
+        free_segments_min: p.gc.free_segments_min,
+        bytes_per_sec_max: p.gc.bytes_per_sec_max,
+        interval: Duration::from_millis(p.gc.interval_ms),
+    };
+    glommio::spawn_local_into(
+        async move {
+            let e = gc::run_gc(gc_engine, gc_cfg).await;
+            eprintln!("keel-node: shard {id}: FATAL: garbage collection failed: {e}");
+        },
+        gc_tq,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
+
+    let limits = Limits { key_len_max: 250, value_len_max: p.engine.value_len_max, line_len_max: 2048 };
+    let shard = Rc::new(Shard::new(
+        id,
+        n,
+        engine,
+        senders,
+        ShardConfig {
+            partitions: p.node.partitions,
+            limits,
+            conns_max: p.net.connections_max.div_ceil(n),
+            read_buffer_bytes: p.net.read_buffer_bytes,
+            pipeline_depth_max: p.net.pipeline_depth_max,
+        },
+    ));
+    shard.spawn_mesh_tasks(receivers);
+    let listener = glommio::net::TcpListener::bind(&p.node.listen)
+        .map_err(|e| format!("shard {id}: cannot listen on {}: {e}", p.node.listen))?;
+    eprintln!("keel-node: shard {id} accepting on {}", p.node.listen);
+    crate::conn::accept_loop(shard, listener).await;
+    Ok(())
+}

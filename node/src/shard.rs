@@ -1,0 +1,190 @@
+//! A shard: one pinned glommio executor owning a slice of the partitions, its engine on its
+//! region of the device, and its end of the shard mesh. Nothing in a shard is touched by another
+//! thread; shards talk only through the mesh's message queues.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use keel_nvme::UringDevice;
+
+use crate::engine::{self, Engine, Op, OpResult, Pending};
+use crate::protocol::Limits;
+
+/// What travels over the shard mesh. Owned values only: the receiver is another thread.
+pub enum Msg {
+    /// Start `ops` in order on the receiving shard and answer with their results.
+    Req { from: usize, id: u64, ops: Vec<Op>, now: u32 },
+    Resp { id: u64, results: Vec<OpResult> },
+}
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Per-shard command counters, summed over shards by `stats`.
+        #[derive(Default)]
+        pub struct Counters { $(pub $name: Cell<u64>,)* }
+        impl Counters {
+            pub fn values(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.get()),)*]
+            }
+        }
+    };
+}
+
+counters!(
+    curr_connections,
+    total_connections,
+    rejected_connections,
+    cmd_get,
+    cmd_set,
+    cmd_flush,
+    cmd_touch,
+    cmd_meta,
+    get_hits,
+    get_misses,
+    delete_misses,
+    delete_hits,
+    incr_misses,
+    incr_hits,
+    decr_misses,
+    decr_hits,
+    cas_misses,
+    cas_hits,
+    cas_badval,
+    touch_hits,
+    touch_misses,
+    bytes_read,
+    bytes_written,
+);
+
+impl Counters {
+    pub fn add(c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub nshards: usize,
+    partitions_mask: u64,
+    pub engine: Rc<Engine<UringDevice>>,
+    mesh: Senders<Msg>,
+    waiting: RefCell<HashMap<u64, oneshot::Sender<Vec<OpResult>>>>,
+    next_id: Cell<u64>,
+    pub counters: Counters,
+    pub limits: Limits,
+    pub started: Instant,
+    pub conns_max: usize,
+    pub read_buffer_bytes: usize,
+    pub pipeline_depth_max: usize,
+}
+
+pub struct ShardConfig {
+    pub partitions: u32,
+    pub limits: Limits,
+    pub conns_max: usize,
+    pub read_buffer_bytes: usize,
+    pub pipeline_depth_max: usize,
+}
+
+/// The partition of a key: a stable hash, so data stays where it was written across restarts.
+pub fn partition_of(key: &[u8], partitions_mask: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key) & partitions_mask
+}
+
+impl Shard {
+    pub fn new(id: usize, nshards: usize, engine: Rc<Engine<UringDevice>>, mesh: Senders<Msg>, cfg: ShardConfig) -> Shard {
+        assert!(cfg.partitions.is_power_of_two());
+        Shard {
+            id,
+            nshards,
+            partitions_mask: cfg.partitions as u64 - 1,
+            engine,
+            mesh,
+            waiting: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+            counters: Counters::default(),
+            limits: cfg.limits,
+            started: Instant::now(),
+            conns_max: cfg.conns_max,
+            read_buffer_bytes: cfg.read_buffer_bytes,
+            pipeline_depth_max: cfg.pipeline_depth_max,
+        }
+    }
+
+    /// The shard that owns `key`: its partition, placed round-robin over the shards.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        (partition_of(key, self.partitions_mask) % self.nshards as u64) as usize
+    }
+
+    /// Starts an op that belongs to this shard.
+    pub fn start_local(&self, op: Op, now: u32) -> Pending {
+        match op {
+            Op::Stats => {
+                let mut v = self.engine.stat_values();
+                v.extend(self.counters.values());
+                Pending::Ready(OpResult::Stats(v))
+            }
+            op => self.engine.start(op, now),
+        }
+    }
+
+    pub async fn resolve(&self, p: Pending) -> OpResult {
+        engine::resolve(&self.engine.log, p).await
+    }
+
+    /// Sends `ops` to shard `dest` and waits for their results, in order.
+    pub async fn call(&self, dest: usize, ops: Vec<Op>, now: u32) -> Vec<OpResult> {
+        assert_ne!(dest, self.id);
+        let n = ops.len();
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, tx);
+        if self.mesh.send_to(dest, Msg::Req { from: self.id, id, ops, now }).await.is_err() {
+            self.waiting.borrow_mut().remove(&id);
+            return (0..n).map(|_| OpResult::ServerError("shard unavailable".into())).collect();
+        }
+        rx.await.unwrap_or_else(|_| (0..n).map(|_| OpResult::ServerError("shard unavailable".into())).collect())
+    }
+
+    /// Serves the mesh: requests from other shards, and the replies to ours.
+    pub fn spawn_mesh_tasks(self: &Rc<Self>, mut receivers: Receivers<Msg>) {
+        for (_peer, rx) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    shard.on_msg(msg);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn on_msg(self: &Rc<Self>, msg: Msg) {
+        match msg {
+            Msg::Req { from, id, ops, now } => {
+                // Start every op now, in arrival order; only the waiting happens in the task.
+                let pending: Vec<Pending> = ops.into_iter().map(|op| self.start_local(op, now)).collect();
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let mut results = Vec::with_capacity(pending.len());
+                    for p in pending {
+                        results.push(shard.resolve(p).await);
+                    }
+                    // The requester may have gone (connection closed): nothing to do then.
+                    let _ = shard.mesh.send_to(from, Msg::Resp { id, results }).await;
+                })
+                .detach();
+            }
+            Msg::Resp { id, results } => {
+                if let Some(tx) = self.waiting.borrow_mut().remove(&id) {
+                    let _ = tx.send(results);
+                }
+            }
+        }
+    }
+}
