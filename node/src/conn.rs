@@ -88,8 +88,15 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
                         }
                         round.dispatch(shard, req);
                     }
-                    Parse::Invalid { err, consumed, swallow: s, close: c } => {
-                        round.push_bytes(err.reply());
+                    Parse::Invalid { err, consumed, swallow: s, close: c, silent, unlink_key } => {
+                        if !silent {
+                            round.push_bytes(err.reply());
+                        }
+                        if let Some(key) = unlink_key {
+                            // memcached unlinks the key when it refuses a too-large value, so
+                            // the old value cannot be read after a failed set.
+                            round.unlink(shard, key);
+                        }
                         pos += consumed;
                         swallow = s;
                         if c {

@@ -10,4 +10,10 @@
 //! is the seam it will use), the meta service, checkpoints of the index.
 
 pub mod config;
+pub mod conn;
 pub mod engine;
+pub mod exec;
+pub mod meta;
+pub mod protocol;
+pub mod server;
+pub mod shard;

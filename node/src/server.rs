@@ -156,7 +156,7 @@ async fn run_shard(p: Profile, geo: Superblock, mesh: MeshBuilder<Msg, glommio::
     .map_err(|e| e.to_string())?
     .detach();
 
-    let limits = Limits { key_len_max: 250, value_len_max: p.engine.value_len_max, line_len_max: 2048 };
+    let limits = Limits { value_len_max: p.engine.value_len_max, ..Limits::default() };
     let shard = Rc::new(Shard::new(
         id,
         n,
