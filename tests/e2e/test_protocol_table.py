@@ -17,11 +17,8 @@ import time
 
 import pytest
 
-from conftest import Conn
-
 R = re.compile
 CAS = rb"(?P<cas>\d+)"
-ANY_CAS = rb"\d+"
 
 
 def one(req: bytes, exp) -> list:
