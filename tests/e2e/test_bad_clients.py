@@ -1,0 +1,128 @@
+"""A bad client never hurts others: garbage, a 2 MB line without a newline, a half-sent value and
+an abrupt disconnect on some connections while another keeps doing set/get; the server answers
+new connections afterwards."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+
+from conftest import HOST
+
+
+class GoodClient(threading.Thread):
+    """set/get in a loop on one connection, checking every value, until told to stop."""
+
+    def __init__(self, server, ops_max: int = 200_000):
+        super().__init__(daemon=True)
+        self.server = server
+        self.stop = threading.Event()
+        self.ops = 0
+        self.ops_max = ops_max
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            with self.server.connect(timeout_s=5.0) as c:
+                while not self.stop.is_set() and self.ops < self.ops_max:
+                    k = b"good:%d" % (self.ops % 50)
+                    v = b"value-%d" % self.ops
+                    assert c.set(k, v) == b"STORED\r\n"
+                    assert c.get(k) == v
+                    self.ops += 1
+        except BaseException as e:  # reported by the test thread
+            self.error = e
+
+
+def _bad(server, payload: bytes, read_reply: bool = True):
+    """Send `payload` on a new connection; tolerate the server closing it or erroring."""
+    s = socket.create_connection((HOST, server.port), timeout=5.0)
+    try:
+        try:
+            s.sendall(payload)
+        except OSError:
+            return
+        if read_reply:
+            s.settimeout(0.5)
+            try:
+                s.recv(65536)
+            except OSError:
+                pass
+    finally:
+        s.close()
+
+
+def test_bad_clients_do_not_hurt_a_good_one(server):
+    good = GoodClient(server)
+    good.start()
+    try:
+        rng = random.Random(7)
+        progress = []
+        bad_payloads = [
+            os.urandom(64 * 1024),                               # random bytes
+            b"\x00" * 100_000,                                   # NULs, no newline
+            b"x" * (2 * 1024 * 1024),                            # a 2 MB line, no newline
+            b"get " + b"k" * (2 * 1024 * 1024) + b"\r\n",        # a 2 MB get line
+            b"set half 0 0 1000\r\n" + b"h" * 10,                # value never finished
+            b"set neg 0 0 -5\r\n" * 1000,                        # rejected lines in bulk
+            b"\r\n" * 50_000,                                    # empty lines
+            bytes(rng.randrange(256) for _ in range(10_000)) + b"\r\n",
+            b"mg " + b"\xff" * 300 + b" v\r\n",
+            b"get a\r\n" * 20_000,                               # reads no replies, then leaves
+        ]
+        for p in bad_payloads:
+            before = good.ops
+            _bad(server, p, read_reply=p is not bad_payloads[-1])
+            progress.append(good.ops - before)
+            assert good.error is None, good.error
+        # The good client kept going through all of it.
+        deadline = time.monotonic() + 10
+        target = good.ops + 100
+        while good.ops < target and good.error is None:
+            assert time.monotonic() < deadline, "good client stalled after the bad clients"
+            time.sleep(0.01)  # waiting for the other thread's progress counter, bounded
+    finally:
+        good.stop.set()
+        good.join(timeout=10)
+    assert not good.is_alive()
+    assert good.error is None, good.error
+    assert good.ops > 100
+    # New connections are served.
+    with server.connect() as c:
+        assert c.set("afterbad", b"ok") == b"STORED\r\n"
+        assert c.get("afterbad") == b"ok"
+
+
+def test_long_line_gets_an_error_or_close_not_a_hang(server):
+    """A 2 MB line with no newline: the server either answers an error or closes, within a bound."""
+    s = socket.create_connection((HOST, server.port), timeout=10.0)
+    try:
+        try:
+            s.sendall(b"y" * (2 * 1024 * 1024) + b"\r\n")
+        except OSError:
+            return  # closed on us: acceptable
+        s.settimeout(10.0)
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            return
+        assert data == b"" or data.startswith((b"CLIENT_ERROR", b"SERVER_ERROR", b"ERROR")), data
+    finally:
+        s.close()
+    with server.connect() as c:
+        assert c.call(b"version\r\n").startswith(b"VERSION ")
+
+
+def test_many_connections_opened_and_dropped(server):
+    """500 connections opened and dropped mid-request; the server keeps serving."""
+    for i in range(500):
+        s = socket.create_connection((HOST, server.port), timeout=5.0)
+        s.sendall(b"set churn%d 0 0 10\r\nabc" % i)
+        s.close()
+    with server.connect() as c:
+        assert c.get("churn1") is None
+        assert c.set("churn", b"ok") == b"STORED\r\n"
+        assert c.get("churn") == b"ok"
