@@ -54,6 +54,18 @@ impl ReturnFlags {
         self.len += 1;
     }
 
+    /// Builds a list directly, for tests and for callers that synthesise requests.
+    ///
+    /// # Panics
+    /// With more than eight flags, which no parsed request can carry.
+    pub fn from_slice(flags: &[ReturnFlag]) -> Self {
+        let mut list = Self::default();
+        for &flag in flags {
+            list.push(flag);
+        }
+        list
+    }
+
     pub fn as_slice(&self) -> &[ReturnFlag] {
         &self.list[..usize::from(self.len)]
     }
