@@ -410,7 +410,16 @@ fn table() -> Vec<(&'static [u8], Want)> {
                 unlink: Some(b"a"),
             },
         ),
+        // memcached keeps the old value for add/append/cas (checked with a get afterwards).
         (b"add a 0 0 2000000\r\n", ew(E::ObjectTooLarge, 19, 2000002)),
+        (
+            b"append a 0 0 2000000\r\n",
+            ew(E::ObjectTooLarge, 22, 2000002),
+        ),
+        (
+            b"cas a 0 0 2000000 1\r\n",
+            ew(E::ObjectTooLarge, 21, 2000002),
+        ),
         (b"cas a 0 0 1\r\n", e(E::Error)),
         (
             b"cas a 0 0 1 5\r\nx\r\n",
@@ -1004,6 +1013,18 @@ fn table() -> Vec<(&'static [u8], Want)> {
         (b"ms s1 3 q\r\nabcd\r\n", ec(E::BadDataChunk, 16)),
         (
             b"ms s1 2000000 q\r\n",
+            Want::Err {
+                err: E::ObjectTooLarge,
+                consumed: None,
+                swallow: 2000002,
+                silent: false,
+                close: false,
+                unlink: Some(b"s1"),
+            },
+        ),
+        // ...but ms unlinks whatever its mode.
+        (
+            b"ms s1 2000000 MA\r\n",
             Want::Err {
                 err: E::ObjectTooLarge,
                 consumed: None,
