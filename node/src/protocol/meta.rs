@@ -54,6 +54,18 @@ impl ReturnFlags {
         self.len += 1;
     }
 
+    /// Builds a list directly, for tests and for callers that synthesise requests.
+    ///
+    /// # Panics
+    /// With more than eight flags, which no parsed request can carry.
+    pub fn from_slice(flags: &[ReturnFlag]) -> Self {
+        let mut list = Self::default();
+        for &flag in flags {
+            list.push(flag);
+        }
+        list
+    }
+
     pub fn as_slice(&self) -> &[ReturnFlag] {
         &self.list[..usize::from(self.len)]
     }
@@ -128,7 +140,7 @@ pub struct MetaFlags<'a> {
 fn preparse<'a>(toks: &[&'a [u8]]) -> Result<(MetaFlags<'a>, Option<u8>), ClientError> {
     let mut f = MetaFlags::default();
     let mut mode = None;
-    let mut seen = [false; 128];
+    let mut seen = [false; 256];
     let mut err: Option<ClientError> = None;
     let mut has_error = false;
     let mut fail = |e: Option<ClientError>| {
@@ -140,6 +152,14 @@ fn preparse<'a>(toks: &[&'a [u8]]) -> Result<(MetaFlags<'a>, Option<u8>), Client
     for tok in toks {
         debug_assert!(!tok.is_empty());
         let arg = &tok[1..];
+        // Checked before the flag is acted on, so a repeated return flag is never pushed twice
+        // and the list's eight slots always suffice. memcached answers the same either way: an
+        // unknown flag is reported at its first occurrence.
+        let slot = &mut seen[usize::from(tok[0])];
+        if *slot {
+            return Err(ClientError::DuplicateFlag);
+        }
+        *slot = true;
         match tok[0] {
             b'N' => match strtol_i32(arg) {
                 Some(v) => f.vivify_ttl = Some(v),
@@ -197,11 +217,6 @@ fn preparse<'a>(toks: &[&'a [u8]]) -> Result<(MetaFlags<'a>, Option<u8>), Client
             // Includes `b` (base64 keys), which Keel does not support.
             _ => return Err(ClientError::InvalidFlag),
         }
-        let slot = &mut seen[usize::from(tok[0] & 0x7f)];
-        if *slot {
-            return Err(ClientError::DuplicateFlag);
-        }
-        *slot = true;
     }
     if has_error {
         return Err(err.unwrap_or(ClientError::BadCommandLineFormat));
