@@ -81,39 +81,72 @@ fn rule(key: &str, value: impl std::fmt::Display, why: &str) -> String {
 
 impl Profile {
     pub fn load(path: &std::path::Path) -> Result<Profile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("profile {}: {e}", path.display()))
     }
 
     /// Checks every value; the error names the key, the value and the rule.
     pub fn validate(&self) -> Result<(), String> {
         let n = &self.node;
-        n.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| rule("node.listen", format!("{:?}", n.listen), "must be IP:PORT, e.g. 127.0.0.1:11211"))?;
+        n.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            rule(
+                "node.listen",
+                format!("{:?}", n.listen),
+                "must be IP:PORT, e.g. 127.0.0.1:11211",
+            )
+        })?;
         if n.cores.is_empty() || n.cores.len() > 256 {
-            return Err(rule("node.cores", format!("{:?}", n.cores), "must list 1 to 256 CPU ids"));
+            return Err(rule(
+                "node.cores",
+                format!("{:?}", n.cores),
+                "must list 1 to 256 CPU ids",
+            ));
         }
-        let online = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1);
+        let online = std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(1);
         let cpus = core_count();
         for &c in &n.cores {
             if c >= cpus {
-                return Err(rule("node.cores", format!("{:?}", n.cores), &format!("CPU {c} does not exist (this host has CPUs 0..{})", cpus - 1)));
+                return Err(rule(
+                    "node.cores",
+                    format!("{:?}", n.cores),
+                    &format!(
+                        "CPU {c} does not exist (this host has CPUs 0..{})",
+                        cpus - 1
+                    ),
+                ));
             }
         }
         let mut sorted = n.cores.clone();
         sorted.sort_unstable();
         sorted.dedup();
         if sorted.len() != n.cores.len() {
-            return Err(rule("node.cores", format!("{:?}", n.cores), "lists a CPU twice"));
+            return Err(rule(
+                "node.cores",
+                format!("{:?}", n.cores),
+                "lists a CPU twice",
+            ));
         }
         let _ = online;
-        if !n.partitions.is_power_of_two() || (n.partitions as usize) < n.cores.len() || n.partitions > 65536 {
-            return Err(rule("node.partitions", n.partitions, "must be a power of two between the number of cores and 65536"));
+        if !n.partitions.is_power_of_two()
+            || (n.partitions as usize) < n.cores.len()
+            || n.partitions > 65536
+        {
+            return Err(rule(
+                "node.partitions",
+                n.partitions,
+                "must be a power of two between the number of cores and 65536",
+            ));
         }
         let d = &self.device;
         if d.path.as_os_str().is_empty() {
-            return Err(rule("device.path", "\"\"", "must name a file or block device"));
+            return Err(rule(
+                "device.path",
+                "\"\"",
+                "must name a file or block device",
+            ));
         }
         if self.io.backend != "io_uring" {
             return Err(rule(
@@ -123,17 +156,33 @@ impl Profile {
             ));
         }
         if !(8..=32768).contains(&self.io.ring_depth) || !self.io.ring_depth.is_power_of_two() {
-            return Err(rule("io.ring_depth", self.io.ring_depth, "must be a power of two from 8 to 32768"));
+            return Err(rule(
+                "io.ring_depth",
+                self.io.ring_depth,
+                "must be a power of two from 8 to 32768",
+            ));
         }
         if self.io.io_memory_bytes < MIB || self.io.io_memory_bytes > 1024 * MIB {
-            return Err(rule("io.io_memory_bytes", self.io.io_memory_bytes, "must be between 1 MiB and 1 GiB"));
+            return Err(rule(
+                "io.io_memory_bytes",
+                self.io.io_memory_bytes,
+                "must be between 1 MiB and 1 GiB",
+            ));
         }
         let e = &self.engine;
         if e.value_len_max == 0 || e.value_len_max as u64 > 64 * MIB {
-            return Err(rule("engine.value_len_max", e.value_len_max, "must be between 1 and 67108864 (64 MiB)"));
+            return Err(rule(
+                "engine.value_len_max",
+                e.value_len_max,
+                "must be between 1 and 67108864 (64 MiB)",
+            ));
         }
         if e.segment_bytes % MIB != 0 || e.segment_bytes < 2 * MIB || e.segment_bytes > 1024 * MIB {
-            return Err(rule("engine.segment_bytes", e.segment_bytes, "must be a multiple of 1 MiB from 2 MiB to 1 GiB"));
+            return Err(rule(
+                "engine.segment_bytes",
+                e.segment_bytes,
+                "must be a multiple of 1 MiB from 2 MiB to 1 GiB",
+            ));
         }
         if e.segment_bytes < 2 * (e.value_len_max as u64 + 4096) {
             return Err(rule(
@@ -155,37 +204,77 @@ impl Profile {
             ));
         }
         if d.size_bytes % 4096 != 0 {
-            return Err(rule("device.size_bytes", d.size_bytes, "must be a multiple of 4096"));
+            return Err(rule(
+                "device.size_bytes",
+                d.size_bytes,
+                "must be a multiple of 4096",
+            ));
         }
         let l = &self.log;
         if l.batch_bytes_max < 512 || l.batch_bytes_max > 64 * MIB as usize {
-            return Err(rule("log.batch_bytes_max", l.batch_bytes_max, "must be between 512 and 67108864"));
+            return Err(rule(
+                "log.batch_bytes_max",
+                l.batch_bytes_max,
+                "must be between 512 and 67108864",
+            ));
         }
         if l.flush_delay_ms == 0 || l.flush_delay_ms > 1000 {
-            return Err(rule("log.flush_delay_ms", l.flush_delay_ms, "must be between 1 and 1000"));
+            return Err(rule(
+                "log.flush_delay_ms",
+                l.flush_delay_ms,
+                "must be between 1 and 1000",
+            ));
         }
         let g = &self.gc;
         if !(0.0..=0.95).contains(&g.live_ratio_min) {
-            return Err(rule("gc.live_ratio_min", g.live_ratio_min, "must be between 0.0 and 0.95"));
+            return Err(rule(
+                "gc.live_ratio_min",
+                g.live_ratio_min,
+                "must be between 0.0 and 0.95",
+            ));
         }
         if g.free_segments_min < 2 {
-            return Err(rule("gc.free_segments_min", g.free_segments_min, "must be at least 2 (GC needs one to move live data into)"));
+            return Err(rule(
+                "gc.free_segments_min",
+                g.free_segments_min,
+                "must be at least 2 (GC needs one to move live data into)",
+            ));
         }
         if g.bytes_per_sec_max < MIB {
-            return Err(rule("gc.bytes_per_sec_max", g.bytes_per_sec_max, "must be at least 1048576"));
+            return Err(rule(
+                "gc.bytes_per_sec_max",
+                g.bytes_per_sec_max,
+                "must be at least 1048576",
+            ));
         }
         if g.interval_ms == 0 || g.interval_ms > 60_000 {
-            return Err(rule("gc.interval_ms", g.interval_ms, "must be between 1 and 60000"));
+            return Err(rule(
+                "gc.interval_ms",
+                g.interval_ms,
+                "must be between 1 and 60000",
+            ));
         }
         let t = &self.net;
         if t.connections_max == 0 || t.connections_max > 1_000_000 {
-            return Err(rule("net.connections_max", t.connections_max, "must be between 1 and 1000000"));
+            return Err(rule(
+                "net.connections_max",
+                t.connections_max,
+                "must be between 1 and 1000000",
+            ));
         }
         if t.read_buffer_bytes < 4096 || t.read_buffer_bytes > 64 * MIB as usize {
-            return Err(rule("net.read_buffer_bytes", t.read_buffer_bytes, "must be between 4096 and 67108864"));
+            return Err(rule(
+                "net.read_buffer_bytes",
+                t.read_buffer_bytes,
+                "must be between 4096 and 67108864",
+            ));
         }
         if t.pipeline_depth_max == 0 || t.pipeline_depth_max > 65536 {
-            return Err(rule("net.pipeline_depth_max", t.pipeline_depth_max, "must be between 1 and 65536"));
+            return Err(rule(
+                "net.pipeline_depth_max",
+                t.pipeline_depth_max,
+                "must be between 1 and 65536",
+            ));
         }
         Ok(())
     }
@@ -193,7 +282,9 @@ impl Profile {
 
 /// CPUs the kernel knows (online or not), for checking `node.cores`.
 fn core_count() -> usize {
-    core_affinity::get_core_ids().map(|v| v.iter().map(|c| c.id + 1).max().unwrap_or(1)).unwrap_or(1)
+    core_affinity::get_core_ids()
+        .map(|v| v.iter().map(|c| c.id + 1).max().unwrap_or(1))
+        .unwrap_or(1)
 }
 
 /// Parses `--cores 0,1,4-7`.
@@ -203,7 +294,8 @@ pub fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
         let bad = || format!("--cores {s:?}: {part:?} is not a CPU id or range like 2-5");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -238,21 +330,37 @@ mod tests {
     fn errors_name_key_value_and_rule() {
         let mut p = dev();
         p.log.flush_delay_ms = 0;
-        assert_eq!(p.validate().unwrap_err(), "log.flush_delay_ms = 0: must be between 1 and 1000");
+        assert_eq!(
+            p.validate().unwrap_err(),
+            "log.flush_delay_ms = 0: must be between 1 and 1000"
+        );
         let mut p = dev();
         p.engine.value_len_max = 65 << 20;
-        assert!(p.validate().unwrap_err().starts_with("engine.value_len_max = 68157440: "));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .starts_with("engine.value_len_max = 68157440: "));
         let mut p = dev();
         p.node.partitions = 3;
-        assert!(p.validate().unwrap_err().starts_with("node.partitions = 3: must be a power of two"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .starts_with("node.partitions = 3: must be a power of two"));
         let mut p = dev();
         p.io.backend = "spdk".into();
-        assert!(p.validate().unwrap_err().contains("SPDK backend is not built"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .contains("SPDK backend is not built"));
     }
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../hw-configs/dev.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hw-configs/dev.toml"
+        ))
+        .unwrap();
         let bad = text.replace("[log]", "[log]\nflush_delay = 5");
         let err = toml::from_str::<Profile>(&bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `flush_delay`"), "{err}");

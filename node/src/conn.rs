@@ -25,7 +25,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         let c = &shard.counters;
         if c.curr_connections.get() as usize >= shard.conns_max {
             Counters::add(&c.rejected_connections, 1);
-            let _ = stream.write_all(b"SERVER_ERROR too many open connections\r\n").await;
+            let _ = stream
+                .write_all(b"SERVER_ERROR too many open connections\r\n")
+                .await;
             continue;
         }
         Counters::add(&c.curr_connections, 1);
@@ -88,7 +90,14 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
                         }
                         round.dispatch(shard, req);
                     }
-                    Parse::Invalid { err, consumed, swallow: s, close: c, silent, unlink_key } => {
+                    Parse::Invalid {
+                        err,
+                        consumed,
+                        swallow: s,
+                        close: c,
+                        silent,
+                        unlink_key,
+                    } => {
                         if !silent {
                             round.push_bytes(err.reply());
                         }

@@ -11,16 +11,25 @@ use crate::shard::{Counters, Shard};
 /// Where one op of a request runs.
 enum Part {
     Done(OpResult),
+    /// This shard's statistics, read when the reply is written so that the counters of the
+    /// requests before `stats` in the same pipeline are included.
+    LocalStats,
     Local(Pending),
     /// Index into the batch sent to `dest`.
-    Remote { dest: usize, idx: usize },
+    Remote {
+        dest: usize,
+        idx: usize,
+    },
 }
 
 enum Slot<'a> {
     Bytes(&'static [u8]),
     /// Ops whose results nobody is told (the unlink after a refused value).
     Silent(Vec<Part>),
-    Req { req: Request<'a>, parts: Vec<Part> },
+    Req {
+        req: Request<'a>,
+        parts: Vec<Part>,
+    },
 }
 
 /// The requests of one read, dispatched together.
@@ -34,11 +43,19 @@ pub const VERSION: &str = concat!("1.6.18-keel-", env!("CARGO_PKG_VERSION"));
 
 impl<'a> Round<'a> {
     pub fn new(now: u32) -> Round<'a> {
-        Round { slots: Vec::new(), remote: Vec::new(), now }
+        Round {
+            slots: Vec::new(),
+            remote: Vec::new(),
+            now,
+        }
     }
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     pub fn push_bytes(&mut self, b: &'static [u8]) {
@@ -46,7 +63,14 @@ impl<'a> Round<'a> {
     }
 
     pub fn unlink(&mut self, shard: &Shard, key: &[u8]) {
-        let part = self.route(shard, Op::Delete { key: key.to_vec(), cas: 0, invalidate: None });
+        let part = self.route(
+            shard,
+            Op::Delete {
+                key: key.to_vec(),
+                cas: 0,
+                invalidate: None,
+            },
+        );
         self.slots.push(Slot::Silent(vec![part]));
     }
 
@@ -63,12 +87,19 @@ impl<'a> Round<'a> {
             }
         };
         batch.push(op);
-        Part::Remote { dest, idx: batch.len() - 1 }
+        Part::Remote {
+            dest,
+            idx: batch.len() - 1,
+        }
     }
 
     /// An op for every shard (flush_all, stats).
     fn broadcast(&mut self, shard: &Shard, make: impl Fn() -> Op) -> Vec<Part> {
-        let mut parts = vec![Part::Local(shard.start_local(make(), self.now))];
+        let first = match make() {
+            Op::Stats => Part::LocalStats,
+            op => Part::Local(shard.start_local(op, self.now)),
+        };
+        let mut parts = vec![first];
         for dest in (0..shard.nshards).filter(|&d| d != shard.id) {
             let batch = match self.remote.iter().position(|(d, _)| *d == dest) {
                 Some(i) => &mut self.remote[i].1,
@@ -78,7 +109,10 @@ impl<'a> Round<'a> {
                 }
             };
             batch.push(make());
-            parts.push(Part::Remote { dest, idx: batch.len() - 1 });
+            parts.push(Part::Remote {
+                dest,
+                idx: batch.len() - 1,
+            });
         }
         parts
     }
@@ -89,9 +123,27 @@ impl<'a> Round<'a> {
         let parts = match &req {
             Request::Get { keys, touch, .. } => keys
                 .iter()
-                .map(|k| self.route(shard, Op::Get { key: k.to_vec(), touch: *touch, vivify: None, want_value: true }))
+                .map(|k| {
+                    self.route(
+                        shard,
+                        Op::Get {
+                            key: k.to_vec(),
+                            touch: *touch,
+                            vivify: None,
+                            want_value: true,
+                        },
+                    )
+                })
                 .collect(),
-            Request::Store { cmd, key, flags, exptime, cas, data, .. } => {
+            Request::Store {
+                cmd,
+                key,
+                flags,
+                exptime,
+                cas,
+                data,
+                ..
+            } => {
                 let (mode, cas) = match cmd {
                     StoreCmd::Set => (StoreMode::Set, 0),
                     StoreCmd::Add => (StoreMode::Add, 0),
@@ -100,21 +152,54 @@ impl<'a> Round<'a> {
                     StoreCmd::Prepend => (StoreMode::Prepend, 0),
                     StoreCmd::Cas => (StoreMode::Set, *cas),
                 };
-                let op = Op::Store { mode, key: key.to_vec(), flags: *flags, exptime: *exptime, cas, data: data.to_vec(), invalidate: false };
+                let op = Op::Store {
+                    mode,
+                    key: key.to_vec(),
+                    flags: *flags,
+                    exptime: *exptime,
+                    cas,
+                    data: data.to_vec(),
+                    invalidate: false,
+                };
                 vec![self.route(shard, op)]
             }
-            Request::Delete { key, .. } => vec![self.route(shard, Op::Delete { key: key.to_vec(), cas: 0, invalidate: None })],
-            Request::Arith { incr, key, delta, .. } => vec![self.route(
+            Request::Delete { key, .. } => vec![self.route(
                 shard,
-                Op::Arith { key: key.to_vec(), incr: *incr, delta: *delta, cas: 0, vivify: None, touch: None },
+                Op::Delete {
+                    key: key.to_vec(),
+                    cas: 0,
+                    invalidate: None,
+                },
             )],
-            Request::Touch { key, exptime, .. } => vec![self.route(shard, Op::Touch { key: key.to_vec(), exptime: *exptime })],
+            Request::Arith {
+                incr, key, delta, ..
+            } => vec![self.route(
+                shard,
+                Op::Arith {
+                    key: key.to_vec(),
+                    incr: *incr,
+                    delta: *delta,
+                    cas: 0,
+                    vivify: None,
+                    touch: None,
+                },
+            )],
+            Request::Touch { key, exptime, .. } => vec![self.route(
+                shard,
+                Op::Touch {
+                    key: key.to_vec(),
+                    exptime: *exptime,
+                },
+            )],
             Request::FlushAll { delay, .. } => {
                 let delay = *delay;
                 self.broadcast(shard, || Op::FlushAll { delay })
             }
             Request::Stats { group: None, .. } => self.broadcast(shard, || Op::Stats),
-            Request::Stats { .. } | Request::Version | Request::Verbosity { .. } | Request::Quit => Vec::new(),
+            Request::Stats { .. }
+            | Request::Version
+            | Request::Verbosity { .. }
+            | Request::Quit => Vec::new(),
             Request::Meta(m) => match crate::meta::to_op(m) {
                 Ok(Some(op)) => vec![self.route(shard, op)],
                 Ok(None) => Vec::new(),
@@ -127,7 +212,10 @@ impl<'a> Round<'a> {
     /// Sends the remote batches, waits for every op, and writes the replies in order.
     pub async fn finish(self, shard: &Rc<Shard>, out: &mut Vec<u8>) {
         let now = self.now;
-        let calls = self.remote.into_iter().map(|(dest, ops)| async move { (dest, shard.call(dest, ops, now).await) });
+        let calls = self
+            .remote
+            .into_iter()
+            .map(|(dest, ops)| async move { (dest, shard.call(dest, ops, now).await) });
         let mut remote: Vec<(usize, Vec<Option<OpResult>>)> = futures::future::join_all(calls)
             .await
             .into_iter()
@@ -148,6 +236,9 @@ impl<'a> Round<'a> {
                     for p in parts {
                         results.push(match p {
                             Part::Done(r) => r,
+                            Part::LocalStats => {
+                                shard.resolve(shard.start_local(Op::Stats, now)).await
+                            }
                             Part::Local(p) => shard.resolve(p).await,
                             Part::Remote { dest, idx } => remote
                                 .iter_mut()
@@ -180,10 +271,14 @@ fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
         OpResult::Deleted => b"DELETED\r\n",
         OpResult::Touched => b"TOUCHED\r\n",
         OpResult::Ok => b"OK\r\n",
-        OpResult::TooLarge => return out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n"),
+        OpResult::TooLarge => {
+            return out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n")
+        }
         OpResult::ServerError(m) => return server_error(out, m),
         OpResult::NonNumeric => {
-            return out.extend_from_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n")
+            return out.extend_from_slice(
+                b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+            )
         }
         OpResult::Number { value, .. } => {
             if !noreply {
@@ -191,7 +286,9 @@ fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
             }
             return;
         }
-        OpResult::Hit(_) | OpResult::Miss | OpResult::Stats(_) => b"SERVER_ERROR unexpected result\r\n",
+        OpResult::Hit(_) | OpResult::Miss | OpResult::Stats(_) => {
+            b"SERVER_ERROR unexpected result\r\n"
+        }
     };
     if !noreply {
         out.extend_from_slice(line);
@@ -249,7 +346,11 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
         }
         Request::Arith { incr, noreply, .. } => {
             let r = &results[0];
-            let (hits, misses) = if *incr { (&c.incr_hits, &c.incr_misses) } else { (&c.decr_hits, &c.decr_misses) };
+            let (hits, misses) = if *incr {
+                (&c.incr_hits, &c.incr_misses)
+            } else {
+                (&c.decr_hits, &c.decr_misses)
+            };
             match r {
                 OpResult::Number { .. } => Counters::add(hits, 1),
                 OpResult::NotFound => Counters::add(misses, 1),
@@ -284,7 +385,9 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
         Request::Stats { group: None, .. } => render_stats(shard, results, now, out),
         Request::Stats { group: Some(g), .. } => match *g {
             // Groups memcached knows but whose slab-allocator figures Keel does not have.
-            b"settings" | b"items" | b"slabs" | b"sizes" | b"conns" => out.extend_from_slice(b"END\r\n"),
+            b"settings" | b"items" | b"slabs" | b"sizes" | b"conns" => {
+                out.extend_from_slice(b"END\r\n")
+            }
             b"reset" => out.extend_from_slice(b"RESET\r\n"),
             _ => out.extend_from_slice(b"ERROR\r\n"),
         },
@@ -311,8 +414,16 @@ fn render_stats(shard: &Shard, results: Vec<OpResult>, now: u32, out: &mut Vec<u
     reply::stat_u64(out, b"time", now as u64);
     reply::stat(out, b"version", VERSION.as_bytes());
     reply::stat_u64(out, b"pointer_size", 64);
-    reply::stat(out, b"rusage_user", format!("{}.{:06}", user / 1_000_000, user % 1_000_000).as_bytes());
-    reply::stat(out, b"rusage_system", format!("{}.{:06}", system / 1_000_000, system % 1_000_000).as_bytes());
+    reply::stat(
+        out,
+        b"rusage_user",
+        format!("{}.{:06}", user / 1_000_000, user % 1_000_000).as_bytes(),
+    );
+    reply::stat(
+        out,
+        b"rusage_system",
+        format!("{}.{:06}", system / 1_000_000, system % 1_000_000).as_bytes(),
+    );
     reply::stat_u64(out, b"threads", shard.nshards as u64);
     for (name, val) in sums {
         reply::stat_u64(out, name.as_bytes(), val);
@@ -324,7 +435,10 @@ fn render_stats(shard: &Shard, results: Vec<OpResult>, now: u32, out: &mut Vec<u
 fn rusage() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     // Fields 14 and 15 (utime, stime) in clock ticks; after the ')' they are at 11 and 12.
     let tick = 100u64; // USER_HZ on Linux
     let get = |i: usize| f.get(i).copied().unwrap_or(0) * 1_000_000 / tick;

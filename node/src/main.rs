@@ -63,9 +63,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // One executor per shard plus the short-lived one that checks the superblock.
-    if let Err(e) = keel_nvme::preflight(p.node.cores.len() + 1, p.io.io_memory_bytes) {
-        eprintln!("keel-node: cannot start: {e}");
-        return ExitCode::from(1);
+    match keel_nvme::preflight(p.node.cores.len() + 1, p.io.io_memory_bytes) {
+        Ok(None) => {}
+        Ok(Some(warning)) => eprintln!("keel-node: warning: {warning}"),
+        Err(e) => {
+            eprintln!("keel-node: cannot start: {e}");
+            return ExitCode::from(1);
+        }
     }
     match keel_node::server::run(p) {
         Ok(()) => ExitCode::SUCCESS,

@@ -89,22 +89,29 @@ fn failure(out: &mut Vec<u8>, r: &OpResult) -> bool {
             out.extend_from_slice(b"\r\n");
         }
         OpResult::TooLarge => out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n"),
-        OpResult::NonNumeric => {
-            out.extend_from_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n")
-        }
+        OpResult::NonNumeric => out
+            .extend_from_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
         _ => return false,
     }
     true
 }
 
-pub fn render(shard: &Shard, m: &MetaRequest<'_>, results: Vec<OpResult>, now: u32, out: &mut Vec<u8>) {
+pub fn render(
+    shard: &Shard,
+    m: &MetaRequest<'_>,
+    results: Vec<OpResult>,
+    now: u32,
+    out: &mut Vec<u8>,
+) {
     let c = &shard.counters;
     Counters::add(&c.cmd_meta, 1);
     if m.cmd == MetaCmd::Noop {
         reply::meta_noop(out);
         return;
     }
-    let Some(r) = results.into_iter().next() else { return };
+    let Some(r) = results.into_iter().next() else {
+        return;
+    };
     if failure(out, &r) {
         return;
     }
@@ -139,13 +146,21 @@ pub fn render(shard: &Shard, m: &MetaRequest<'_>, results: Vec<OpResult>, now: u
                 OpResult::Exists => MetaStatus::Ex,
                 _ => MetaStatus::Nf,
             };
-            let counter = if status == MetaStatus::Hd { &c.delete_hits } else { &c.delete_misses };
+            let counter = if status == MetaStatus::Hd {
+                &c.delete_hits
+            } else {
+                &c.delete_misses
+            };
             Counters::add(counter, 1);
             reply::meta_delete(out, m, status);
         }
         MetaCmd::Arith => match r {
             OpResult::Number { value, item } => {
-                let v = ArithView { value, ttl_remaining: ttl_remaining(item.exptime, now), cas: item.cas };
+                let v = ArithView {
+                    value,
+                    ttl_remaining: ttl_remaining(item.exptime, now),
+                    cas: item.cas,
+                };
                 reply::meta_arith(out, m, MetaStatus::Hd, Some(&v));
             }
             OpResult::Exists => reply::meta_arith(out, m, MetaStatus::Ex, None),

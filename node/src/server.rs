@@ -21,7 +21,12 @@ fn geometry(p: &Profile) -> Superblock {
     let shards = p.node.cores.len() as u64;
     let seg = p.engine.segment_bytes;
     let region = (p.device.size_bytes - DATA_START_BYTES) / shards / seg * seg;
-    Superblock { shards: shards as u32, segment_bytes: seg, device_bytes: p.device.size_bytes, region_bytes: region }
+    Superblock {
+        shards: shards as u32,
+        segment_bytes: seg,
+        device_bytes: p.device.size_bytes,
+        region_bytes: region,
+    }
 }
 
 /// Opens (creating if needed) the device on a short-lived executor and checks or writes its
@@ -64,7 +69,8 @@ fn prepare_device(p: &Profile) -> Result<Superblock, String> {
 /// Runs the node until it is killed. Returns only on a start-up error.
 pub fn run(p: Profile) -> Result<(), String> {
     if let Some(dir) = p.device.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let geo = prepare_device(&p)?;
     let n = p.node.cores.len();
@@ -87,21 +93,35 @@ pub fn run(p: Profile) -> Result<(), String> {
         handles.push(h);
     }
     for h in handles {
-        h.join().map_err(|e| format!("shard executor failed: {e}"))?;
+        h.join()
+            .map_err(|e| format!("shard executor failed: {e}"))?;
     }
     Ok(())
 }
 
-async fn run_shard(p: Profile, geo: Superblock, mesh: MeshBuilder<Msg, glommio::channels::channel_mesh::Full>) -> Result<(), String> {
-    let (senders, receivers) = mesh.join().await.map_err(|_| "cannot join the shard mesh".to_string())?;
+async fn run_shard(
+    p: Profile,
+    geo: Superblock,
+    mesh: MeshBuilder<Msg, glommio::channels::channel_mesh::Full>,
+) -> Result<(), String> {
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "cannot join the shard mesh".to_string())?;
     // The mesh numbers the shards; shard `id` always owns region `id` and the partitions that
     // map to `id`, whichever CPU runs it.
     let id = senders.peer_id();
     let n = p.node.cores.len();
     let t0 = Instant::now();
-    let dev = UringDevice::open(&p.device.path, p.device.size_bytes).await.map_err(|e| e.to_string())?;
-    let region = Region::new(Rc::new(dev), DATA_START_BYTES + id as u64 * geo.region_bytes, geo.region_bytes)
+    let dev = UringDevice::open(&p.device.path, p.device.size_bytes)
+        .await
         .map_err(|e| e.to_string())?;
+    let region = Region::new(
+        Rc::new(dev),
+        DATA_START_BYTES + id as u64 * geo.region_bytes,
+        geo.region_bytes,
+    )
+    .map_err(|e| e.to_string())?;
     let cfg = EngineConfig {
         log: LogConfig {
             seg_bytes: geo.segment_bytes,
@@ -111,7 +131,9 @@ async fn run_shard(p: Profile, geo: Superblock, mesh: MeshBuilder<Msg, glommio::
         },
         cache_bytes: (p.engine.cache_bytes / n as u64) as usize,
     };
-    let engine = Engine::open(region, cfg).await.map_err(|e| format!("shard {id}: {e}"))?;
+    let engine = Engine::open(region, cfg)
+        .await
+        .map_err(|e| format!("shard {id}: {e}"))?;
     let s = engine.stat_values();
     let stat = |k: &str| s.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
     eprintln!(
@@ -127,13 +149,19 @@ async fn run_shard(p: Profile, geo: Superblock, mesh: MeshBuilder<Msg, glommio::
     let ex = glommio::executor();
     // Durability is on the request path (every set waits for it): the flush task gets the
     // same share as requests. GC only uses what requests leave.
-    let flush_tq = ex.create_task_queue(Shares::Static(1000), glommio::Latency::Matters(Duration::from_millis(1)), "flush");
+    let flush_tq = ex.create_task_queue(
+        Shares::Static(1000),
+        glommio::Latency::Matters(Duration::from_millis(1)),
+        "flush",
+    );
     let gc_tq = ex.create_task_queue(Shares::Static(50), glommio::Latency::NotImportant, "gc");
     let log = engine.log.clone();
     glommio::spawn_local_into(
         async move {
             let e = vlog::run_flush(log).await;
-            eprintln!("keel-node: shard {id}: FATAL: {e}; no write will be acknowledged until restart");
+            eprintln!(
+                "keel-node: shard {id}: FATAL: {e}; no write will be acknowledged until restart"
+            );
         },
         flush_tq,
     )
@@ -156,7 +184,10 @@ async fn run_shard(p: Profile, geo: Superblock, mesh: MeshBuilder<Msg, glommio::
     .map_err(|e| e.to_string())?
     .detach();
 
-    let limits = Limits { value_len_max: p.engine.value_len_max, ..Limits::default() };
+    let limits = Limits {
+        value_len_max: p.engine.value_len_max,
+        ..Limits::default()
+    };
     let shard = Rc::new(Shard::new(
         id,
         n,

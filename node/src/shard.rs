@@ -17,8 +17,16 @@ use crate::protocol::Limits;
 /// What travels over the shard mesh. Owned values only: the receiver is another thread.
 pub enum Msg {
     /// Start `ops` in order on the receiving shard and answer with their results.
-    Req { from: usize, id: u64, ops: Vec<Op>, now: u32 },
-    Resp { id: u64, results: Vec<OpResult> },
+    Req {
+        from: usize,
+        id: u64,
+        ops: Vec<Op>,
+        now: u32,
+    },
+    Resp {
+        id: u64,
+        results: Vec<OpResult>,
+    },
 }
 
 macro_rules! counters {
@@ -96,7 +104,13 @@ pub fn partition_of(key: &[u8], partitions_mask: u64) -> u64 {
 }
 
 impl Shard {
-    pub fn new(id: usize, nshards: usize, engine: Rc<Engine<UringDevice>>, mesh: Senders<Msg>, cfg: ShardConfig) -> Shard {
+    pub fn new(
+        id: usize,
+        nshards: usize,
+        engine: Rc<Engine<UringDevice>>,
+        mesh: Senders<Msg>,
+        cfg: ShardConfig,
+    ) -> Shard {
         assert!(cfg.partitions.is_power_of_two());
         Shard {
             id,
@@ -144,11 +158,30 @@ impl Shard {
         self.next_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
         self.waiting.borrow_mut().insert(id, tx);
-        if self.mesh.send_to(dest, Msg::Req { from: self.id, id, ops, now }).await.is_err() {
+        if self
+            .mesh
+            .send_to(
+                dest,
+                Msg::Req {
+                    from: self.id,
+                    id,
+                    ops,
+                    now,
+                },
+            )
+            .await
+            .is_err()
+        {
             self.waiting.borrow_mut().remove(&id);
-            return (0..n).map(|_| OpResult::ServerError("shard unavailable".into())).collect();
+            return (0..n)
+                .map(|_| OpResult::ServerError("shard unavailable".into()))
+                .collect();
         }
-        rx.await.unwrap_or_else(|_| (0..n).map(|_| OpResult::ServerError("shard unavailable".into())).collect())
+        rx.await.unwrap_or_else(|_| {
+            (0..n)
+                .map(|_| OpResult::ServerError("shard unavailable".into()))
+                .collect()
+        })
     }
 
     /// Serves the mesh: requests from other shards, and the replies to ours.
@@ -168,7 +201,10 @@ impl Shard {
         match msg {
             Msg::Req { from, id, ops, now } => {
                 // Start every op now, in arrival order; only the waiting happens in the task.
-                let pending: Vec<Pending> = ops.into_iter().map(|op| self.start_local(op, now)).collect();
+                let pending: Vec<Pending> = ops
+                    .into_iter()
+                    .map(|op| self.start_local(op, now))
+                    .collect();
                 let shard = self.clone();
                 glommio::spawn_local(async move {
                     let mut results = Vec::with_capacity(pending.len());

@@ -38,9 +38,20 @@ pub enum IoError {
         source: std::io::Error,
     },
     #[error("{op} {path}: offset {offset}, length {len} is outside the region of {size} bytes")]
-    OutOfRange { op: &'static str, path: String, offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        op: &'static str,
+        path: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
     #[error("{op} {path}: offset {offset}, length {len} is not aligned to {BLOCK_BYTES} bytes")]
-    Unaligned { op: &'static str, path: String, offset: u64, len: u64 },
+    Unaligned {
+        op: &'static str,
+        path: String,
+        offset: u64,
+        len: u64,
+    },
     #[error("device {path}: {msg}")]
     Open { path: String, msg: String },
 }
@@ -82,9 +93,17 @@ impl<D: Device> Region<D> {
     /// `base` and `len` must be block aligned and inside the device.
     pub fn new(dev: Rc<D>, base: u64, len: u64) -> Result<Self, IoError> {
         if base % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 {
-            return Err(IoError::Unaligned { op: "region", path: dev.name().into(), offset: base, len });
+            return Err(IoError::Unaligned {
+                op: "region",
+                path: dev.name().into(),
+                offset: base,
+                len,
+            });
         }
-        if base.checked_add(len).is_none_or(|end| end > dev.size_bytes()) {
+        if base
+            .checked_add(len)
+            .is_none_or(|end| end > dev.size_bytes())
+        {
             return Err(IoError::OutOfRange {
                 op: "region",
                 path: dev.name().into(),
@@ -100,7 +119,9 @@ impl<D: Device> Region<D> {
     pub fn split(dev: Rc<D>, n: usize) -> Result<Vec<Self>, IoError> {
         assert!(n > 0);
         let each = dev.size_bytes() / n as u64 / BLOCK_BYTES * BLOCK_BYTES;
-        (0..n as u64).map(|i| Region::new(dev.clone(), i * each, each)).collect()
+        (0..n as u64)
+            .map(|i| Region::new(dev.clone(), i * each, each))
+            .collect()
     }
 
     fn check(&self, op: &'static str, offset: u64, len: u64) -> Result<u64, IoError> {

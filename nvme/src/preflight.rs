@@ -13,37 +13,72 @@ pub enum PreflightError {
          `ulimit -l unlimited` before starting keel-node (or set LimitMEMLOCK=infinity in its \
          systemd unit)"
     )]
-    Memlock { have: u64, need: u64, executors: usize },
+    Memlock {
+        have: u64,
+        need: u64,
+        executors: usize,
+    },
 }
 
 /// Memory each glommio executor locks for its rings and registered buffers.
 pub const MEMLOCK_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
 
-/// Checks that io_uring works and that enough memory can be locked for `executors` executors
-/// (each locking `io_memory_bytes` plus the ring itself). Raises RLIMIT_MEMLOCK when allowed
-/// (root), otherwise says what to run.
-pub fn preflight(executors: usize, io_memory_bytes: u64) -> Result<(), PreflightError> {
+/// Checks that io_uring works and that enough memory can be locked for `executors` executors.
+/// Raises RLIMIT_MEMLOCK when allowed. Each executor needs [`MEMLOCK_PER_EXECUTOR_BYTES`];
+/// registering its `io_memory_bytes` of DMA buffers needs that much more, and without it glommio
+/// falls back to unregistered buffers, so a shortfall there is a warning (Ok(Some(text))), not
+/// an error.
+pub fn preflight(executors: usize, io_memory_bytes: u64) -> Result<Option<String>, PreflightError> {
     probe_uring().map_err(PreflightError::NoUring)?;
-    let need = (MEMLOCK_PER_EXECUTOR_BYTES + io_memory_bytes) * executors as u64;
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let want = (MEMLOCK_PER_EXECUTOR_BYTES + io_memory_bytes) * executors as u64;
+    if raise_memlock(want).is_ok() {
+        return Ok(None);
+    }
+    let need = MEMLOCK_PER_EXECUTOR_BYTES * executors as u64;
+    match raise_memlock(need) {
+        Ok(have) => Ok(Some(format!(
+            "RLIMIT_MEMLOCK is {have} bytes, below the {want} that registering io.io_memory_bytes \
+             of DMA buffers per shard needs: buffers stay unregistered (slower I/O); run \
+             `ulimit -l unlimited` first to register them"
+        ))),
+        Err(have) => Err(PreflightError::Memlock {
+            have,
+            need,
+            executors,
+        }),
+    }
+}
+
+/// Makes RLIMIT_MEMLOCK at least `need`; Ok(limit now) or Err(limit that stays).
+fn raise_memlock(need: u64) -> Result<u64, u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit struct through a pointer to a live local.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Ok(());
+        return Ok(need);
     }
     if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= need {
-        return Ok(());
+        return Ok(lim.rlim_cur);
     }
-    let raised = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let raised = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads one rlimit struct from a pointer to a live local.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
-        return Ok(());
+        return Ok(need);
     }
-    let fallback = libc::rlimit { rlim_cur: lim.rlim_max.min(need.max(lim.rlim_cur)), rlim_max: lim.rlim_max };
+    let to_max = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
     // SAFETY: as above.
-    if lim.rlim_max >= need && unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &fallback) } == 0 {
-        return Ok(());
+    if lim.rlim_max >= need && unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &to_max) } == 0 {
+        return Ok(lim.rlim_max);
     }
-    Err(PreflightError::Memlock { have: lim.rlim_cur, need, executors })
+    Err(lim.rlim_cur)
 }
 
 /// Sets up (and closes) a tiny ring: the cheapest proof that io_uring_setup is allowed here.

@@ -53,9 +53,14 @@ impl UringDevice {
     /// device must be at least `size_bytes` long. `size_bytes` must be block aligned.
     pub async fn open(path: &Path, size_bytes: u64) -> Result<UringDevice, IoError> {
         let name = path.display().to_string();
-        let open_err = |msg: String| IoError::Open { path: name.clone(), msg };
+        let open_err = |msg: String| IoError::Open {
+            path: name.clone(),
+            msg,
+        };
         if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
-            return Err(open_err(format!("size {size_bytes} is not a positive multiple of 4096")));
+            return Err(open_err(format!(
+                "size {size_bytes} is not a positive multiple of 4096"
+            )));
         }
         let meta = std::fs::metadata(path).ok();
         let is_block = meta.as_ref().is_some_and(|m| {
@@ -73,7 +78,8 @@ impl UringDevice {
                 .write(true)
                 .open(path)
                 .map_err(|e| open_err(format!("cannot create: {e}")))?;
-            f.set_len(size_bytes).map_err(|e| open_err(format!("cannot size to {size_bytes} bytes: {e}")))?;
+            f.set_len(size_bytes)
+                .map_err(|e| open_err(format!("cannot size to {size_bytes} bytes: {e}")))?;
             if meta.as_ref().is_none_or(|m| m.len() < BLOCK_BYTES) {
                 use std::os::unix::fs::FileExt;
                 f.write_all_at(&[0u8; BLOCK_BYTES as usize], 0)
@@ -91,7 +97,9 @@ impl UringDevice {
         let have = if is_block {
             block_device_size(&file).map_err(|e| open_err(format!("BLKGETSIZE64: {e}")))?
         } else {
-            file.file_size().await.map_err(|e| open_err(format!("stat: {e}")))?
+            file.file_size()
+                .await
+                .map_err(|e| open_err(format!("stat: {e}")))?
         };
         if is_block && have < size_bytes {
             return Err(open_err(format!(
@@ -102,14 +110,32 @@ impl UringDevice {
         if !is_block {
             // Reserve the blocks now so ENOSPC shows at start-up, not on a later write.
             file.pre_allocate(size_bytes, true).await.map_err(|e| {
-                open_err(format!("cannot allocate {size_bytes} bytes (fallocate): {e}"))
+                open_err(format!(
+                    "cannot allocate {size_bytes} bytes (fallocate): {e}"
+                ))
             })?;
         }
-        Ok(UringDevice { file, path: name, size: size_bytes })
+        Ok(UringDevice {
+            file,
+            path: name,
+            size: size_bytes,
+        })
     }
 
-    fn io_err(&self, op: &'static str, offset: u64, len: u64, e: glommio::GlommioError<()>) -> IoError {
-        IoError::Io { op, path: self.path.clone(), offset, len, source: e.into() }
+    fn io_err(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        e: glommio::GlommioError<()>,
+    ) -> IoError {
+        IoError::Io {
+            op,
+            path: self.path.clone(),
+            offset,
+            len,
+            source: e.into(),
+        }
     }
 }
 
@@ -137,7 +163,10 @@ impl Device for UringDevice {
     }
 
     fn alloc(&self, len: usize) -> DmaBuf {
-        assert!(len as u64 % BLOCK_BYTES == 0, "DMA buffer of {len} bytes is not block aligned");
+        assert!(
+            len as u64 % BLOCK_BYTES == 0,
+            "DMA buffer of {len} bytes is not block aligned"
+        );
         let mut buf = DmaBuf(self.file.alloc_dma_buffer(len));
         buf.fill(0);
         buf
@@ -146,9 +175,18 @@ impl Device for UringDevice {
     async fn write_at(&self, buf: DmaBuf, offset: u64) -> Result<(), IoError> {
         let len = buf.len() as u64;
         if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 {
-            return Err(IoError::Unaligned { op: "write", path: self.path.clone(), offset, len });
+            return Err(IoError::Unaligned {
+                op: "write",
+                path: self.path.clone(),
+                offset,
+                len,
+            });
         }
-        let wrote = self.file.write_at(buf.0, offset).await.map_err(|e| self.io_err("write", offset, len, e))?;
+        let wrote = self
+            .file
+            .write_at(buf.0, offset)
+            .await
+            .map_err(|e| self.io_err("write", offset, len, e))?;
         if wrote as u64 != len {
             // A short O_DIRECT write means the device ran out of room or failed part-way; the
             // caller must treat the range as unwritten.
@@ -164,7 +202,11 @@ impl Device for UringDevice {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<ReadBuf, IoError> {
-        let res = self.file.read_at(offset, len).await.map_err(|e| self.io_err("read", offset, len as u64, e))?;
+        let res = self
+            .file
+            .read_at(offset, len)
+            .await
+            .map_err(|e| self.io_err("read", offset, len as u64, e))?;
         if res.len() != len {
             return Err(IoError::Io {
                 op: "read",
@@ -178,6 +220,9 @@ impl Device for UringDevice {
     }
 
     async fn sync(&self) -> Result<(), IoError> {
-        self.file.fdatasync().await.map_err(|e| self.io_err("fdatasync", 0, self.size, e))
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| self.io_err("fdatasync", 0, self.size, e))
     }
 }

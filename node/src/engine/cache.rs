@@ -56,7 +56,14 @@ impl Cache {
             return;
         }
         let cost = value.len() + key.len();
-        if let Some(old) = self.map.insert(key.into(), Slot { cas, value, referenced: false }) {
+        if let Some(old) = self.map.insert(
+            key.into(),
+            Slot {
+                cas,
+                value,
+                referenced: false,
+            },
+        ) {
             self.bytes -= old.value.len() + key.len();
         }
         self.bytes += cost;
@@ -82,8 +89,12 @@ impl Cache {
 
     fn evict(&mut self) {
         while self.bytes > self.bytes_max {
-            let Some((key, cas)) = self.clock.pop_front() else { break };
-            let Some(slot) = self.map.get_mut(&key) else { continue };
+            let Some((key, cas)) = self.clock.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.map.get_mut(&key) else {
+                continue;
+            };
             if slot.cas != cas {
                 continue; // a newer version has its own clock entry
             }
@@ -98,7 +109,8 @@ impl Cache {
         // Overwrites leave stale clock entries behind; keep the queue proportional to the map.
         if self.clock.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
-            self.clock.retain(|(k, c)| map.get(k).is_some_and(|s| s.cas == *c));
+            self.clock
+                .retain(|(k, c)| map.get(k).is_some_and(|s| s.cas == *c));
         }
     }
 }
@@ -115,7 +127,10 @@ mod tests {
             assert!(c.bytes() <= 800);
         }
         assert!(c.get(&99u32.to_le_bytes(), 99).is_some());
-        assert!(c.get(&99u32.to_le_bytes(), 98).is_none(), "old version must not be served");
+        assert!(
+            c.get(&99u32.to_le_bytes(), 98).is_none(),
+            "old version must not be served"
+        );
         assert!(c.get(&0u32.to_le_bytes(), 0).is_none(), "oldest evicted");
     }
 

@@ -149,7 +149,11 @@ pub fn decode(b: &[u8], value_len_max: usize) -> Result<Record<'_>, Bad> {
     }
     let magic = u32_at(b, 0);
     if magic != REC_MAGIC {
-        return Err(if b[..HEADER_BYTES].iter().all(|&x| x == 0) { Bad::Empty } else { Bad::NoMagic });
+        return Err(if b[..HEADER_BYTES].iter().all(|&x| x == 0) {
+            Bad::Empty
+        } else {
+            Bad::NoMagic
+        });
     }
     let key_len = u16::from_le_bytes([b[40], b[41]]) as usize;
     let value_len = u32_at(b, 24) as usize;
@@ -208,7 +212,10 @@ pub fn decode_seg_header(b: &[u8]) -> Option<SegHeader> {
     if crc32c::crc32c(&b[0..24]) != u32_at(b, 24) {
         return None;
     }
-    Some(SegHeader { seg_no: u32_at(b, 8), first_seq: u64_at(b, 16) })
+    Some(SegHeader {
+        seg_no: u32_at(b, 8),
+        first_seq: u64_at(b, 16),
+    })
 }
 
 /// The device superblock: the geometry the data was written with, so a changed profile cannot
@@ -245,7 +252,10 @@ pub fn decode_superblock(b: &[u8]) -> Result<Option<Superblock>, String> {
         return Err("the superblock fails its checksum".into());
     }
     if u32_at(b, 8) != VERSION {
-        return Err(format!("superblock version {} is not supported (want {VERSION})", u32_at(b, 8)));
+        return Err(format!(
+            "superblock version {} is not supported (want {VERSION})",
+            u32_at(b, 8)
+        ));
     }
     Ok(Some(Superblock {
         shards: u32_at(b, 12),
@@ -291,13 +301,21 @@ mod tests {
     #[test]
     fn every_flipped_bit_is_caught() {
         let mut out = Vec::new();
-        encode(&mut out, &header(b"k1", b"hello world"), b"k1", b"hello world");
+        encode(
+            &mut out,
+            &header(b"k1", b"hello world"),
+            b"k1",
+            b"hello world",
+        );
         let used = HEADER_BYTES + 2 + 11;
         for byte in 0..used {
             for bit in 0..8 {
                 let mut b = out.clone();
                 b[byte] ^= 1 << bit;
-                assert!(decode(&b, 1 << 20).is_err(), "flip of byte {byte} bit {bit} accepted");
+                assert!(
+                    decode(&b, 1 << 20).is_err(),
+                    "flip of byte {byte} bit {bit} accepted"
+                );
             }
         }
     }
@@ -323,12 +341,20 @@ mod tests {
     #[test]
     fn seg_header_and_superblock_round_trip() {
         let mut b = vec![0u8; 4096];
-        let h = SegHeader { seg_no: 3, first_seq: 99 };
+        let h = SegHeader {
+            seg_no: 3,
+            first_seq: 99,
+        };
         encode_seg_header(&mut b, &h);
         assert_eq!(decode_seg_header(&b), Some(h));
         b[17] ^= 1;
         assert_eq!(decode_seg_header(&b), None);
-        let s = Superblock { shards: 2, segment_bytes: 1 << 24, device_bytes: 1 << 30, region_bytes: 1 << 29 };
+        let s = Superblock {
+            shards: 2,
+            segment_bytes: 1 << 24,
+            device_bytes: 1 << 30,
+            region_bytes: 1 << 29,
+        };
         encode_superblock(&mut b, &s);
         assert_eq!(decode_superblock(&b), Ok(Some(s)));
         b[13] ^= 1;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use keel_nvme::{Device, IoError};
 
-use super::format::{self, Bad, Kind, SEG_HEADER_BYTES};
+use super::format::{self, Kind, SEG_HEADER_BYTES};
 use super::log::{NewRecord, SegState};
 use super::Engine;
 
@@ -27,7 +27,12 @@ pub struct GcConfig {
 
 /// Picks the sealed segment to collect: the one with the fewest live bytes, if it qualifies.
 /// Pure: unit tests drive it directly.
-pub fn pick(segs: &[(SegState, u64)], seg_bytes: u64, free: usize, cfg: &GcConfig) -> Option<usize> {
+pub fn pick(
+    segs: &[(SegState, u64)],
+    seg_bytes: u64,
+    free: usize,
+    cfg: &GcConfig,
+) -> Option<usize> {
     let usable = (seg_bytes - SEG_HEADER_BYTES) as f64;
     let (i, live) = segs
         .iter()
@@ -48,8 +53,19 @@ pub async fn run_gc<D: Device + 'static>(engine: Rc<Engine<D>>, cfg: GcConfig) -
             continue;
         }
         let candidate = {
-            let segs: Vec<_> = engine.log.segs.borrow().iter().map(|s| (s.state, s.live)).collect();
-            pick(&segs, engine.log.seg_bytes, engine.log.free_segments(), &cfg)
+            let segs: Vec<_> = engine
+                .log
+                .segs
+                .borrow()
+                .iter()
+                .map(|s| (s.state, s.live))
+                .collect();
+            pick(
+                &segs,
+                engine.log.seg_bytes,
+                engine.log.free_segments(),
+                &cfg,
+            )
         };
         let Some(seg) = candidate else { continue };
         if let Err(e) = collect(&engine, seg).await {
@@ -61,13 +77,20 @@ pub async fn run_gc<D: Device + 'static>(engine: Rc<Engine<D>>, cfg: GcConfig) -
 }
 
 /// Moves what is still needed out of `seg` and frees it.
-pub async fn collect<D: Device + 'static>(engine: &Rc<Engine<D>>, seg: usize) -> Result<(), IoError> {
+pub async fn collect<D: Device + 'static>(
+    engine: &Rc<Engine<D>>,
+    seg: usize,
+) -> Result<(), IoError> {
     let log = &engine.log;
     let base = seg as u64 * log.seg_bytes;
     let (first_seq, older_exists) = {
         let segs = log.segs.borrow();
         let first = segs[seg].first_seq;
-        (first, segs.iter().any(|s| s.state != SegState::Free && s.first_seq < first))
+        (
+            first,
+            segs.iter()
+                .any(|s| s.state != SegState::Free && s.first_seq < first),
+        )
     };
     let buf = log.dev.read_at(base, log.seg_bytes as usize).await?;
     let now = Engine::<D>::now();
@@ -78,7 +101,6 @@ pub async fn collect<D: Device + 'static>(engine: &Rc<Engine<D>>, seg: usize) ->
     while pos + format::HEADER_BYTES <= buf.len() {
         let rec = match format::decode(&buf[pos..], log.value_len_max) {
             Ok(r) if r.header.seq > seen => r,
-            Err(Bad::Short) => break,
             _ => {
                 pos += 8;
                 continue;
@@ -97,7 +119,9 @@ pub async fn collect<D: Device + 'static>(engine: &Rc<Engine<D>>, seg: usize) ->
         let rewrite = match h.kind {
             Kind::Put => keep.is_some(),
             Kind::Delete => older_exists && entry.is_none(),
-            Kind::Touch => older_exists && entry.is_some_and(|e| e.cas == h.cas && log.seg_of(e.offset) != seg),
+            Kind::Touch => {
+                older_exists && entry.is_some_and(|e| e.cas == h.cas && log.seg_of(e.offset) != seg)
+            }
             Kind::Flush => older_exists,
         };
         if !rewrite {
@@ -107,13 +131,25 @@ pub async fn collect<D: Device + 'static>(engine: &Rc<Engine<D>>, seg: usize) ->
             Some(e) => (e.flags, e.exptime, e.bits & super::index::STALE),
             None => (h.flags, h.exptime, h.bits),
         };
-        let r = NewRecord { kind: h.kind, key: rec.key, value: rec.value, flags, exptime, time: h.time, cas: Some(h.cas), bits };
+        let r = NewRecord {
+            kind: h.kind,
+            key: rec.key,
+            value: rec.value,
+            flags,
+            exptime,
+            time: h.time,
+            cas: Some(h.cas),
+            bits,
+        };
         let Ok(a) = log.append(&r, true) else {
             // No room even in the reserve, or poisoned: leave the segment as it is.
             return Ok(());
         };
         last_seq = a.seq;
-        engine.stats.gc_moved_bytes.set(engine.stats.gc_moved_bytes.get() + a.len as u64);
+        engine
+            .stats
+            .gc_moved_bytes
+            .set(engine.stats.gc_moved_bytes.get() + a.len as u64);
         if h.kind == Kind::Put {
             moved.push((rec.key.to_vec(), offset, h.cas, a));
         }
@@ -132,7 +168,10 @@ pub async fn collect<D: Device + 'static>(engine: &Rc<Engine<D>>, seg: usize) ->
         }
     }
     log.free_segment(seg).await?;
-    engine.stats.gc_segments.set(engine.stats.gc_segments.get() + 1);
+    engine
+        .stats
+        .gc_segments
+        .set(engine.stats.gc_segments.get() + 1);
     Ok(())
 }
 
@@ -141,14 +180,24 @@ mod tests {
     use super::*;
 
     fn cfg() -> GcConfig {
-        GcConfig { live_ratio_min: 0.5, free_segments_min: 2, bytes_per_sec_max: 1 << 30, interval: Duration::from_millis(1) }
+        GcConfig {
+            live_ratio_min: 0.5,
+            free_segments_min: 2,
+            bytes_per_sec_max: 1 << 30,
+            interval: Duration::from_millis(1),
+        }
     }
 
     #[test]
     fn picks_emptiest_sealed_below_threshold() {
         let seg = 1 << 20;
         let u = seg - SEG_HEADER_BYTES;
-        let segs = [(SegState::Sealed, u / 2 + 1), (SegState::Sealed, u / 4), (SegState::Active, 0), (SegState::Free, 0)];
+        let segs = [
+            (SegState::Sealed, u / 2 + 1),
+            (SegState::Sealed, u / 4),
+            (SegState::Active, 0),
+            (SegState::Free, 0),
+        ];
         assert_eq!(pick(&segs, seg, 10, &cfg()), Some(1));
         let full = [(SegState::Sealed, u), (SegState::Active, 0)];
         assert_eq!(pick(&full, seg, 10, &cfg()), None);

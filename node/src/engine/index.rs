@@ -62,7 +62,11 @@ mod tests {
         assert_eq!(absolute_exptime(-1, now), None);
         assert_eq!(absolute_exptime(10, now), Some(now + 10));
         assert_eq!(absolute_exptime(2_592_000, now), Some(now + 2_592_000));
-        assert_eq!(absolute_exptime(2_592_001, now), None, "absolute time in 1970");
+        assert_eq!(
+            absolute_exptime(2_592_001, now),
+            None,
+            "absolute time in 1970"
+        );
         assert_eq!(absolute_exptime(now as i64 + 5, now), Some(now + 5));
         assert_eq!(absolute_exptime(i64::MAX, now), Some(u32::MAX));
     }

@@ -120,7 +120,12 @@ pub struct LogConfig {
 impl<D: Device> ValueLog<D> {
     /// A log over `dev` whose segments were found by recovery (`segs`); appends continue in a
     /// fresh segment after `next_seq - 1`.
-    pub fn new(dev: Region<D>, cfg: &LogConfig, mut segs: Vec<Seg>, next_seq: u64) -> Result<Self, LogError> {
+    pub fn new(
+        dev: Region<D>,
+        cfg: &LogConfig,
+        mut segs: Vec<Seg>,
+        next_seq: u64,
+    ) -> Result<Self, LogError> {
         assert_eq!(dev.size_bytes() % cfg.seg_bytes, 0);
         assert_eq!(segs.len() as u64, dev.size_bytes() / cfg.seg_bytes);
         for s in segs.iter_mut() {
@@ -128,8 +133,12 @@ impl<D: Device> ValueLog<D> {
                 s.state = SegState::Sealed;
             }
         }
-        let free: VecDeque<u32> =
-            segs.iter().enumerate().filter(|(_, s)| s.state == SegState::Free).map(|(i, _)| i as u32).collect();
+        let free: VecDeque<u32> = segs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == SegState::Free)
+            .map(|(i, _)| i as u32)
+            .collect();
         let nsegs = segs.len();
         let log = ValueLog {
             dev,
@@ -191,7 +200,11 @@ impl<D: Device> ValueLog<D> {
         if self.free.borrow().len() <= reserve {
             return false;
         }
-        let seg_no = self.free.borrow_mut().pop_front().expect("checked non-empty");
+        let seg_no = self
+            .free
+            .borrow_mut()
+            .pop_front()
+            .expect("checked non-empty");
         let mut w = self.w.borrow_mut();
         let mut segs = self.segs.borrow_mut();
         if w.active != u32::MAX {
@@ -203,7 +216,11 @@ impl<D: Device> ValueLog<D> {
             }
         }
         let first_seq = w.next_seq;
-        segs[seg_no as usize] = Seg { state: SegState::Active, first_seq, live: 0 };
+        segs[seg_no as usize] = Seg {
+            state: SegState::Active,
+            first_seq,
+            live: 0,
+        };
         w.active = seg_no;
         w.buf_start = seg_no as u64 * self.seg_bytes;
         w.buf = vec![0; SEG_HEADER_BYTES as usize];
@@ -217,7 +234,10 @@ impl<D: Device> ValueLog<D> {
             return Err(LogError::Poisoned(p));
         }
         let len = format::record_bytes(r.key.len(), r.value.len());
-        assert!(len as u64 + SEG_HEADER_BYTES <= self.seg_bytes, "record larger than a segment");
+        assert!(
+            len as u64 + SEG_HEADER_BYTES <= self.seg_bytes,
+            "record larger than a segment"
+        );
         let fits = {
             let w = self.w.borrow();
             let pos = w.buf_start + w.buf.len() as u64;
@@ -252,11 +272,18 @@ impl<D: Device> ValueLog<D> {
         let full = w.pending_bytes >= self.batch_bytes_max;
         drop(w);
         self.segs.borrow_mut()[self.seg_of(offset)].live += len as u64;
-        self.stats.records_appended.set(self.stats.records_appended.get() + 1);
+        self.stats
+            .records_appended
+            .set(self.stats.records_appended.get() + 1);
         if first || full {
             self.flush_signal.notify();
         }
-        Ok(Appended { seq, cas, offset, len: len as u32 })
+        Ok(Appended {
+            seq,
+            cas,
+            offset,
+            len: len as u32,
+        })
     }
 
     /// Marks `len` bytes at `offset` as no longer needed (overwritten, deleted, expired).
@@ -291,7 +318,10 @@ impl<D: Device> ValueLog<D> {
         w.buf_start += full as u64;
         w.pending_bytes = 0;
         w.oldest_pending = None;
-        Some(Batch { chunks, end_seq: w.next_seq - 1 })
+        Some(Batch {
+            chunks,
+            end_seq: w.next_seq - 1,
+        })
     }
 
     /// Writes and syncs a batch, then reports it durable. On failure the log is poisoned.
@@ -315,7 +345,9 @@ impl<D: Device> ValueLog<D> {
         match result {
             Ok(()) => {
                 self.stats.flushes.set(self.stats.flushes.get() + 1);
-                self.stats.bytes_written.set(self.stats.bytes_written.get() + bytes);
+                self.stats
+                    .bytes_written
+                    .set(self.stats.bytes_written.get() + bytes);
                 assert!(batch.end_seq >= self.durable_seq.get());
                 self.durable_seq.set(batch.end_seq);
                 self.wake_waiters();
@@ -344,11 +376,19 @@ impl<D: Device> ValueLog<D> {
     /// Reads the record of `key` at `offset` and checks it is the version the index expects
     /// (`cas`). `None` when the bytes there are not that record any more (moved by GC) or are
     /// damaged; the caller re-reads the index.
-    pub async fn read_value(&self, offset: u64, key: &[u8], value_len: u32, cas: u64) -> Result<Option<Vec<u8>>, IoError> {
+    pub async fn read_value(
+        &self,
+        offset: u64,
+        key: &[u8],
+        value_len: u32,
+        cas: u64,
+    ) -> Result<Option<Vec<u8>>, IoError> {
         let len = format::HEADER_BYTES + key.len() + value_len as usize;
         let buf = self.dev.read_at(offset, len).await?;
         Ok(match format::decode(&buf, self.value_len_max) {
-            Ok(r) if r.key == key && r.header.cas == cas && r.header.kind == Kind::Put => Some(r.value.to_vec()),
+            Ok(r) if r.key == key && r.header.cas == cas && r.header.kind == Kind::Put => {
+                Some(r.value.to_vec())
+            }
             _ => None,
         })
     }
@@ -359,7 +399,11 @@ impl<D: Device> ValueLog<D> {
         let buf = self.dev.alloc(SEG_HEADER_BYTES as usize);
         self.dev.write_at(buf, seg as u64 * self.seg_bytes).await?;
         self.dev.sync().await?;
-        self.segs.borrow_mut()[seg] = Seg { state: SegState::Free, first_seq: 0, live: 0 };
+        self.segs.borrow_mut()[seg] = Seg {
+            state: SegState::Free,
+            first_seq: 0,
+            live: 0,
+        };
         self.free.borrow_mut().push_back(seg as u32);
         Ok(())
     }
@@ -429,7 +473,9 @@ pub async fn run_flush<D: Device>(log: Rc<ValueLog<D>>) -> LogError {
                 futures_lite::future::or(log.flush_signal.wait(), glommio::timer::sleep(d)).await;
             }
             Some(_) => {
-                let batch = log.take_batch().expect("flush_due said something is pending");
+                let batch = log
+                    .take_batch()
+                    .expect("flush_due said something is pending");
                 if let Err(e) = log.write_batch(batch).await {
                     return e;
                 }

@@ -33,6 +33,12 @@ pub use ops::{Item, Op, OpResult, StoreMode};
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
+/// A value being read from disk for a read-modify-write: `None` when it is damaged.
+type ValueRead = LocalFuture<Option<Arc<[u8]>>>;
+
+/// (key, cas, value) just read by a gated read-modify-write.
+type RmwValue = (Vec<u8>, u64, Arc<[u8]>);
+
 /// The outcome of starting an op.
 pub enum Pending {
     Ready(OpResult),
@@ -55,6 +61,8 @@ pub struct EngineStats {
     pub gc_segments: Cell<u64>,
     pub gc_moved_bytes: Cell<u64>,
     pub expired_unfetched: Cell<u64>,
+    /// Items stored by clients since start (memcached's total_items).
+    pub total_items: Cell<u64>,
     pub evictions: Cell<u64>,
 }
 
@@ -76,11 +84,14 @@ pub struct Engine<D: Device> {
     /// Deadline of a pending `flush_all <delay>`.
     pub pending_flush: Cell<Option<u32>>,
     /// The value a gated read-modify-write just read, for its re-run.
-    rmw_value: RefCell<Option<(Vec<u8>, u64, Arc<[u8]>)>>,
+    rmw_value: RefCell<Option<RmwValue>>,
 }
 
 fn unix_now() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
 }
 
 impl<D: Device + 'static> Engine<D> {
@@ -93,8 +104,11 @@ impl<D: Device + 'static> Engine<D> {
         let stats = EngineStats::default();
         stats.corrupt_records.set(rec.corrupt_records);
         stats.recovered_records.set(rec.records);
-        stats.damaged_segment_headers.set(rec.damaged_segment_headers);
-        let log = ValueLog::new(dev, &cfg.log, rec.segs, rec.next_seq).map_err(|e| e.to_string())?;
+        stats
+            .damaged_segment_headers
+            .set(rec.damaged_segment_headers);
+        let log =
+            ValueLog::new(dev, &cfg.log, rec.segs, rec.next_seq).map_err(|e| e.to_string())?;
         Ok(Rc::new(Engine {
             log: Rc::new(log),
             index: RefCell::new(rec.index),
@@ -127,12 +141,34 @@ impl<D: Device + 'static> Engine<D> {
             }
         }
         match op {
-            Op::Get { key, touch, vivify, want_value } => self.get(key, touch, vivify, want_value, now),
-            Op::Store { mode, key, flags, exptime, cas, data, invalidate } => {
-                self.store(mode, key, flags, exptime, cas, data, invalidate, now)
-            }
-            Op::Delete { key, cas, invalidate } => self.delete(key, cas, invalidate, now),
-            Op::Arith { key, incr, delta, cas, vivify, touch } => self.arith(key, incr, delta, cas, vivify, touch, now),
+            Op::Get {
+                key,
+                touch,
+                vivify,
+                want_value,
+            } => self.get(key, touch, vivify, want_value, now),
+            Op::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                cas,
+                data,
+                invalidate,
+            } => self.store(mode, key, flags, exptime, cas, data, invalidate, now),
+            Op::Delete {
+                key,
+                cas,
+                invalidate,
+            } => self.delete(key, cas, invalidate, now),
+            Op::Arith {
+                key,
+                incr,
+                delta,
+                cas,
+                vivify,
+                touch,
+            } => self.arith(key, incr, delta, cas, vivify, touch, now),
             Op::Touch { key, exptime } => self.touch(&key, exptime, now),
             Op::FlushAll { delay } => self.flush_all(delay, now),
             Op::Stats => Pending::Ready(OpResult::Stats(self.stat_values())),
@@ -146,9 +182,14 @@ impl<D: Device + 'static> Engine<D> {
         if e.expired(now) {
             index.remove(key);
             drop(index);
-            self.log.release(e.offset, format::record_bytes(key.len(), e.value_len as usize) as u32);
+            self.log.release(
+                e.offset,
+                format::record_bytes(key.len(), e.value_len as usize) as u32,
+            );
             self.cache.borrow_mut().remove(key);
-            self.stats.expired_unfetched.set(self.stats.expired_unfetched.get() + 1);
+            self.stats
+                .expired_unfetched
+                .set(self.stats.expired_unfetched.get() + 1);
             return None;
         }
         Some(e)
@@ -174,21 +215,61 @@ impl<D: Device + 'static> Engine<D> {
     }
 
     /// Puts a new version of `key` in the log, the index and the cache.
-    fn put(&self, key: &[u8], value: Arc<[u8]>, flags: u32, exptime: u32, bits: u8, now: u32) -> Result<(u64, IndexEntry), OpResult> {
-        let a = self.append(&NewRecord { kind: Kind::Put, key, value: &value, flags, exptime, time: now, cas: None, bits })?;
-        let e = IndexEntry { offset: a.offset, cas: a.cas, value_len: value.len() as u32, flags, exptime, bits };
+    fn put(
+        &self,
+        key: &[u8],
+        value: Arc<[u8]>,
+        flags: u32,
+        exptime: u32,
+        bits: u8,
+        now: u32,
+    ) -> Result<(u64, IndexEntry), OpResult> {
+        let a = self.append(&NewRecord {
+            kind: Kind::Put,
+            key,
+            value: &value,
+            flags,
+            exptime,
+            time: now,
+            cas: None,
+            bits,
+        })?;
+        let e = IndexEntry {
+            offset: a.offset,
+            cas: a.cas,
+            value_len: value.len() as u32,
+            flags,
+            exptime,
+            bits,
+        };
         if let Some(old) = self.index.borrow_mut().insert(key.into(), e) {
-            self.log.release(old.offset, format::record_bytes(key.len(), old.value_len as usize) as u32);
+            self.log.release(
+                old.offset,
+                format::record_bytes(key.len(), old.value_len as usize) as u32,
+            );
         }
         self.cache.borrow_mut().insert(key, a.cas, value);
+        self.stats.total_items.set(self.stats.total_items.get() + 1);
         Ok((a.seq, e))
     }
 
     /// Removes `key` with a tombstone.
     fn remove(&self, key: &[u8], now: u32) -> Result<u64, OpResult> {
-        let a = self.append(&NewRecord { kind: Kind::Delete, key, value: &[], flags: 0, exptime: 0, time: now, cas: None, bits: 0 })?;
+        let a = self.append(&NewRecord {
+            kind: Kind::Delete,
+            key,
+            value: &[],
+            flags: 0,
+            exptime: 0,
+            time: now,
+            cas: None,
+            bits: 0,
+        })?;
         if let Some(old) = self.index.borrow_mut().remove(key) {
-            self.log.release(old.offset, format::record_bytes(key.len(), old.value_len as usize) as u32);
+            self.log.release(
+                old.offset,
+                format::record_bytes(key.len(), old.value_len as usize) as u32,
+            );
         }
         self.cache.borrow_mut().remove(key);
         Ok(a.seq)
@@ -196,9 +277,25 @@ impl<D: Device + 'static> Engine<D> {
 
     /// Rewrites the metadata of an existing item (TTL, stale bit) without moving its value.
     /// `bits`: new persisted bits, or `None` to keep the entry's.
-    fn retouch(&self, key: &[u8], e: &mut IndexEntry, exptime: u32, bits: Option<u8>, now: u32) -> Result<u64, OpResult> {
+    fn retouch(
+        &self,
+        key: &[u8],
+        e: &mut IndexEntry,
+        exptime: u32,
+        bits: Option<u8>,
+        now: u32,
+    ) -> Result<u64, OpResult> {
         let bits = bits.unwrap_or(e.bits & STALE);
-        let a = self.append(&NewRecord { kind: Kind::Touch, key, value: &[], flags: 0, exptime, time: now, cas: Some(e.cas), bits })?;
+        let a = self.append(&NewRecord {
+            kind: Kind::Touch,
+            key,
+            value: &[],
+            flags: 0,
+            exptime,
+            time: now,
+            cas: Some(e.cas),
+            bits,
+        })?;
         e.exptime = exptime;
         e.bits = bits;
         if let Some(slot) = self.index.borrow_mut().get_mut(key) {
@@ -208,7 +305,7 @@ impl<D: Device + 'static> Engine<D> {
     }
 
     /// The value of a live entry: from the cache, or a read of the log.
-    fn value_of(self: &Rc<Self>, key: &[u8], e: &IndexEntry) -> Result<Arc<[u8]>, LocalFuture<Option<Arc<[u8]>>>> {
+    fn value_of(self: &Rc<Self>, key: &[u8], e: &IndexEntry) -> Result<Arc<[u8]>, ValueRead> {
         if let Some((k, cas, v)) = &*self.rmw_value.borrow() {
             if k == key && *cas == e.cas {
                 return Ok(v.clone());
@@ -247,15 +344,31 @@ impl<D: Device + 'static> Engine<D> {
                 _ => break,
             }
         }
-        if self.index.borrow().get(key).is_some_and(|now| now.cas == e.cas && now.offset == e.offset) {
-            self.stats.corrupt_records.set(self.stats.corrupt_records.get() + 1);
+        if self
+            .index
+            .borrow()
+            .get(key)
+            .is_some_and(|now| now.cas == e.cas && now.offset == e.offset)
+        {
+            self.stats
+                .corrupt_records
+                .set(self.stats.corrupt_records.get() + 1);
         }
         None
     }
 
-    fn get(self: &Rc<Self>, key: Vec<u8>, touch: Option<i64>, vivify: Option<i64>, want_value: bool, now: u32) -> Pending {
+    fn get(
+        self: &Rc<Self>,
+        key: Vec<u8>,
+        touch: Option<i64>,
+        vivify: Option<i64>,
+        want_value: bool,
+        now: u32,
+    ) -> Pending {
         let Some(mut e) = self.live(&key, now) else {
-            let Some(ttl) = vivify else { return Pending::Ready(OpResult::Miss) };
+            let Some(ttl) = vivify else {
+                return Pending::Ready(OpResult::Miss);
+            };
             let exptime = absolute_exptime(ttl, now).unwrap_or(now);
             return match self.put(&key, Arc::from(&[][..]), 0, exptime, WIN_SENT, now) {
                 Ok((seq, e)) => {
@@ -282,14 +395,14 @@ impl<D: Device + 'static> Engine<D> {
             }
         }
         let mut item = Self::item(&e, Arc::from(&[][..]));
-        if item.stale || vivify.is_some() {
-            if e.bits & WIN_SENT == 0 {
-                item.win = true;
-                if let Some(slot) = self.index.borrow_mut().get_mut(&key[..]) {
-                    slot.bits |= WIN_SENT;
-                }
-            } else {
-                item.already_won = true;
+        // memcached's recache protocol: the first reader of a stale item wins the token (W),
+        // and while a token is out (stale, or vivified by mg N) every other reader sees Z.
+        if e.bits & WIN_SENT != 0 {
+            item.already_won = true;
+        } else if item.stale {
+            item.win = true;
+            if let Some(slot) = self.index.borrow_mut().get_mut(&key[..]) {
+                slot.bits |= WIN_SENT;
             }
         }
         if !want_value {
@@ -320,7 +433,17 @@ impl<D: Device + 'static> Engine<D> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn store(self: &Rc<Self>, mode: StoreMode, key: Vec<u8>, flags: u32, exptime: i64, cas: u64, data: Vec<u8>, invalidate: bool, now: u32) -> Pending {
+    fn store(
+        self: &Rc<Self>,
+        mode: StoreMode,
+        key: Vec<u8>,
+        flags: u32,
+        exptime: i64,
+        cas: u64,
+        data: Vec<u8>,
+        invalidate: bool,
+        now: u32,
+    ) -> Pending {
         let cur = self.live(&key, now);
         match (mode, &cur) {
             (StoreMode::Add, Some(_)) => return Pending::Ready(OpResult::NotStored),
@@ -331,7 +454,9 @@ impl<D: Device + 'static> Engine<D> {
         }
         let mut bits = 0;
         if cas != 0 {
-            let Some(e) = &cur else { return Pending::Ready(OpResult::NotFound) };
+            let Some(e) = &cur else {
+                return Pending::Ready(OpResult::NotFound);
+            };
             if e.cas != cas {
                 if invalidate && cas < e.cas {
                     bits = STALE;
@@ -345,11 +470,26 @@ impl<D: Device + 'static> Engine<D> {
                 let old = match self.value_of(&key, &e) {
                     Ok(v) => v,
                     Err(read) => {
-                        return self.gate(key.clone(), Op::Store { mode, key, flags, exptime, cas, data, invalidate }, read, now)
+                        return self.gate(
+                            key.clone(),
+                            Op::Store {
+                                mode,
+                                key,
+                                flags,
+                                exptime,
+                                cas,
+                                data,
+                                invalidate,
+                            },
+                            read,
+                            now,
+                        )
                     }
                 };
                 if old.len() + data.len() > self.log.value_len_max {
-                    return Pending::Ready(OpResult::ServerError("out of memory storing object".into()));
+                    return Pending::Ready(OpResult::ServerError(
+                        "out of memory storing object".into(),
+                    ));
                 }
                 let mut v = Vec::with_capacity(old.len() + data.len());
                 if mode == StoreMode::Append {
@@ -383,8 +523,10 @@ impl<D: Device + 'static> Engine<D> {
 
     /// Holds `key` while its current value is read from disk, then re-runs `op` (which will
     /// find the value cached) and every op that queued behind it, in order.
-    fn gate(self: &Rc<Self>, key: Vec<u8>, op: Op, read: LocalFuture<Option<Arc<[u8]>>>, now: u32) -> Pending {
-        self.gates.borrow_mut().insert(key.clone().into(), VecDeque::new());
+    fn gate(self: &Rc<Self>, key: Vec<u8>, op: Op, read: ValueRead, now: u32) -> Pending {
+        self.gates
+            .borrow_mut()
+            .insert(key.clone().into(), VecDeque::new());
         let this = self.clone();
         Pending::Later(Box::pin(async move {
             let value = read.await;
@@ -401,7 +543,10 @@ impl<D: Device + 'static> Engine<D> {
                 None => {
                     // The value could not be read (damaged): the item is treated as missing.
                     if let Some(old) = this.index.borrow_mut().remove(&key[..]) {
-                        this.log.release(old.offset, format::record_bytes(key.len(), old.value_len as usize) as u32);
+                        this.log.release(
+                            old.offset,
+                            format::record_bytes(key.len(), old.value_len as usize) as u32,
+                        );
                     }
                     this.start(op, now)
                 }
@@ -414,8 +559,16 @@ impl<D: Device + 'static> Engine<D> {
         }))
     }
 
-    fn delete(self: &Rc<Self>, key: Vec<u8>, cas: u64, invalidate: Option<Option<i64>>, now: u32) -> Pending {
-        let Some(mut e) = self.live(&key, now) else { return Pending::Ready(OpResult::NotFound) };
+    fn delete(
+        self: &Rc<Self>,
+        key: Vec<u8>,
+        cas: u64,
+        invalidate: Option<Option<i64>>,
+        now: u32,
+    ) -> Pending {
+        let Some(mut e) = self.live(&key, now) else {
+            return Pending::Ready(OpResult::NotFound);
+        };
         if cas != 0 && cas != e.cas {
             return Pending::Ready(OpResult::Exists);
         }
@@ -436,7 +589,9 @@ impl<D: Device + 'static> Engine<D> {
     }
 
     fn touch(self: &Rc<Self>, key: &[u8], exptime: i64, now: u32) -> Pending {
-        let Some(mut e) = self.live(key, now) else { return Pending::Ready(OpResult::NotFound) };
+        let Some(mut e) = self.live(key, now) else {
+            return Pending::Ready(OpResult::NotFound);
+        };
         let r = match absolute_exptime(exptime, now) {
             Some(exp) => self.retouch(key, &mut e, exp, None, now),
             None => self.remove(key, now),
@@ -448,13 +603,30 @@ impl<D: Device + 'static> Engine<D> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn arith(self: &Rc<Self>, key: Vec<u8>, incr: bool, delta: u64, cas: u64, vivify: Option<(u64, i64)>, touch: Option<i64>, now: u32) -> Pending {
+    fn arith(
+        self: &Rc<Self>,
+        key: Vec<u8>,
+        incr: bool,
+        delta: u64,
+        cas: u64,
+        vivify: Option<(u64, i64)>,
+        touch: Option<i64>,
+        now: u32,
+    ) -> Pending {
         let Some(e) = self.live(&key, now) else {
-            let Some((initial, ttl)) = vivify else { return Pending::Ready(OpResult::NotFound) };
+            let Some((initial, ttl)) = vivify else {
+                return Pending::Ready(OpResult::NotFound);
+            };
             let exptime = absolute_exptime(ttl, now).unwrap_or(now);
             let value: Arc<[u8]> = initial.to_string().into_bytes().into();
             return match self.put(&key, value.clone(), 0, exptime, 0, now) {
-                Ok((seq, e)) => Pending::Durable(seq, OpResult::Number { value: initial, item: Self::item(&e, value) }),
+                Ok((seq, e)) => Pending::Durable(
+                    seq,
+                    OpResult::Number {
+                        value: initial,
+                        item: Self::item(&e, value),
+                    },
+                ),
                 Err(r) => Pending::Ready(r),
             };
         };
@@ -463,10 +635,30 @@ impl<D: Device + 'static> Engine<D> {
         }
         let old = match self.value_of(&key, &e) {
             Ok(v) => v,
-            Err(read) => return self.gate(key.clone(), Op::Arith { key, incr, delta, cas, vivify, touch }, read, now),
+            Err(read) => {
+                return self.gate(
+                    key.clone(),
+                    Op::Arith {
+                        key,
+                        incr,
+                        delta,
+                        cas,
+                        vivify,
+                        touch,
+                    },
+                    read,
+                    now,
+                )
+            }
         };
-        let Some(n) = parse_counter(&old) else { return Pending::Ready(OpResult::NonNumeric) };
-        let n = if incr { n.wrapping_add(delta) } else { n.saturating_sub(delta) };
+        let Some(n) = parse_counter(&old) else {
+            return Pending::Ready(OpResult::NonNumeric);
+        };
+        let n = if incr {
+            n.wrapping_add(delta)
+        } else {
+            n.saturating_sub(delta)
+        };
         let mut text = n.to_string().into_bytes();
         if !incr && text.len() < old.len() {
             // memcached decrements in place and pads the shorter number with spaces.
@@ -478,14 +670,33 @@ impl<D: Device + 'static> Engine<D> {
         };
         let value: Arc<[u8]> = text.into();
         match self.put(&key, value.clone(), e.flags, exptime, e.bits & STALE, now) {
-            Ok((seq, e)) => Pending::Durable(seq, OpResult::Number { value: n, item: Self::item(&e, value) }),
+            Ok((seq, e)) => Pending::Durable(
+                seq,
+                OpResult::Number {
+                    value: n,
+                    item: Self::item(&e, value),
+                },
+            ),
             Err(r) => Pending::Ready(r),
         }
     }
 
     fn flush_all(self: &Rc<Self>, delay: i64, now: u32) -> Pending {
-        let deadline = if delay <= 0 { 0 } else { absolute_exptime(delay, now).unwrap_or(0) };
-        let a = match self.append(&NewRecord { kind: Kind::Flush, key: &[], value: &[], flags: 0, exptime: deadline, time: now, cas: None, bits: 0 }) {
+        let deadline = if delay <= 0 {
+            0
+        } else {
+            absolute_exptime(delay, now).unwrap_or(0)
+        };
+        let a = match self.append(&NewRecord {
+            kind: Kind::Flush,
+            key: &[],
+            value: &[],
+            flags: 0,
+            exptime: deadline,
+            time: now,
+            cas: None,
+            bits: 0,
+        }) {
             Ok(a) => a,
             Err(r) => return Pending::Ready(r),
         };
@@ -535,6 +746,7 @@ impl<D: Device + 'static> Engine<D> {
         let live: u64 = segs.iter().map(|s| s.live).sum();
         vec![
             ("curr_items", self.index.borrow().len() as u64),
+            ("total_items", self.stats.total_items.get()),
             ("bytes", live),
             ("limit_maxbytes", self.log.dev.size_bytes()),
             ("keel_cache_bytes", cache.bytes() as u64),
@@ -542,7 +754,10 @@ impl<D: Device + 'static> Engine<D> {
             ("keel_cache_misses", cache.misses),
             ("keel_disk_reads", self.stats.disk_reads.get()),
             ("keel_corrupt_records", self.stats.corrupt_records.get()),
-            ("keel_damaged_segment_headers", self.stats.damaged_segment_headers.get()),
+            (
+                "keel_damaged_segment_headers",
+                self.stats.damaged_segment_headers.get(),
+            ),
             ("keel_recovered_records", self.stats.recovered_records.get()),
             ("keel_log_flushes", self.log.stats.flushes.get()),
             ("keel_log_bytes_written", self.log.stats.bytes_written.get()),
@@ -561,7 +776,10 @@ impl<D: Device + 'static> Engine<D> {
 /// memcached accepts a counter only if the whole value is decimal digits (trailing spaces from
 /// an earlier in-place decr are allowed) that fit in 64 bits.
 fn parse_counter(v: &[u8]) -> Option<u64> {
-    let digits = v.iter().rposition(|&b| b != b' ').map_or(&v[..0], |i| &v[..=i]);
+    let digits = v
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(&v[..0], |i| &v[..=i]);
     if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -579,7 +797,6 @@ pub async fn resolve<D: Device>(log: &ValueLog<D>, p: Pending) -> OpResult {
         Pending::Later(f) => f.await,
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -16,16 +16,45 @@ pub enum StoreMode {
 pub enum Op {
     /// get/gets/gat/gats/mg. `touch` updates the TTL (gat, mg T); `vivify` creates an empty
     /// item on a miss and hands this client the win token (mg N).
-    Get { key: Vec<u8>, touch: Option<i64>, vivify: Option<i64>, want_value: bool },
+    Get {
+        key: Vec<u8>,
+        touch: Option<i64>,
+        vivify: Option<i64>,
+        want_value: bool,
+    },
     /// set/add/replace/append/prepend/cas/ms. `cas` 0 = no compare. `invalidate`: a CAS
     /// older than the item's stores the value marked stale instead of failing (ms I).
-    Store { mode: StoreMode, key: Vec<u8>, flags: u32, exptime: i64, cas: u64, data: Vec<u8>, invalidate: bool },
+    Store {
+        mode: StoreMode,
+        key: Vec<u8>,
+        flags: u32,
+        exptime: i64,
+        cas: u64,
+        data: Vec<u8>,
+        invalidate: bool,
+    },
     /// delete/md. `invalidate`: mark stale (with optional new TTL) instead of removing (md I).
-    Delete { key: Vec<u8>, cas: u64, invalidate: Option<Option<i64>> },
+    Delete {
+        key: Vec<u8>,
+        cas: u64,
+        invalidate: Option<Option<i64>>,
+    },
     /// incr/decr/ma. `vivify`: (initial value, exptime) to create a missing counter with (ma N).
-    Arith { key: Vec<u8>, incr: bool, delta: u64, cas: u64, vivify: Option<(u64, i64)>, touch: Option<i64> },
-    Touch { key: Vec<u8>, exptime: i64 },
-    FlushAll { delay: i64 },
+    Arith {
+        key: Vec<u8>,
+        incr: bool,
+        delta: u64,
+        cas: u64,
+        vivify: Option<(u64, i64)>,
+        touch: Option<i64>,
+    },
+    Touch {
+        key: Vec<u8>,
+        exptime: i64,
+    },
+    FlushAll {
+        delay: i64,
+    },
     Stats,
 }
 
@@ -61,13 +90,18 @@ pub struct Item {
 pub enum OpResult {
     Hit(Item),
     Miss,
-    Stored { cas: u64 },
+    Stored {
+        cas: u64,
+    },
     NotStored,
     Exists,
     NotFound,
     Deleted,
     Touched,
-    Number { value: u64, item: Item },
+    Number {
+        value: u64,
+        item: Item,
+    },
     NonNumeric,
     /// A delta on a value that would not fit in 64 bits (ma J/D parsing is the parser's).
     Ok,

@@ -26,9 +26,21 @@ pub struct Recovered {
     pub pending_flush: Option<u32>,
 }
 
-pub async fn recover<D: Device>(dev: &Region<D>, seg_bytes: u64, value_len_max: usize, now: u32) -> Result<Recovered, IoError> {
+pub async fn recover<D: Device>(
+    dev: &Region<D>,
+    seg_bytes: u64,
+    value_len_max: usize,
+    now: u32,
+) -> Result<Recovered, IoError> {
     let nsegs = (dev.size_bytes() / seg_bytes) as usize;
-    let mut segs = vec![Seg { state: SegState::Free, first_seq: 0, live: 0 }; nsegs];
+    let mut segs = vec![
+        Seg {
+            state: SegState::Free,
+            first_seq: 0,
+            live: 0
+        };
+        nsegs
+    ];
     let mut r = Recovered {
         index: new_index(),
         segs: Vec::new(),
@@ -40,10 +52,16 @@ pub async fn recover<D: Device>(dev: &Region<D>, seg_bytes: u64, value_len_max: 
     };
     let mut order = Vec::new();
     for (i, seg) in segs.iter_mut().enumerate() {
-        let block = dev.read_at(i as u64 * seg_bytes, SEG_HEADER_BYTES as usize).await?;
+        let block = dev
+            .read_at(i as u64 * seg_bytes, SEG_HEADER_BYTES as usize)
+            .await?;
         match format::decode_seg_header(&block) {
             Some(h) if h.seg_no as usize == i => {
-                *seg = Seg { state: SegState::Sealed, first_seq: h.first_seq, live: 0 };
+                *seg = Seg {
+                    state: SegState::Sealed,
+                    first_seq: h.first_seq,
+                    live: 0,
+                };
                 order.push((h.first_seq, i));
             }
             _ if block.iter().all(|&b| b == 0) => {}
@@ -65,12 +83,13 @@ pub async fn recover<D: Device>(dev: &Region<D>, seg_bytes: u64, value_len_max: 
                     pos += 8;
                     continue;
                 }
-                Err(Bad::Corrupt) => {
+                // Short: a header whose lengths run past the segment's end, which only damage
+                // produces (records never span segments).
+                Err(Bad::Corrupt) | Err(Bad::Short) => {
                     r.corrupt_records += 1;
                     pos += 8;
                     continue;
                 }
-                Err(Bad::Short) => break,
             };
             let h = rec.header;
             seg_last = h.seq;
@@ -138,7 +157,8 @@ pub async fn recover<D: Device>(dev: &Region<D>, seg_bytes: u64, value_len_max: 
         s.live = side_live[i];
     }
     for (key, e) in r.index.iter() {
-        segs[(e.offset / seg_bytes) as usize].live += format::record_bytes(key.len(), e.value_len as usize) as u64;
+        segs[(e.offset / seg_bytes) as usize].live +=
+            format::record_bytes(key.len(), e.value_len as usize) as u64;
     }
     r.segs = segs;
     r.next_seq = last_seq + 1;

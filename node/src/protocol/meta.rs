@@ -225,7 +225,7 @@ fn preparse<'a>(toks: &[&'a [u8]]) -> Result<(MetaFlags<'a>, Option<u8>), Client
 }
 
 fn opaque_ok(f: &MetaFlags<'_>) -> bool {
-    f.opaque.map_or(true, |o| o.len() < OPAQUE_TOKEN_LEN_MAX)
+    f.opaque.is_none_or(|o| o.len() < OPAQUE_TOKEN_LEN_MAX)
 }
 
 /// `toks` are the real tokens (command first); `ntokens` is memcached's count (real tokens plus
