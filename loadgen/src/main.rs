@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a workload and write summary.json, *.hgrm and latency.svg to --out.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print throughput and percentile ratios of run B against run A (B / A).
     Compare { a: PathBuf, b: PathBuf },
     /// Plot latency by percentile of one or more runs into an SVG file.

@@ -340,7 +340,9 @@ impl Encoder<'_> {
 mod tests {
     use super::*;
 
-    fn parse_all(buf: &[u8], cmd: Cmd) -> (Option<Reply>, Vec<(Vec<u8>, Vec<u8>)>) {
+    type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn parse_all(buf: &[u8], cmd: Cmd) -> (Option<Reply>, KeyValues) {
         let mut vals = Vec::new();
         let r = parse_reply(buf, cmd, &mut |k, d| vals.push((k.to_vec(), d.to_vec()))).unwrap();
         (r, vals)

@@ -302,7 +302,7 @@ fn summarize(
             "closed loop: latency counts from each request's actual send; while the server stalls the senders wait, so stalls are under-represented (coordinated omission). Use --rate N for an open loop."
                 .into(),
         );
-        if all.len() > 0 && all_lat.max_us > 10.0 * all_lat.p50_us.max(1.0) {
+        if !all.is_empty() && all_lat.max_us > 10.0 * all_lat.p50_us.max(1.0) {
             // HdrHistogram's correction: what the tail would look like had each connection kept
             // sending at its usual pace through the stalls.
             let interval_ns = (all.value_at_quantile(0.5) / w.pipeline as u64).max(1);
