@@ -603,12 +603,21 @@ fn read_replies(
             let n = conn.rbuf.len() * 2;
             conn.rbuf.resize(n, 0);
         }
+        let room = conn.rbuf.len() - conn.rlen;
         match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
             Ok(0) => {
                 eof = Some("connection closed by the server".to_string());
                 break;
             }
-            Ok(n) => conn.rlen += n,
+            Ok(n) => {
+                conn.rlen += n;
+                // A short read emptied the socket; bytes arriving later raise a new edge, so the
+                // extra read that would only return WouldBlock is skipped (one syscall per reply
+                // batch instead of two).
+                if n < room {
+                    break;
+                }
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -680,6 +689,11 @@ fn read_replies(
                 return;
             }
             Ok(Some(reply)) => {
+                if reply.outcome == Outcome::ErrorReply {
+                    let line = &conn.rbuf[pos..pos + reply.consumed];
+                    let line = String::from_utf8_lossy(line.trim_ascii_end()).into_owned();
+                    stats.error_reply(format!("{server}: {} -> {line}", cmd.name()));
+                }
                 pos += reply.consumed;
                 stats.values_checked += checked;
                 for m in bad {

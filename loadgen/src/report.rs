@@ -111,6 +111,8 @@ pub struct Summary {
     pub values_checked: u64,
     pub mismatches: u64,
     pub mismatch_examples: Vec<String>,
+    #[serde(default)]
+    pub error_examples: Vec<String>,
     pub connection_errors: Vec<String>,
     pub prefill: Option<Prefill>,
     pub cpu: Cpu,
@@ -253,6 +255,9 @@ pub fn table(s: &Summary) -> String {
             let _ = write!(o, "{:>10}", fmt_us(c.latency.get(p)));
         }
         let _ = writeln!(o);
+    }
+    for e in &s.error_examples {
+        let _ = writeln!(o, "error reply: {e}");
     }
     for n in &s.notes {
         let _ = writeln!(o, "note: {n}");

@@ -381,6 +381,7 @@ fn summarize(
         values_checked: stats.values_checked,
         mismatches: stats.mismatches,
         mismatch_examples: stats.mismatch_messages.clone(),
+        error_examples: stats.error_messages.clone(),
         connection_errors: stats.connection_errors.clone(),
         prefill: prefill.map(|(p, d)| Prefill {
             keys_written: p.unmeasured,

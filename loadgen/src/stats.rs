@@ -50,6 +50,8 @@ pub struct Stats {
     pub values_checked: u64,
     pub mismatches: u64,
     pub mismatch_messages: Vec<String>,
+    /// First error replies (ERROR, CLIENT_ERROR, SERVER_ERROR lines), for the report.
+    pub error_messages: Vec<String>,
     /// Requests that got no reply within the timeout, or whose connection broke.
     pub timeouts: u64,
     pub connection_errors: Vec<String>,
@@ -71,6 +73,7 @@ impl Default for Stats {
             values_checked: 0,
             mismatches: 0,
             mismatch_messages: Vec::new(),
+            error_messages: Vec::new(),
             timeouts: 0,
             connection_errors: Vec::new(),
             unsent: 0,
@@ -99,6 +102,12 @@ impl Stats {
         }
     }
 
+    pub fn error_reply(&mut self, msg: String) {
+        if self.error_messages.len() < MISMATCH_MESSAGES_MAX {
+            self.error_messages.push(msg);
+        }
+    }
+
     pub fn merge(&mut self, o: &Stats) {
         for (a, b) in self.latency.iter_mut().zip(&o.latency) {
             a.add(b).expect("histograms share bounds");
@@ -124,6 +133,9 @@ impl Stats {
             if self.mismatch_messages.len() < MISMATCH_MESSAGES_MAX {
                 self.mismatch_messages.push(m.clone());
             }
+        }
+        for m in &o.error_messages {
+            self.error_reply(m.clone());
         }
         self.timeouts += o.timeouts;
         self.connection_errors
