@@ -370,6 +370,16 @@ impl Workload {
                 return Err(invalid("server", s, "expected HOST:PORT"));
             }
         }
+        if (self.threads as usize) * (self.connections as usize) < self.servers.len() {
+            return Err(invalid(
+                "connections",
+                self.connections,
+                format!(
+                    "threads x connections must be >= the {} servers, so that each gets one",
+                    self.servers.len()
+                ),
+            ));
+        }
         if let Some(r) = self.rate {
             if !(r > 0.0 && r.is_finite()) {
                 return Err(invalid("rate", r, "must be > 0 requests per second"));

@@ -154,7 +154,7 @@ pub struct Worker<'a> {
     scratch: Vec<u8>,
 }
 
-/// What a prefill of this thread's share covers on each server: value keys then counter keys.
+/// One connection's slice of the prefill: value keys, then counter keys.
 struct PrefillCursor {
     next: u64,
     end: u64,
@@ -241,24 +241,33 @@ impl<'a> Worker<'a> {
         })
     }
 
-    /// Loads this thread's share of the key space (and the counters, when `incr` is in the mix)
-    /// onto every server. Bounded: each request has the timeout; a dead connection stops its share.
+    /// Loads the key space (and the counters, when `incr` is in the mix) onto every server: the
+    /// connections to a server, across all threads, each write an equal slice. Bounded: each
+    /// request has the timeout; a dead connection stops its slice (and the run reports it).
     pub fn prefill(&mut self) -> Stats {
         let w = self.gen.w;
-        let (t, n) = (self.thread_idx as u64, w.threads as u64);
-        let share = |total: u64| (total * t / n, total * (t + 1) / n);
-        let (a, b) = share(w.keys);
-        let (ca, cb) = if w.has(Cmd::Incr) {
-            share(w.keys)
-        } else {
-            (0, 0)
-        };
-        let cursors = (0..w.servers.len())
-            .map(|_| PrefillCursor {
-                next: a,
-                end: b,
-                counter_next: ca,
-                counter_end: cb,
+        let servers = w.servers.len() as u64;
+        let total_conns = w.threads as u64 * w.connections as u64;
+        let cursors = (0..self.conns.len() as u64)
+            .map(|i| {
+                let g = self.thread_idx as u64 * w.connections as u64 + i;
+                // Connection g talks to server g % servers and is number g / servers of the
+                // ceil((total - s) / servers) connections to it.
+                let s = g % servers;
+                let (rank, count) = (g / servers, (total_conns - s).div_ceil(servers));
+                let slice = |total: u64| (total * rank / count, total * (rank + 1) / count);
+                let (next, end) = slice(w.keys);
+                let (counter_next, counter_end) = if w.has(Cmd::Incr) {
+                    slice(w.keys)
+                } else {
+                    (0, 0)
+                };
+                PrefillCursor {
+                    next,
+                    end,
+                    counter_next,
+                    counter_end,
+                }
             })
             .collect();
         let now = Instant::now();
@@ -311,10 +320,13 @@ impl<'a> Worker<'a> {
             let now = Instant::now();
             // 1. Issue.
             let budget_left = |issued: u64| budget.map_or(true, |b| issued < b);
-            for conn in self.conns.iter_mut().filter(|c| !c.dead && !c.done) {
+            for (ci, conn) in self.conns.iter_mut().enumerate() {
+                if conn.dead || conn.done {
+                    continue;
+                }
                 match &mut issue {
                     Issue::Prefill(cursors) => {
-                        let cur = &mut cursors[conn.server];
+                        let cur = &mut cursors[ci];
                         while conn.inflight.len() < pipeline {
                             let enc = Encoder {
                                 keys: &self.gen.kf,

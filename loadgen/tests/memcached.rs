@@ -245,3 +245,39 @@ fn a_server_that_is_not_there_fails_fast() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("connecting to"));
 }
+
+/// Two servers, one connection per thread: each server sees only one thread, yet prefill must
+/// load every key on both (regression: prefill once split keys by thread, leaving each server
+/// with half the keys).
+#[test]
+fn two_servers_each_get_the_whole_key_space() {
+    let (m1, m2) = (Memcached::start(), Memcached::start());
+    let out = out_dir("two-servers");
+    let (a1, a2) = (m1.addr(), m2.addr());
+    let s = run_ok(
+        &[
+            "run",
+            "--server",
+            &a1,
+            "--server",
+            &a2,
+            "--requests",
+            "3000",
+            "--threads",
+            "2",
+            "--connections",
+            "1",
+            "--keys",
+            "700",
+            "--prefill",
+            "--mix",
+            "get",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert_eq!(s["prefill"]["keys_written"], 1400);
+    assert_eq!(u(&s, "misses"), 0);
+    assert_eq!(u(&s, "requests"), 3000);
+}
