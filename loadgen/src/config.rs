@@ -537,7 +537,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keel-loadgen-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("w.toml");
-        std::fs::write(&p, "server = [\"127.0.0.1:1\"]\nout = \"/tmp/o\"\nkeys = 500\nvalue_size = 64\nmix = \"get=1,mget=1\"\ndist = \"zipfian:0.9\"\n").unwrap();
+        std::fs::write(&p, "server = [\"127.0.0.1:1\"]\nout = \"/tmp/o\"\nkeys = 500\nvalue_size = 64\nmix = \"get=1,mget=1\"\ndist = \"zipfian:0.9\"\nrate = 20000\n").unwrap();
         let a = RunArgs {
             workload: Some(p.clone()),
             keys: Some(700),
@@ -548,6 +548,7 @@ mod tests {
         assert_eq!(w.value_size, ValueSizeSpec::Fixed(64));
         assert_eq!(w.dist, KeyDistSpec::Zipfian(0.9));
         assert_eq!(w.servers, vec!["127.0.0.1:1".to_string()]);
+        assert_eq!(w.rate, Some(20000.0));
         std::fs::write(
             &p,
             "server = [\"127.0.0.1:1\"]\nout = \"/tmp/o\"\nkeyz = 5\n",

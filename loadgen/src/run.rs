@@ -308,7 +308,7 @@ fn summarize(
             let interval_ns = (all.value_at_quantile(0.5) / w.pipeline as u64).max(1);
             let corrected = Latency::from_histogram(&all.clone_correct(interval_ns));
             notes.push(format!(
-                "max latency {} is {:.0}x the median: a stall. Corrected for coordinated omission (expected interval {:.1} us), p99 would be {} and p99.9 {} instead of {} and {}",
+                "max latency {} is {:.0}x the median: a stall (server or scheduling). Corrected for coordinated omission (expected interval {:.1} us), p99 would be {} and p99.9 {} instead of {} and {}",
                 ms(all_lat.max_us),
                 all_lat.max_us / all_lat.p50_us.max(1.0),
                 interval_ns as f64 / 1e3,
