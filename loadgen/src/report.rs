@@ -239,6 +239,15 @@ pub fn table(s: &Summary) -> String {
         "throughput {:.0} req/s  requests {}  hits {}  misses {}  errors {}  timeouts {}  unsent {}",
         s.throughput_rps, s.requests, s.hits, s.misses, s.errors, s.timeouts, s.unsent
     );
+    // Whole seconds only: the last entry covers a partial second (and the drain).
+    let full = &s.throughput_per_second[..s.throughput_per_second.len().saturating_sub(1)];
+    if let (Some(lo), Some(hi)) = (full.iter().min(), full.iter().max()) {
+        let _ = writeln!(
+            o,
+            "per-second throughput over {} s: min {lo}, max {hi}",
+            full.len()
+        );
+    }
     let _ = writeln!(
         o,
         "values checked {}  mismatches {}  loadgen cpu {:.0} ns/request",

@@ -72,7 +72,7 @@ fn open_loop_shows_the_stall_at_the_right_percentile() {
     );
     // The sender kept its schedule (pipeline 64 is deep enough): the delay is the server's.
     let lag_p99 = s["send_lag"]["p99_us"].as_f64().unwrap() / 1000.0;
-    assert!(lag_p99 < 5.0, "send lag p99 {lag_p99} ms");
+    assert!(lag_p99 < 10.0, "send lag p99 {lag_p99} ms");
     assert_eq!(u(&s, "mismatches"), 0);
 }
 
