@@ -1,0 +1,204 @@
+//! Latency-by-percentile plot, in SVG, in the shape of the HdrHistogram plotter: x is the
+//! percentile on a log scale of 1/(1-p) (0 %, 90 %, 99 %, 99.9 % ...), y is latency. Written by
+//! hand (a few dozen SVG elements) to keep the dependency tree small.
+
+use std::fmt::Write as _;
+
+const W: f64 = 900.0;
+const H: f64 = 540.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 30.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+/// Percentiles past 99.9999 % are drawn at 99.9999 %.
+const X_DECADES_MAX: f64 = 6.0;
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+
+pub struct Series {
+    pub label: String,
+    /// (percentile 0..=100, latency in microseconds)
+    pub points: Vec<(f64, f64)>,
+}
+
+fn x_of(pct: f64) -> f64 {
+    let q = (pct / 100.0).clamp(0.0, 1.0);
+    if q >= 1.0 {
+        return X_DECADES_MAX;
+    }
+    (1.0 / (1.0 - q)).log10().min(X_DECADES_MAX)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A "nice" axis maximum (1, 2 or 5 times a power of ten) at or above `v`.
+fn nice_max(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if m * p >= v {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+pub fn svg(title: &str, series: &[Series]) -> String {
+    let max_us = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
+    // Milliseconds once the tail passes 2 ms, microseconds below.
+    let (unit, div) = if max_us >= 2000.0 {
+        ("ms", 1000.0)
+    } else {
+        ("us", 1.0)
+    };
+    let y_max = nice_max(max_us / div);
+    let x_decades = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| x_of(p.0)))
+        .fold(2.0f64, f64::max)
+        .ceil()
+        .min(X_DECADES_MAX);
+    let pw = W - LEFT - RIGHT;
+    let ph = H - TOP - BOTTOM;
+    let px = |x: f64| LEFT + x / x_decades * pw;
+    let py = |y: f64| TOP + ph - y / y_max * ph;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    // Grid and axes.
+    for i in 0..=(x_decades as usize) {
+        let x = px(i as f64);
+        let label = match i {
+            0 => "0%".to_string(),
+            1 => "90%".to_string(),
+            2 => "99%".to_string(),
+            n => format!("99.{}%", "9".repeat(n - 2)),
+        };
+        let _ = writeln!(
+            o,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            TOP + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+            TOP + ph + 18.0
+        );
+    }
+    for i in 0..=5 {
+        let v = y_max * i as f64 / 5.0;
+        let y = py(v);
+        let _ = writeln!(
+            o,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+            LEFT + pw
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            y + 4.0,
+            trim_num(v)
+        );
+    }
+    let _ = writeln!(
+        o,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#,
+        LEFT + pw / 2.0,
+        H - 15.0
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="20" y="{}" text-anchor="middle" transform="rotate(-90 20 {})">latency ({unit})</text>"#,
+        TOP + ph / 2.0,
+        TOP + ph / 2.0
+    );
+    // Series.
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut pts = String::new();
+        for &(p, us) in &s.points {
+            let _ = write!(pts, "{:.1},{:.1} ", px(x_of(p)), py(us / div));
+        }
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            pts.trim_end()
+        );
+        let ly = TOP + 18.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            o,
+            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/>"#,
+            LEFT + 12.0,
+            LEFT + 36.0
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            LEFT + 42.0,
+            ly + 4.0,
+            esc(&s.label)
+        );
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+fn trim_num(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn svg_has_one_polyline_per_series_and_percentile_ticks() {
+        let s = |label: &str, k: f64| Series {
+            label: label.into(),
+            points: vec![
+                (0.0, 10.0 * k),
+                (90.0, 20.0 * k),
+                (99.0, 50.0 * k),
+                (99.9, 900.0 * k),
+                (100.0, 3000.0 * k),
+            ],
+        };
+        let out = svg("t <1>", &[s("a", 1.0), s("b", 2.0)]);
+        assert!(out.starts_with("<svg"));
+        assert!(out.trim_end().ends_with("</svg>"));
+        assert_eq!(out.matches("<polyline").count(), 2);
+        assert!(out.contains(">99.9%<"));
+        assert!(out.contains(">99%<"));
+        assert!(out.contains("t &lt;1&gt;"));
+        assert!(out.contains("latency (ms)"));
+        assert_eq!(nice_max(3.2), 5.0);
+        assert_eq!(nice_max(10.0), 10.0);
+        assert!((x_of(99.0) - 2.0).abs() < 1e-9);
+    }
+}
