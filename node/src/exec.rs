@@ -79,13 +79,19 @@ impl<'a> Round<'a> {
         if dest == shard.id {
             return Part::Local(shard.start_local(op, self.now));
         }
-        let batch = match self.remote.iter().position(|(d, _)| *d == dest) {
-            Some(i) => &mut self.remote[i].1,
+        self.send(dest, op)
+    }
+
+    /// Queues `op` in the batch for shard `dest`.
+    fn send(&mut self, dest: usize, op: Op) -> Part {
+        let i = match self.remote.iter().position(|(d, _)| *d == dest) {
+            Some(i) => i,
             None => {
                 self.remote.push((dest, Vec::new()));
-                &mut self.remote.last_mut().expect("just pushed").1
+                self.remote.len() - 1
             }
         };
+        let batch = &mut self.remote[i].1;
         batch.push(op);
         Part::Remote {
             dest,
@@ -101,18 +107,7 @@ impl<'a> Round<'a> {
         };
         let mut parts = vec![first];
         for dest in (0..shard.nshards).filter(|&d| d != shard.id) {
-            let batch = match self.remote.iter().position(|(d, _)| *d == dest) {
-                Some(i) => &mut self.remote[i].1,
-                None => {
-                    self.remote.push((dest, Vec::new()));
-                    &mut self.remote.last_mut().expect("just pushed").1
-                }
-            };
-            batch.push(make());
-            parts.push(Part::Remote {
-                dest,
-                idx: batch.len() - 1,
-            });
+            parts.push(self.send(dest, make()));
         }
         parts
     }

@@ -80,14 +80,27 @@ mod tests {
 fn index_memory_per_key() {
     fn rss_bytes() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+        statm
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 4096
     }
     let n = 2_000_000u64;
     let before = rss_bytes();
     let mut index = new_index();
     for i in 0..n {
         let key = format!("feature:{i:012}");
-        let e = IndexEntry { offset: i * 64, cas: i, value_len: 100, flags: 0, exptime: 0, bits: 0 };
+        let e = IndexEntry {
+            offset: i * 64,
+            cas: i,
+            value_len: 100,
+            flags: 0,
+            exptime: 0,
+            bits: 0,
+        };
         index.insert(key.into_bytes().into_boxed_slice(), e);
     }
     let per_key = (rss_bytes() - before) as f64 / n as f64;
