@@ -319,7 +319,7 @@ impl<'a> Worker<'a> {
         loop {
             let now = Instant::now();
             // 1. Issue.
-            let budget_left = |issued: u64| budget.map_or(true, |b| issued < b);
+            let budget_left = |issued: u64| budget.is_none_or(|b| issued < b);
             for (ci, conn) in self.conns.iter_mut().enumerate() {
                 if conn.dead || conn.done {
                     continue;
