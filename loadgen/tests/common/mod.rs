@@ -317,10 +317,26 @@ pub fn summary(out: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("summary.json parses")
 }
 
-pub fn out_dir(name: &str) -> PathBuf {
+/// A per-test output directory under the temp dir, removed when the test ends.
+pub struct OutDir(PathBuf);
+
+impl std::ops::Deref for OutDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn out_dir(name: &str) -> OutDir {
     let d = std::env::temp_dir().join(format!("keel-loadgen-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    OutDir(d)
 }
 
 /// Latency of command `cmd` at `key` (p50_us, p99_us, ...) in microseconds.
