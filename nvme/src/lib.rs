@@ -13,6 +13,8 @@
 //! NVMe controller to hand to SPDK. A second implementation of [`Device`] is where it would go.
 
 mod preflight;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod uring;
 
 use std::ops::{Deref, DerefMut};

@@ -1,0 +1,234 @@
+//! A seeded, fault-injecting in-memory [`Device`] for tests of the layers above (feature
+//! `testing`; never in a shipped binary, which always runs the io_uring backend).
+//!
+//! It keeps two images: what reads see (`current`) and what survives a power loss (`durable`).
+//! A write lands in `current` when it completes; a sync copies writes completed before it into
+//! `durable`. [`SimDevice::crash_image`] is what a crash would leave: the durable image plus, for
+//! each unsynced write, a seeded choice of lost, kept, or torn at a random byte. Faults on demand:
+//! failed writes or syncs, bit flips, and latency (glommio timers) so several operations can be
+//! in flight at once.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use crate::{Device, IoError, BLOCK_BYTES};
+
+pub struct SimDevice {
+    name: String,
+    size: u64,
+    st: RefCell<SimState>,
+}
+
+struct SimState {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    /// Completed writes not yet covered by a sync: (write number, offset, length).
+    unsynced: Vec<(u64, u64, usize)>,
+    rng: u64,
+    write_latency: Duration,
+    sync_latency: Duration,
+    fail_writes: bool,
+    fail_syncs: bool,
+    writes: u64,
+    syncs: u64,
+}
+
+impl SimDevice {
+    /// A zero-filled device of `size_bytes` (block aligned); `seed` drives every random choice.
+    pub fn new(size_bytes: u64, seed: u64) -> SimDevice {
+        Self::from_image(vec![0; size_bytes as usize], seed)
+    }
+
+    /// A device whose durable and current contents are `image` (e.g. a crash image).
+    pub fn from_image(image: Vec<u8>, seed: u64) -> SimDevice {
+        assert_eq!(image.len() as u64 % BLOCK_BYTES, 0);
+        SimDevice {
+            name: format!("sim-device(seed {seed})"),
+            size: image.len() as u64,
+            st: RefCell::new(SimState {
+                durable: image.clone(),
+                current: image,
+                unsynced: Vec::new(),
+                // xorshift64* must not start at zero.
+                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                write_latency: Duration::ZERO,
+                sync_latency: Duration::ZERO,
+                fail_writes: false,
+                fail_syncs: false,
+                writes: 0,
+                syncs: 0,
+            }),
+        }
+    }
+
+    /// Every write and sync waits this long (a glommio timer) before it completes.
+    pub fn set_latency(&self, write: Duration, sync: Duration) {
+        let mut st = self.st.borrow_mut();
+        st.write_latency = write;
+        st.sync_latency = sync;
+    }
+
+    /// From now on writes fail with EIO (and change nothing).
+    pub fn fail_writes(&self, on: bool) {
+        self.st.borrow_mut().fail_writes = on;
+    }
+
+    /// From now on syncs fail with EIO (and make nothing durable).
+    pub fn fail_syncs(&self, on: bool) {
+        self.st.borrow_mut().fail_syncs = on;
+    }
+
+    /// What reads see now: every completed write.
+    pub fn image(&self) -> Vec<u8> {
+        self.st.borrow().current.clone()
+    }
+
+    /// What survives a crash for certain: writes covered by a completed sync.
+    pub fn durable_image(&self) -> Vec<u8> {
+        self.st.borrow().durable.clone()
+    }
+
+    /// What a crash now might leave: the durable image plus each unsynced write lost, kept
+    /// whole, or torn at a random byte (its head written, its tail not), chosen by the seed.
+    pub fn crash_image(&self) -> Vec<u8> {
+        let mut st = self.st.borrow_mut();
+        let mut img = st.durable.clone();
+        let unsynced = st.unsynced.clone();
+        for (_, off, len) in unsynced {
+            let off = off as usize;
+            let keep = match st.next() % 3 {
+                0 => 0,
+                1 => len,
+                _ => (st.next() % len as u64) as usize,
+            };
+            img[off..off + keep].copy_from_slice(&st.current[off..off + keep]);
+        }
+        img
+    }
+
+    /// Flips one bit in both images, as media corruption would.
+    pub fn flip_bit(&self, offset: u64, bit: u8) {
+        let mut st = self.st.borrow_mut();
+        st.current[offset as usize] ^= 1 << (bit % 8);
+        st.durable[offset as usize] ^= 1 << (bit % 8);
+    }
+
+    /// (writes, syncs) completed so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let st = self.st.borrow();
+        (st.writes, st.syncs)
+    }
+
+    fn eio(&self, op: &'static str, offset: u64, len: u64) -> IoError {
+        IoError::Io {
+            op,
+            path: self.name.clone(),
+            offset,
+            len,
+            source: std::io::Error::from_raw_os_error(5),
+        }
+    }
+
+    fn range(&self, op: &'static str, offset: u64, len: u64) -> Result<(), IoError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(IoError::OutOfRange {
+                op,
+                path: self.name.clone(),
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SimState {
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+async fn delay(d: Duration) {
+    if !d.is_zero() {
+        glommio::timer::sleep(d).await;
+    }
+}
+
+impl Device for SimDevice {
+    type WriteBuf = Vec<u8>;
+    type ReadBuf = Vec<u8>;
+
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn alloc(&self, len: usize) -> Vec<u8> {
+        assert!(len as u64 % BLOCK_BYTES == 0, "buffer of {len} bytes is not block aligned");
+        vec![0; len]
+    }
+
+    async fn write_at(&self, buf: Vec<u8>, offset: u64) -> Result<(), IoError> {
+        let len = buf.len() as u64;
+        if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 {
+            return Err(IoError::Unaligned {
+                op: "write",
+                path: self.name.clone(),
+                offset,
+                len,
+            });
+        }
+        self.range("write", offset, len)?;
+        let latency = self.st.borrow().write_latency;
+        delay(latency).await;
+        let mut st = self.st.borrow_mut();
+        if st.fail_writes {
+            return Err(self.eio("write", offset, len));
+        }
+        st.current[offset as usize..(offset + len) as usize].copy_from_slice(&buf);
+        st.writes += 1;
+        let n = st.writes;
+        st.unsynced.push((n, offset, buf.len()));
+        Ok(())
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
+        self.range("read", offset, len as u64)?;
+        let st = self.st.borrow();
+        Ok(st.current[offset as usize..offset as usize + len].to_vec())
+    }
+
+    async fn sync(&self) -> Result<(), IoError> {
+        // A sync covers the writes completed before it was issued.
+        let (covered, latency) = {
+            let st = self.st.borrow();
+            (st.writes, st.sync_latency)
+        };
+        delay(latency).await;
+        let mut st = self.st.borrow_mut();
+        if st.fail_syncs {
+            return Err(self.eio("fdatasync", 0, self.size));
+        }
+        let done: Vec<(u64, u64, usize)> = st
+            .unsynced
+            .iter()
+            .copied()
+            .filter(|w| w.0 <= covered)
+            .collect();
+        st.unsynced.retain(|w| w.0 > covered);
+        for (_, off, len) in done {
+            let (off, end) = (off as usize, off as usize + len);
+            let src = st.current[off..end].to_vec();
+            st.durable[off..end].copy_from_slice(&src);
+        }
+        st.syncs += 1;
+        Ok(())
+    }
+}

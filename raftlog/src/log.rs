@@ -1,0 +1,757 @@
+//! [`RaftLog`]: placement of records in segments, the flush task, recovery.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use keel_nvme::{align_up, Device, Region, BLOCK_BYTES};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+
+use crate::batcher::{Batcher, Chunk};
+use crate::format::{self, Bad, Rec, Record, SegHeader, SEG_HEADER_BYTES};
+use crate::state::Groups;
+use crate::storage::GroupStorage;
+use crate::{
+    Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN,
+};
+
+/// Builds a snapshot of `group` for raft-rs: (group, request_index, to).
+pub type SnapshotProvider = Rc<dyn Fn(u64, u64, u64) -> raft::Result<Snapshot>>;
+
+struct Inner {
+    groups: Groups,
+    batcher: Batcher,
+    /// Sequence number of each segment's current use; meaningful for segments in `chain`.
+    seg_seq: Vec<u64>,
+    /// Live segments, oldest first; the back one is the active one.
+    chain: VecDeque<u32>,
+    free: VecDeque<u32>,
+    /// After recovery the first record opens a fresh segment: never append after a torn tail.
+    switch_needed: bool,
+    next_lsn: Lsn,
+    next_seq: u64,
+    /// Batches handed to the device, in LSN order: (end_lsn, completed).
+    in_flight: VecDeque<(Lsn, bool)>,
+}
+
+/// The Raft log of one shard. See the crate doc.
+pub struct RaftLog<D: Device> {
+    me: Weak<RaftLog<D>>,
+    region: Region<D>,
+    cfg: Config,
+    segments: usize,
+    inner: RefCell<Inner>,
+    durable_lsn: Cell<Lsn>,
+    poisoned: RefCell<Option<Rc<str>>>,
+    waiters: RefCell<Vec<Waker>>,
+    flush_signal: Signal,
+    snapshot_provider: RefCell<Option<SnapshotProvider>>,
+    flushes: Cell<u64>,
+    bytes_written: Cell<u64>,
+    records: Cell<u64>,
+    in_flight_max_seen: Cell<usize>,
+}
+
+fn validate(cfg: &Config, region_bytes: u64) -> Result<usize, RaftLogError> {
+    let bad = |key, value: String, rule| Err(RaftLogError::Config { key, value, rule });
+    if cfg.segment_bytes % BLOCK_BYTES != 0 || cfg.segment_bytes < SEGMENT_BYTES_MIN {
+        return bad(
+            "raftlog.segment_bytes",
+            cfg.segment_bytes.to_string(),
+            "must be a multiple of 4096 and >= 65536",
+        );
+    }
+    if region_bytes / cfg.segment_bytes < SEGMENTS_MIN {
+        return bad(
+            "raftlog.segment_bytes",
+            cfg.segment_bytes.to_string(),
+            "the shard's raftlog region must hold at least 3 segments",
+        );
+    }
+    if cfg.batch_bytes_max == 0 {
+        return bad("raftlog.batch_bytes_max", "0".into(), "must be >= 1");
+    }
+    if cfg.flush_delay.is_zero() {
+        return bad("raftlog.flush_delay_ms", "0".into(), "must be >= 1");
+    }
+    if cfg.flushes_in_flight_max == 0 {
+        return bad("raftlog.flushes_in_flight_max", "0".into(), "must be >= 1");
+    }
+    Ok((region_bytes / cfg.segment_bytes) as usize)
+}
+
+fn corrupt(segment: u32, offset: u64, why: impl Into<String>) -> RaftLogError {
+    RaftLogError::Corrupt {
+        segment,
+        offset,
+        why: why.into(),
+    }
+}
+
+/// What recovery found.
+struct Recovered {
+    groups: Groups,
+    seg_seq: Vec<u64>,
+    chain: VecDeque<u32>,
+    last_lsn: Lsn,
+    last_seq: u64,
+}
+
+impl<D: Device + 'static> RaftLog<D> {
+    /// Opens the log on `region`: a region without any valid segment header is blank and starts
+    /// empty; otherwise every group is recovered (rules in docs/design.md).
+    pub async fn open(region: Region<D>, cfg: Config) -> Result<Rc<Self>, RaftLogError> {
+        let segments = validate(&cfg, region.size_bytes())?;
+        let rec = recover(&region, &cfg, segments).await?;
+        let in_chain: Vec<bool> = (0..segments as u32)
+            .map(|s| rec.chain.contains(&s))
+            .collect();
+        let free = (0..segments as u32)
+            .filter(|s| !in_chain[*s as usize])
+            .collect();
+        let inner = Inner {
+            groups: rec.groups,
+            batcher: Batcher::new(cfg.batch_bytes_max, cfg.flush_delay, cfg.segment_bytes),
+            seg_seq: rec.seg_seq,
+            chain: rec.chain,
+            free,
+            switch_needed: true,
+            next_lsn: rec.last_lsn + 1,
+            next_seq: rec.last_seq + 1,
+            in_flight: VecDeque::new(),
+        };
+        let log = Rc::new_cyclic(|me| RaftLog {
+            me: me.clone(),
+            region,
+            cfg,
+            segments,
+            inner: RefCell::new(inner),
+            durable_lsn: Cell::new(rec.last_lsn),
+            poisoned: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            flush_signal: Signal::default(),
+            snapshot_provider: RefCell::new(None),
+            flushes: Cell::new(0),
+            bytes_written: Cell::new(0),
+            records: Cell::new(0),
+            in_flight_max_seen: Cell::new(0),
+        });
+        free_dead_prefix(&mut log.inner.borrow_mut());
+        Ok(log)
+    }
+
+    /// Groups that exist (recovered or created), ascending.
+    pub fn groups(&self) -> Vec<u64> {
+        self.inner.borrow().groups.map.keys().copied().collect()
+    }
+
+    /// Creates `group` if absent, with `conf` as its conf state, an empty hard state and first
+    /// index 1. An existing group is left as it is.
+    pub fn create_group(&self, group: u64, conf: ConfState) -> Result<Lsn, RaftLogError> {
+        self.check_poisoned()?;
+        let mut inner = self.inner.borrow_mut();
+        if inner.groups.map.contains_key(&group) {
+            return Ok(inner.next_lsn - 1);
+        }
+        let state_bytes = state_set_bytes(&inner.groups)
+            + format::record_bytes(&Rec::State {
+                hs: HardState::default(),
+                conf: conf.clone(),
+                compacted_index: 0,
+                compacted_term: 0,
+            }) as u64;
+        if SEG_HEADER_BYTES + state_bytes > self.cfg.segment_bytes / 2 {
+            return Err(RaftLogError::TooManyGroups {
+                groups: inner.groups.map.len() + 1,
+            });
+        }
+        let rec = Rec::Create(conf);
+        self.plan(&inner, [format::record_bytes(&rec)], false)?;
+        Ok(self.place(&mut inner, group, rec))
+    }
+
+    /// This group's view for raft-rs.
+    pub fn storage(&self, group: u64) -> Result<GroupStorage<D>, RaftLogError> {
+        if !self.inner.borrow().groups.map.contains_key(&group) {
+            return Err(RaftLogError::UnknownGroup(group));
+        }
+        let log = self.me.upgrade().expect("a RaftLog lives in the Rc made by open");
+        Ok(GroupStorage::new(log, group))
+    }
+
+    /// Appends entries; an entry at an index the group holds replaces it and everything after it
+    /// (Raft §5.3). Entries must be contiguous, start above the compacted index and at most one
+    /// past the last index.
+    pub fn append(&self, group: u64, entries: &[Entry]) -> Result<Lsn, RaftLogError> {
+        self.check_poisoned()?;
+        let mut inner = self.inner.borrow_mut();
+        let g = inner
+            .groups
+            .map
+            .get(&group)
+            .ok_or(RaftLogError::UnknownGroup(group))?;
+        let Some(first) = entries.first() else {
+            return Ok(inner.next_lsn - 1);
+        };
+        if first.index < g.first_index() {
+            return Err(RaftLogError::Compacted {
+                group,
+                index: first.index,
+                compacted: g.compacted_index,
+            });
+        }
+        if first.index > g.last_index() + 1 {
+            return Err(RaftLogError::NotContiguous {
+                group,
+                expected: g.last_index() + 1,
+                got: first.index,
+            });
+        }
+        for w in entries.windows(2) {
+            if w[1].index != w[0].index + 1 {
+                return Err(RaftLogError::NotContiguous {
+                    group,
+                    expected: w[0].index + 1,
+                    got: w[1].index,
+                });
+            }
+        }
+        let sizes = entries
+            .iter()
+            .map(|e| format::record_bytes(&Rec::Entry(e.clone())));
+        self.plan(&inner, sizes, true)?;
+        let mut lsn = 0;
+        for e in entries {
+            lsn = self.place(&mut inner, group, Rec::Entry(e.clone()));
+        }
+        // A replaced suffix may have been the last thing holding an old segment.
+        free_dead_prefix(&mut inner);
+        Ok(lsn)
+    }
+
+    pub fn set_hard_state(&self, group: u64, hs: &HardState) -> Result<Lsn, RaftLogError> {
+        self.simple(group, Rec::HardState(hs.clone()))
+    }
+
+    pub fn set_conf_state(&self, group: u64, cs: &ConfState) -> Result<Lsn, RaftLogError> {
+        self.simple(group, Rec::ConfState(cs.clone()))
+    }
+
+    /// Installs a snapshot's metadata: drops all entries; first index becomes `meta.index + 1`,
+    /// `term(meta.index)` answers `meta.term`, the conf state becomes `meta.conf_state`, and (as
+    /// in raft-rs's MemStorage) the hard state's commit and term are raised to the snapshot's.
+    pub fn apply_snapshot(&self, group: u64, meta: &SnapshotMetadata) -> Result<Lsn, RaftLogError> {
+        {
+            let inner = self.inner.borrow();
+            let g = inner
+                .groups
+                .map
+                .get(&group)
+                .ok_or(RaftLogError::UnknownGroup(group))?;
+            if meta.index <= g.compacted_index {
+                return Err(RaftLogError::SnapshotOutOfDate {
+                    group,
+                    index: meta.index,
+                    compacted: g.compacted_index,
+                });
+            }
+        }
+        self.simple(
+            group,
+            Rec::Snapshot {
+                index: meta.index,
+                term: meta.term,
+                conf: meta.get_conf_state().clone(),
+            },
+        )
+    }
+
+    /// The state machine has durably checkpointed everything up to `index`: entries <= `index`
+    /// go, first index becomes `index + 1`, `term(index)` stays answerable. A segment is reused
+    /// once no group holds an entry in it (and it is older than every segment still needed).
+    pub fn compact(&self, group: u64, index: u64) -> Result<Lsn, RaftLogError> {
+        let term = {
+            let inner = self.inner.borrow();
+            let g = inner
+                .groups
+                .map
+                .get(&group)
+                .ok_or(RaftLogError::UnknownGroup(group))?;
+            if index <= g.compacted_index {
+                return Ok(inner.next_lsn - 1);
+            }
+            if index > g.last_index() {
+                return Err(RaftLogError::CompactBeyondLast {
+                    group,
+                    index,
+                    last: g.last_index(),
+                });
+            }
+            g.term(index).expect("compacted < index <= last")
+        };
+        self.simple(group, Rec::Compact { index, term })
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn.get()
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.inner.borrow().next_lsn - 1
+    }
+
+    /// Resolves once `lsn` is durable; Err once the log is poisoned and `lsn` is not durable.
+    pub fn durable(&self, lsn: Lsn) -> DurableWait<'_, D> {
+        DurableWait { log: self, lsn }
+    }
+
+    /// The cause, once a write or sync has failed.
+    pub fn poisoned(&self) -> Option<Rc<str>> {
+        self.poisoned.borrow().clone()
+    }
+
+    pub fn set_snapshot_provider(&self, f: SnapshotProvider) {
+        *self.snapshot_provider.borrow_mut() = Some(f);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.inner.borrow();
+        Stats {
+            flushes: self.flushes.get(),
+            bytes_written: self.bytes_written.get(),
+            records: self.records.get(),
+            entries_in_memory_bytes: inner.groups.entries_bytes,
+            segments_in_use: inner.chain.len(),
+            segments_free: inner.free.len(),
+            flushes_in_flight_max_seen: self.in_flight_max_seen.get(),
+        }
+    }
+
+    /// The group-commit loop; spawn it in its own glommio task queue. Each batch is written and
+    /// fdatasynced by a task of its own, up to `flushes_in_flight_max` at once, while the next
+    /// batch fills. Returns only when the log is poisoned.
+    pub async fn run_flush(self: Rc<Self>) -> RaftLogError {
+        loop {
+            if let Some(p) = self.poisoned() {
+                return RaftLogError::Poisoned(p);
+            }
+            let due = self.inner.borrow().batcher.flush_due(Instant::now());
+            match due {
+                None => self.flush_signal.wait().await,
+                Some(d) if d > Duration::ZERO => {
+                    futures_lite::future::or(self.flush_signal.wait(), glommio::timer::sleep(d))
+                        .await;
+                }
+                Some(_) => {
+                    let chunk = {
+                        let mut inner = self.inner.borrow_mut();
+                        let busy = inner.in_flight.len();
+                        // A chunk that opens a segment may overwrite a reused segment's header,
+                        // and recovery reads a newer segment's header as "the older one is
+                        // complete": so it goes out only once every earlier batch is durable.
+                        if busy >= self.cfg.flushes_in_flight_max
+                            || (busy > 0 && inner.batcher.next_opens_segment())
+                        {
+                            None
+                        } else {
+                            let c = inner.batcher.take_batch().expect("flush_due said pending");
+                            inner.in_flight.push_back((c.end_lsn, false));
+                            let n = inner.in_flight.len();
+                            self.in_flight_max_seen
+                                .set(self.in_flight_max_seen.get().max(n));
+                            Some(c)
+                        }
+                    };
+                    match chunk {
+                        // Woken when a batch completes.
+                        None => self.flush_signal.wait().await,
+                        Some(c) => {
+                            let log = self.clone();
+                            glommio::spawn_local(async move { log.write_chunk(c).await }).detach();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One batch: write, then fdatasync. After the sync returns Ok every record in the chunk
+    /// survives power loss; it is reported durable once all earlier batches are too.
+    async fn write_chunk(self: Rc<Self>, c: Chunk) {
+        assert_eq!(c.offset % BLOCK_BYTES, 0);
+        assert_eq!(c.bytes.len() as u64 % BLOCK_BYTES, 0);
+        assert_eq!(
+            c.offset / self.cfg.segment_bytes,
+            (c.offset + c.bytes.len() as u64 - 1) / self.cfg.segment_bytes,
+            "a batch never crosses a segment boundary"
+        );
+        let mut buf = self.region.alloc(c.bytes.len());
+        buf.copy_from_slice(&c.bytes);
+        let mut res = self.region.write_at(buf, c.offset).await;
+        if res.is_ok() {
+            res = self.region.sync().await;
+        }
+        let mut inner = self.inner.borrow_mut();
+        match res {
+            Ok(()) => {
+                self.flushes.set(self.flushes.get() + 1);
+                self.bytes_written
+                    .set(self.bytes_written.get() + c.bytes.len() as u64);
+                let slot = inner
+                    .in_flight
+                    .iter_mut()
+                    .find(|(end, _)| *end == c.end_lsn)
+                    .expect("a batch in flight is tracked");
+                slot.1 = true;
+                let mut durable = self.durable_lsn.get();
+                while let Some(&(end, true)) = inner.in_flight.front() {
+                    inner.in_flight.pop_front();
+                    assert!(end > durable, "durable LSN only moves forward");
+                    durable = end;
+                }
+                // Once poisoned nothing more is reported durable, even a batch that did sync.
+                if self.poisoned.borrow().is_none() {
+                    self.durable_lsn.set(durable);
+                }
+            }
+            Err(e) => {
+                let msg: Rc<str> = e.to_string().into();
+                self.poisoned.borrow_mut().get_or_insert(msg);
+                inner.in_flight.retain(|(end, _)| *end != c.end_lsn);
+            }
+        }
+        drop(inner);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+        self.flush_signal.notify();
+    }
+
+    fn check_poisoned(&self) -> Result<(), RaftLogError> {
+        match self.poisoned() {
+            Some(p) => Err(RaftLogError::Poisoned(p)),
+            None => Ok(()),
+        }
+    }
+
+    /// A one-record mutation of an existing group.
+    fn simple(&self, group: u64, rec: Rec) -> Result<Lsn, RaftLogError> {
+        self.check_poisoned()?;
+        let mut inner = self.inner.borrow_mut();
+        if !inner.groups.map.contains_key(&group) {
+            return Err(RaftLogError::UnknownGroup(group));
+        }
+        self.plan(&inner, [format::record_bytes(&rec)], false)?;
+        let lsn = self.place(&mut inner, group, rec);
+        free_dead_prefix(&mut inner);
+        Ok(lsn)
+    }
+
+    /// Checks, before anything changes, that records of `sizes` fit: each in a segment, and all
+    /// of them in the free segments left. Entry appends may not take the last free segment,
+    /// which is kept so a compaction can always be written.
+    fn plan(
+        &self,
+        inner: &Inner,
+        sizes: impl IntoIterator<Item = usize>,
+        entries: bool,
+    ) -> Result<(), RaftLogError> {
+        let seg = self.cfg.segment_bytes;
+        let fresh = SEG_HEADER_BYTES + state_set_bytes(&inner.groups);
+        let mut room = if inner.switch_needed || inner.chain.is_empty() {
+            0
+        } else {
+            inner.batcher.room()
+        };
+        let mut new_segments = 0;
+        for s in sizes {
+            let s = s as u64;
+            if fresh + s > seg {
+                return Err(RaftLogError::RecordTooLarge {
+                    bytes: s,
+                    max_bytes: seg - fresh,
+                });
+            }
+            if s > room {
+                new_segments += 1;
+                room = seg - fresh;
+            }
+            room -= s;
+        }
+        let usable = inner.free.len().saturating_sub(entries as usize);
+        if new_segments > usable {
+            return Err(RaftLogError::Full {
+                segments: self.segments,
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts a record in the current batch and applies it to memory. `plan` said it fits.
+    fn place(&self, inner: &mut Inner, group: u64, rec: Rec) -> Lsn {
+        let len = format::record_bytes(&rec) as u64;
+        if inner.switch_needed || inner.chain.is_empty() || inner.batcher.room() < len {
+            self.open_segment(inner);
+        }
+        let seg = *inner.chain.back().expect("a segment is active");
+        let lsn = inner.next_lsn;
+        inner.next_lsn += 1;
+        let r = Record { lsn, group, rec };
+        let wake = inner.batcher.push(&r, Instant::now());
+        inner
+            .groups
+            .apply(&r, seg)
+            .expect("mutations are validated before they are placed");
+        self.records.set(self.records.get() + 1);
+        if wake {
+            self.flush_signal.notify();
+        }
+        lsn
+    }
+
+    /// Seals the active segment and starts the oldest free one: header block, then the state of
+    /// every group, so recovery can start here once older segments are reused.
+    fn open_segment(&self, inner: &mut Inner) {
+        let seg = inner.free.pop_front().expect("plan checked a free segment");
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.seg_seq[seg as usize] = seq;
+        inner.chain.push_back(seg);
+        inner.switch_needed = false;
+        let h = SegHeader {
+            seq,
+            first_lsn: inner.next_lsn,
+            segment_bytes: self.cfg.segment_bytes,
+        };
+        inner
+            .batcher
+            .start_segment(seg as u64 * self.cfg.segment_bytes, &h);
+        let now = Instant::now();
+        let states: Vec<Record> = inner
+            .groups
+            .map
+            .iter()
+            .enumerate()
+            .map(|(i, (&group, g))| Record {
+                lsn: inner.next_lsn + i as u64,
+                group,
+                rec: Rec::State {
+                    hs: g.hs.clone(),
+                    conf: g.conf.clone(),
+                    compacted_index: g.compacted_index,
+                    compacted_term: g.compacted_term,
+                },
+            })
+            .collect();
+        inner.next_lsn += states.len() as u64;
+        for r in &states {
+            inner.batcher.push(r, now);
+        }
+        self.records.set(self.records.get() + states.len() as u64);
+        self.flush_signal.notify();
+    }
+
+    pub(crate) fn with_group<T>(
+        &self,
+        group: u64,
+        f: impl FnOnce(&crate::state::Group) -> T,
+    ) -> Option<T> {
+        self.inner.borrow().groups.map.get(&group).map(f)
+    }
+
+    pub(crate) fn snapshot_provider(&self) -> Option<SnapshotProvider> {
+        self.snapshot_provider.borrow().clone()
+    }
+}
+
+fn state_set_bytes(groups: &Groups) -> u64 {
+    groups
+        .map
+        .values()
+        .map(|g| {
+            format::record_bytes(&Rec::State {
+                hs: g.hs.clone(),
+                conf: g.conf.clone(),
+                compacted_index: 0,
+                compacted_term: 0,
+            }) as u64
+        })
+        .sum()
+}
+
+/// Frees the oldest segments while no group holds an entry in them. Only a prefix is freed, and
+/// never the active segment: every segment still in the chain starts with a state set that
+/// covers all records before it, so recovery can start at the oldest one left.
+fn free_dead_prefix(inner: &mut Inner) {
+    while inner.chain.len() > 1 {
+        let oldest = *inner.chain.front().expect("len > 1");
+        if inner.groups.seg_live[oldest as usize] > 0 {
+            break;
+        }
+        inner.chain.pop_front();
+        inner.free.push_back(oldest);
+    }
+}
+
+/// Reads every segment header, orders the chain, replays it.
+async fn recover<D: Device>(
+    region: &Region<D>,
+    cfg: &Config,
+    segments: usize,
+) -> Result<Recovered, RaftLogError> {
+    let sb = cfg.segment_bytes;
+    let mut found: Vec<(u64, u32, SegHeader)> = Vec::new();
+    for s in 0..segments as u32 {
+        let b = region
+            .read_at(s as u64 * sb, SEG_HEADER_BYTES as usize)
+            .await?;
+        if let Some(h) = format::decode_seg_header(&b) {
+            if h.segment_bytes != sb {
+                return Err(corrupt(
+                    s,
+                    0,
+                    format!(
+                        "segment written with segment_bytes {}, the profile says {sb}",
+                        h.segment_bytes
+                    ),
+                ));
+            }
+            found.push((h.seq, s, h));
+        }
+    }
+    let mut groups = Groups::new(segments);
+    let mut seg_seq = vec![0; segments];
+    found.sort_by_key(|f| f.0);
+    if let Some(w) = found.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(corrupt(w[1].1, 0, format!("two segments with sequence {}", w[0].0)));
+    }
+    // The chain is the run of consecutive sequence numbers ending at the newest segment. Below
+    // a gap lie segments that were freed and have stale contents; a freed segment right below
+    // the run is an intact, older part of the same history, so replaying it is harmless.
+    let mut chain_at = found.len();
+    while chain_at > 0
+        && (chain_at == found.len() || found[chain_at - 1].0 + 1 == found[chain_at].0)
+    {
+        chain_at -= 1;
+    }
+    let chain_found = &found[chain_at..];
+    let mut last_lsn: Lsn = 0;
+    let mut prev_end: Option<Lsn> = None;
+    for (k, &(seq, s, h)) in chain_found.iter().enumerate() {
+        seg_seq[s as usize] = seq;
+        if let Some(pe) = prev_end {
+            if h.first_lsn != pe + 1 {
+                return Err(corrupt(
+                    s,
+                    0,
+                    format!("first LSN {} does not follow {pe}", h.first_lsn),
+                ));
+            }
+        }
+        let newest = k + 1 == chain_found.len();
+        // An older segment must hold every LSN up to where the next one starts: those records
+        // were durable before the next segment's header was written.
+        let end = if newest {
+            Lsn::MAX
+        } else {
+            chain_found[k + 1].2.first_lsn - 1
+        };
+        let data = region.read_at(s as u64 * sb, sb as usize).await?;
+        let mut off = SEG_HEADER_BYTES as usize;
+        let mut next = h.first_lsn;
+        while next <= end {
+            let bad = match format::decode(&data[off..]) {
+                Err(Bad::Zero) if off as u64 % BLOCK_BYTES != 0 => {
+                    // Padding after a batch: the next batch starts on the next block.
+                    off = align_up(off as u64) as usize;
+                    if off < data.len() {
+                        continue;
+                    }
+                    Bad::Short.to_string()
+                }
+                Err(b) => b.to_string(),
+                Ok((r, _)) if r.lsn != next => format!("LSN {} where {next} belongs", r.lsn),
+                Ok((r, len)) => {
+                    groups
+                        .apply(&r, s)
+                        .map_err(|why| corrupt(s, off as u64, why))?;
+                    off += len;
+                    next += 1;
+                    continue;
+                }
+            };
+            if newest {
+                // The torn tail of a crash: the log ends before this record.
+                break;
+            }
+            return Err(corrupt(s, off as u64, bad));
+        }
+        last_lsn = next - 1;
+        prev_end = Some(last_lsn);
+    }
+    let chain = chain_found.iter().map(|f| f.1).collect();
+    Ok(Recovered {
+        groups,
+        seg_seq,
+        chain,
+        last_lsn,
+        last_seq: found.last().map_or(0, |f| f.0),
+    })
+}
+
+/// See [`RaftLog::durable`].
+pub struct DurableWait<'a, D: Device> {
+    log: &'a RaftLog<D>,
+    lsn: Lsn,
+}
+
+impl<D: Device> Future for DurableWait<'_, D> {
+    type Output = Result<(), RaftLogError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.log.durable_lsn.get() >= self.lsn {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(p) = self.log.poisoned.borrow().clone() {
+            return Poll::Ready(Err(RaftLogError::Poisoned(p)));
+        }
+        self.log.waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A wake-up flag for the flush task: a `notify` before or during `wait` is never lost.
+#[derive(Default)]
+struct Signal {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> SignalWait<'_> {
+        SignalWait(self)
+    }
+}
+
+struct SignalWait<'a>(&'a Signal);
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            return Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
