@@ -17,3 +17,4 @@ pub mod meta;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod transport;

@@ -1,0 +1,108 @@
+//! The writer task of one destination: connects (with back-off) while something is queued,
+//! sends the hello, then writes everything queued in one write per wake-up.
+
+use std::rc::Rc;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use super::backoff::{backoff_delay, SplitMix64};
+use super::wire::{encode_frame, Hello};
+use super::{Dest, Inner, StatCells};
+
+/// A write buffer that grew past this (one large batch) is given back once written.
+const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
+
+pub(super) async fn writer(inner: Rc<Inner>, dest: Rc<Dest>, jitter_seed: u64) {
+    let stats = &inner.stats;
+    let mut rng = SplitMix64::new(jitter_seed);
+    let mut stream: Option<TcpStream> = None;
+    let mut failures: u32 = 0;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if dest.queue.borrow().is_empty() {
+            dest.wake.wait().await;
+            continue;
+        }
+        // Let every task that is runnable in this loop iteration queue its payloads first, so
+        // one write carries them all.
+        futures_lite::future::yield_now().await;
+        let s = match stream.as_mut() {
+            Some(s) => s,
+            None => match connect(&inner, &dest).await {
+                Ok(s) => {
+                    StatCells::add(&stats.connects, 1);
+                    failures = 0;
+                    stream.insert(s)
+                }
+                Err(_) => {
+                    // The frames stay queued (up to queue_bytes_max) for the next attempt.
+                    StatCells::add(&stats.connect_failures, 1);
+                    failures = failures.saturating_add(1);
+                    let c = &inner.cfg;
+                    let d = backoff_delay(c.backoff_min, c.backoff_max, failures, rng.next_u64());
+                    glommio::timer::sleep(d).await;
+                    continue;
+                }
+            },
+        };
+        let frames = {
+            let mut q = dest.queue.borrow_mut();
+            let n = q.len() as u64;
+            buf.clear();
+            for p in q.drain(..) {
+                encode_frame(&p, &mut buf);
+            }
+            n
+        };
+        debug_assert_eq!(
+            buf.len(),
+            dest.queued_bytes.get(),
+            "queued_bytes counts each payload with its header"
+        );
+        dest.queued_bytes.set(0);
+        match write_counted(&inner, s, &buf).await {
+            Ok(()) => {
+                StatCells::add(&stats.frames_sent, frames);
+                StatCells::add(&stats.bytes_sent, buf.len() as u64);
+            }
+            Err(_) => {
+                // What part of the batch reached the peer is unknown; Raft resends what matters.
+                StatCells::add(&stats.dropped_disconnected, frames);
+                stream = None;
+            }
+        }
+        if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+            buf = Vec::new();
+        }
+    }
+}
+
+async fn connect(inner: &Inner, dest: &Dest) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(dest.addr, inner.cfg.io_timeout).await?;
+    s.set_nodelay(true)?;
+    // A peer that stops reading fails the write after io_timeout instead of holding the queue.
+    s.set_write_timeout(Some(inner.cfg.io_timeout))?;
+    let hello = Hello {
+        from_node: inner.cfg.node_id,
+        from_shard: inner.cfg.shard,
+        to_node: dest.node,
+        to_shard: dest.shard,
+    };
+    write_counted(inner, &mut s, &hello.encode()).await?;
+    StatCells::add(&inner.stats.bytes_sent, hello.encode().len() as u64);
+    Ok(s)
+}
+
+/// `write_all`, counting each write call in `stats.writes`.
+async fn write_counted(inner: &Inner, s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        StatCells::add(&inner.stats.writes, 1);
+        let n = s.write(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
