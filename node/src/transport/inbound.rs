@@ -17,7 +17,20 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 pub(super) async fn accept_loop(inner: Rc<Inner>, listener: TcpListener) {
     loop {
         match listener.accept().await {
-            Ok(stream) => inner.spawn_owned(read_conn(inner.clone(), stream)),
+            Ok(stream) => {
+                let open = inner.inbound_conns.get();
+                if open >= inner.cfg.inbound_conns_max {
+                    StatCells::add(&inner.stats.rejected_connections, 1);
+                    drop(stream);
+                    continue;
+                }
+                inner.inbound_conns.set(open + 1);
+                let inner2 = inner.clone();
+                inner.spawn_owned(async move {
+                    let _open = OpenConn(&inner2);
+                    read_conn(&inner2, stream).await;
+                });
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays open.
                 eprintln!(
@@ -30,7 +43,18 @@ pub(super) async fn accept_loop(inner: Rc<Inner>, listener: TcpListener) {
     }
 }
 
-async fn read_conn(inner: Rc<Inner>, mut stream: TcpStream) {
+/// Counts one inbound connection for as long as its reader lives (also when it is aborted).
+struct OpenConn<'a>(&'a Inner);
+
+impl Drop for OpenConn<'_> {
+    fn drop(&mut self) {
+        let n = self.0.inbound_conns.get();
+        debug_assert!(n > 0);
+        self.0.inbound_conns.set(n - 1);
+    }
+}
+
+async fn read_conn(inner: &Inner, mut stream: TcpStream) {
     let stats = &inner.stats;
     let _ = stream.set_nodelay(true);
     let mut hello = [0u8; HELLO_BYTES];

@@ -59,6 +59,9 @@ pub struct TransportConfig {
     /// Bounds a connect, the acceptor's wait for the hello, and one write; past it the
     /// connection is dropped (and re-established while frames are queued).
     pub io_timeout: Duration,
+    /// Inbound connections served at once; one more is closed on accept and counted. Normal use
+    /// needs one per peer shard that talks to this shard (plus a few while peers reconnect).
+    pub inbound_conns_max: usize,
 }
 
 impl TransportConfig {
@@ -86,6 +89,9 @@ impl TransportConfig {
                 format!("{:?}", self.backoff_min),
                 "must be > 0 and <= backoff_max",
             );
+        }
+        if self.inbound_conns_max == 0 {
+            return bad("inbound_conns_max", "0".into(), "must be >= 1");
         }
         if self.io_timeout.is_zero() {
             return bad(
@@ -158,6 +164,8 @@ stats!(
     dropped_faults,
     /// Connections closed for a bad hello, an over-long frame or a bad CRC.
     bad_frames,
+    /// Inbound connections closed on accept because inbound_conns_max were open.
+    rejected_connections,
     connects,
     connect_failures,
 );
@@ -213,6 +221,8 @@ struct Inner {
     on_frame: Rc<dyn Fn(Inbound)>,
     stats: StatCells,
     dests: RefCell<HashMap<(u64, u32), Rc<Dest>>>,
+    /// Inbound connections being served; at most inbound_conns_max.
+    inbound_conns: Cell<usize>,
     faults: RefCell<Option<Faults>>,
     /// Every task this transport spawned, by id, so dropping the transport stops them all
     /// (closing the listener and every connection). A task removes itself when it ends.
@@ -261,6 +271,7 @@ impl Transport {
             on_frame,
             stats: StatCells::default(),
             dests: RefCell::new(HashMap::new()),
+            inbound_conns: Cell::new(0),
             faults: RefCell::new(None),
             tasks: RefCell::new(HashMap::new()),
             next_task: Cell::new(0),

@@ -46,6 +46,7 @@ fn cfg(node_id: u64, listen: SocketAddr, peers: &[(u64, SocketAddr)]) -> Transpo
         backoff_min: Duration::from_millis(1),
         backoff_max: Duration::from_millis(20),
         io_timeout: Duration::from_secs(5),
+        inbound_conns_max: 8,
     }
 }
 
@@ -79,7 +80,7 @@ fn pair() -> (Rc<Transport>, Got, Rc<Transport>, Got) {
 /// Payload `i`: its index, then a length that varies with it (0 to 300 more bytes).
 fn payload(i: u32) -> Vec<u8> {
     let mut p = i.to_le_bytes().to_vec();
-    p.extend((0..i.wrapping_mul(7919) % 301).map(|k| (k as u32 ^ i) as u8));
+    p.extend((0..i.wrapping_mul(7919) % 301).map(|k| (k ^ i) as u8));
     p
 }
 
@@ -404,4 +405,31 @@ fn config_validation_names_key_value_and_rule() {
     let mut c = base;
     c.io_timeout = Duration::ZERO;
     assert!(c.validate().is_err());
+}
+
+#[test]
+fn inbound_conns_max_closes_the_extra_connection() {
+    run(|| async {
+        let (a1, a2) = (free_addr(), free_addr());
+        let mut c = cfg(1, a1, &[(2, a2)]);
+        c.inbound_conns_max = 2;
+        let (g1, f1) = sink();
+        let t1 = Transport::start(c, f1).unwrap();
+        let (_g2, f2) = sink();
+        let t2 = Transport::start(cfg(2, a2, &[(1, a1)]), f2).unwrap();
+
+        // Two silent connections take both slots (until io_timeout, or until they close).
+        let silent1 = TcpStream::connect(a1).await.unwrap();
+        let _silent2 = TcpStream::connect(a1).await.unwrap();
+        wait_for("both slots taken", || t1.inner.inbound_conns.get() == 2).await;
+        let mut third = TcpStream::connect(a1).await.unwrap();
+        wait_closed(&mut third).await;
+        assert_eq!(t1.stats().rejected_connections, 1);
+
+        drop(silent1);
+        wait_for("a slot freed", || t1.inner.inbound_conns.get() == 1).await;
+        t2.send(1, 0, b"real".to_vec());
+        wait_for("the real peer's frame", || g1.borrow().len() == 1).await;
+        assert_eq!(t1.stats().bad_frames, 0);
+    });
 }
