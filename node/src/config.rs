@@ -13,7 +13,8 @@ pub struct Profile {
     pub device: DeviceSection,
     pub io: IoSection,
     pub engine: EngineSection,
-    pub log: LogSection,
+    pub raftlog: RaftLogSection,
+    pub raft: RaftSection,
     pub gc: GcSection,
     pub net: NetSection,
 }
@@ -24,6 +25,11 @@ pub struct NodeSection {
     pub listen: String,
     pub cores: Vec<usize>,
     pub partitions: u32,
+    /// This node's Raft id (1 and up).
+    pub id: u64,
+    /// Every node of the cluster, this one included, as "ID=IP:PORT": where shard 0 of that node
+    /// accepts peer connections (shard s on PORT + s). Empty: a single node, no peer port.
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -51,9 +57,25 @@ pub struct EngineSection {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogSection {
+pub struct RaftLogSection {
+    /// Per shard, carved from the device before the value log.
+    pub region_bytes: u64,
+    pub segment_bytes: u64,
     pub batch_bytes_max: usize,
     pub flush_delay_ms: u64,
+    pub flushes_in_flight_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSection {
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub checkpoint_interval_ms: u64,
+    pub stale_reads: bool,
+    pub request_timeout_ms: u64,
+    pub compact_lag_entries: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -192,14 +214,17 @@ impl Profile {
             ));
         }
         let shards = n.cores.len() as u64;
-        let segs_per_shard = d.size_bytes.saturating_sub(MIB) / shards / e.segment_bytes;
+        let segs_per_shard = (d.size_bytes.saturating_sub(MIB) / shards)
+            .saturating_sub(self.raftlog.region_bytes + MIB)
+            / e.segment_bytes;
         if segs_per_shard < 4 {
             return Err(rule(
                 "device.size_bytes",
                 d.size_bytes,
                 &format!(
-                    "too small: each of the {shards} shards needs at least 4 segments of {} bytes, plus 1 MiB for the superblock",
-                    e.segment_bytes
+                    "too small: each of the {shards} shards needs 1 MiB of checkpoints, raftlog.region_bytes ({}) \
+                     and at least 4 segments of {} bytes, plus 1 MiB for the superblock",
+                    self.raftlog.region_bytes, e.segment_bytes
                 ),
             ));
         }
@@ -210,21 +235,85 @@ impl Profile {
                 "must be a multiple of 4096",
             ));
         }
-        let l = &self.log;
+        let l = &self.raftlog;
         if l.batch_bytes_max < 512 || l.batch_bytes_max > 64 * MIB as usize {
             return Err(rule(
-                "log.batch_bytes_max",
+                "raftlog.batch_bytes_max",
                 l.batch_bytes_max,
                 "must be between 512 and 67108864",
             ));
         }
         if l.flush_delay_ms == 0 || l.flush_delay_ms > 1000 {
             return Err(rule(
-                "log.flush_delay_ms",
+                "raftlog.flush_delay_ms",
                 l.flush_delay_ms,
                 "must be between 1 and 1000",
             ));
         }
+        if l.segment_bytes % MIB != 0
+            || l.segment_bytes < 2 * (e.value_len_max as u64 + MIB)
+            || l.segment_bytes > 1024 * MIB
+        {
+            return Err(rule(
+                "raftlog.segment_bytes",
+                l.segment_bytes,
+                &format!(
+                    "must be a multiple of 1 MiB, at most 1 GiB, holding two of the largest values \
+                     plus 1 MiB each (engine.value_len_max = {})",
+                    e.value_len_max
+                ),
+            ));
+        }
+        if l.region_bytes % l.segment_bytes != 0 || l.region_bytes < 4 * l.segment_bytes {
+            return Err(rule(
+                "raftlog.region_bytes",
+                l.region_bytes,
+                &format!(
+                    "must be a multiple of raftlog.segment_bytes ({}) and hold at least 4 segments",
+                    l.segment_bytes
+                ),
+            ));
+        }
+        if !(1..=64).contains(&l.flushes_in_flight_max) {
+            return Err(rule(
+                "raftlog.flushes_in_flight_max",
+                l.flushes_in_flight_max,
+                "must be between 1 and 64",
+            ));
+        }
+        let r = &self.raft;
+        if !(1..=10_000).contains(&r.tick_ms) {
+            return Err(rule(
+                "raft.tick_ms",
+                r.tick_ms,
+                "must be between 1 and 10000",
+            ));
+        }
+        if r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+            return Err(rule(
+                "raft.election_ticks",
+                r.election_ticks,
+                &format!(
+                    "must be above raft.heartbeat_ticks ({}), which must be at least 1",
+                    r.heartbeat_ticks
+                ),
+            ));
+        }
+        if !(10..=600_000).contains(&r.checkpoint_interval_ms) {
+            return Err(rule(
+                "raft.checkpoint_interval_ms",
+                r.checkpoint_interval_ms,
+                "must be between 10 and 600000",
+            ));
+        }
+        if r.request_timeout_ms < r.tick_ms * r.election_ticks as u64 {
+            return Err(rule(
+                "raft.request_timeout_ms",
+                r.request_timeout_ms,
+                "must be at least one election timeout (raft.tick_ms x raft.election_ticks)",
+            ));
+        }
+        self.peer_map()?;
         let g = &self.gc;
         if !(0.0..=0.95).contains(&g.live_ratio_min) {
             return Err(rule(
@@ -280,6 +369,58 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// `node.peers` as id -> address of shard 0's peer port; empty for a single node. Checks
+    /// that this node is listed and ids are unique.
+    pub fn peer_map(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u64, std::net::SocketAddr>, String> {
+        let n = &self.node;
+        if n.id == 0 {
+            return Err(rule("node.id", 0, "must be 1 or more (Raft reserves 0)"));
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for p in &n.peers {
+            let bad = |why: &str| {
+                rule(
+                    "node.peers",
+                    format!("{:?}", n.peers),
+                    &format!("{p:?}: {why}"),
+                )
+            };
+            let (id, addr) = p.split_once('=').ok_or_else(|| bad("must be ID=IP:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| bad("the id is not a number"))?;
+            let addr: std::net::SocketAddr = addr
+                .trim()
+                .parse()
+                .map_err(|_| bad("the address is not IP:PORT"))?;
+            if id == 0 || out.insert(id, addr).is_some() {
+                return Err(bad("ids must be unique and 1 or more"));
+            }
+        }
+        if !out.is_empty() && !out.contains_key(&n.id) {
+            return Err(rule(
+                "node.peers",
+                format!("{:?}", n.peers),
+                &format!("must list this node (node.id = {})", n.id),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Parses `--peers 1=127.0.0.1:7001,2=127.0.0.1:7101`.
+pub fn parse_peers(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// CPUs the kernel knows (online or not), for checking `node.cores`.
 fn core_count() -> usize {
     core_affinity::get_core_ids()
@@ -329,11 +470,23 @@ mod tests {
     #[test]
     fn errors_name_key_value_and_rule() {
         let mut p = dev();
-        p.log.flush_delay_ms = 0;
+        p.raftlog.flush_delay_ms = 0;
         assert_eq!(
             p.validate().unwrap_err(),
-            "log.flush_delay_ms = 0: must be between 1 and 1000"
+            "raftlog.flush_delay_ms = 0: must be between 1 and 1000"
         );
+        let mut p = dev();
+        p.node.peers = vec!["1=127.0.0.1:7001".into(), "2=nowhere".into()];
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .contains("\"2=nowhere\": the address is not IP:PORT"));
+        let mut p = dev();
+        p.node.peers = vec!["2=127.0.0.1:7001".into()];
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .contains("must list this node (node.id = 1)"));
         let mut p = dev();
         p.engine.value_len_max = 65 << 20;
         assert!(p
@@ -361,7 +514,7 @@ mod tests {
             "/../hw-configs/dev.toml"
         ))
         .unwrap();
-        let bad = text.replace("[log]", "[log]\nflush_delay = 5");
+        let bad = text.replace("[raftlog]", "[raftlog]\nflush_delay = 5");
         let err = toml::from_str::<Profile>(&bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `flush_delay`"), "{err}");
     }

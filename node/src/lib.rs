@@ -6,8 +6,10 @@
 //! one place requests are parsed); [`exec`] gives the commands their meaning on top of the
 //! engines, [`conn`] runs connections, [`server`] starts it all from a [`config::Profile`].
 //!
-//! Not here yet: Raft replication (the engine's write interface, apply-then-reply-when-durable,
-//! is the seam it will use), the meta service, checkpoints of the index.
+//! Every write goes through Raft ([`replica`]: a raft-rs group per partition, the shard's
+//! keel-raftlog as its log, [`transport`] to the peers); the engine is the state machine.
+//!
+//! Not here yet: Raft snapshots, leader transfer and membership changes, the meta service.
 
 pub mod config;
 pub mod conn;
@@ -15,6 +17,7 @@ pub mod engine;
 pub mod exec;
 pub mod meta;
 pub mod protocol;
+pub mod replica;
 pub mod server;
 pub mod shard;
 pub mod transport;

@@ -1,10 +1,11 @@
-//! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH] [--cores LIST]`
+//! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH] [--cores LIST]
+//! [--node-id N --peers 1=IP:PORT,2=IP:PORT,...]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use keel_node::config::{parse_cores, Profile};
+use keel_node::config::{parse_cores, parse_peers, Profile};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,6 +26,13 @@ struct Args {
     /// Overrides node.cores: CPU ids like 0,1 or 0-3.
     #[arg(long)]
     cores: Option<String>,
+    /// Overrides node.id: this node's Raft id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Overrides node.peers: every node of the cluster as ID=IP:PORT (its peer port), comma
+    /// separated, this one included.
+    #[arg(long)]
+    peers: Option<String>,
     /// Prints the effective profile (after overrides) and exits.
     #[arg(long)]
     print_profile: bool,
@@ -44,6 +52,12 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.data {
         p.device.path = d;
+    }
+    if let Some(id) = args.node_id {
+        p.node.id = id;
+    }
+    if let Some(peers) = args.peers {
+        p.node.peers = parse_peers(&peers);
     }
     if let Some(c) = args.cores {
         match parse_cores(&c) {

@@ -1,5 +1,10 @@
 //! Starting a node: check the device's superblock, start one pinned executor per core, join
-//! the shard mesh, recover each shard's engine, start its background tasks, accept clients.
+//! the shard mesh, and in each shard: load the last checkpoint, recover the engine as of it,
+//! open the raftlog, start the Raft groups (which replay what the checkpoint lacks), connect
+//! to the peers, start the background tasks, accept clients.
+//!
+//! A shard's region of the device: checkpoint slots (1 MiB reserved), the raftlog
+//! (`raftlog.region_bytes`), then the value log's segments.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,18 +19,27 @@ use crate::engine::gc::{self, GcConfig};
 use crate::engine::log::{self as vlog, LogConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::protocol::Limits;
+use crate::replica::{checkpoint, driver, RaftSettings, Replicas};
 use crate::shard::{Msg, Shard, ShardConfig};
+use crate::transport::{Transport, TransportConfig};
+
+/// Bytes before the raftlog in each shard's region (the checkpoint slots, rounded up).
+const CHECKPOINT_RESERVED_BYTES: u64 = 1 << 20;
+const _: () = assert!(checkpoint::AREA_BYTES <= CHECKPOINT_RESERVED_BYTES);
 
 /// How the device is cut up: recorded in the superblock at first start, checked at every start.
 fn geometry(p: &Profile) -> Superblock {
     let shards = p.node.cores.len() as u64;
     let seg = p.engine.segment_bytes;
-    let region = (p.device.size_bytes - DATA_START_BYTES) / shards / seg * seg;
+    let fixed = CHECKPOINT_RESERVED_BYTES + p.raftlog.region_bytes;
+    let values = ((p.device.size_bytes - DATA_START_BYTES) / shards - fixed) / seg * seg;
     Superblock {
         shards: shards as u32,
         segment_bytes: seg,
         device_bytes: p.device.size_bytes,
-        region_bytes: region,
+        region_bytes: fixed + values,
+        raftlog_bytes: p.raftlog.region_bytes,
+        node_id: p.node.id,
     }
 }
 
@@ -44,11 +58,14 @@ fn prepare_device(p: &Profile) -> Result<Superblock, String> {
             match format::decode_superblock(&block) {
                 Ok(Some(have)) if have == want => Ok(have),
                 Ok(Some(have)) => Err(format!(
-                    "device {}: it was formatted for {} shards, {}-byte segments and {} bytes, but the profile \
-                     asks for {} shards (node.cores), {}-byte segments (engine.segment_bytes) and {} bytes \
-                     (device.size_bytes): start with the profile it was created with, or point --data at a new file",
-                    path.display(), have.shards, have.segment_bytes, have.device_bytes,
-                    want.shards, want.segment_bytes, want.device_bytes
+                    "device {}: it was formatted for node {}, {} shards, {}-byte segments, a {}-byte raftlog \
+                     and {} bytes, but the profile asks for node {} (node.id), {} shards (node.cores), \
+                     {}-byte segments (engine.segment_bytes), a {}-byte raftlog (raftlog.region_bytes) and \
+                     {} bytes (device.size_bytes): start with the profile it was created with, or point \
+                     --data at a new file",
+                    path.display(), have.node_id, have.shards, have.segment_bytes, have.raftlog_bytes,
+                    have.device_bytes, want.node_id, want.shards, want.segment_bytes, want.raftlog_bytes,
+                    want.device_bytes
                 )),
                 Err(why) => Err(format!("device {}: refusing to use it: {why}", path.display())),
                 Ok(None) => {
@@ -116,44 +133,179 @@ async fn run_shard(
     let dev = UringDevice::open(&p.device.path, p.device.size_bytes)
         .await
         .map_err(|e| e.to_string())?;
-    let region = Region::new(
-        Rc::new(dev),
-        DATA_START_BYTES + id as u64 * geo.region_bytes,
-        geo.region_bytes,
-    )
-    .map_err(|e| e.to_string())?;
+    let dev = Rc::new(dev);
+    let base = DATA_START_BYTES + id as u64 * geo.region_bytes;
+    let region =
+        |off: u64, len: u64| Region::new(dev.clone(), base + off, len).map_err(|e| e.to_string());
+    let ckpt_area = region(0, checkpoint::AREA_BYTES)?;
+    let raftlog_region = region(CHECKPOINT_RESERVED_BYTES, geo.raftlog_bytes)?;
+    let fixed = CHECKPOINT_RESERVED_BYTES + geo.raftlog_bytes;
+    let value_region = region(fixed, geo.region_bytes - fixed)?;
+
+    let ckpt = checkpoint::load(&ckpt_area)
+        .await
+        .map_err(|e| format!("shard {id}: cannot read the checkpoint: {e}"))?;
+    let partitions_mask = p.node.partitions as u64 - 1;
     let cfg = EngineConfig {
         log: LogConfig {
             seg_bytes: geo.segment_bytes,
             value_len_max: p.engine.value_len_max,
-            batch_bytes_max: p.log.batch_bytes_max,
-            flush_delay: Duration::from_millis(p.log.flush_delay_ms),
+            batch_bytes_max: p.raftlog.batch_bytes_max,
+            flush_delay: Duration::from_millis(p.raftlog.flush_delay_ms),
         },
         cache_bytes: (p.engine.cache_bytes / n as u64) as usize,
+        partitions_mask,
     };
-    let engine = Engine::open(region, cfg)
+    let engine = Engine::open(value_region, cfg, ckpt.value_seq)
         .await
         .map_err(|e| format!("shard {id}: {e}"))?;
+    let raftlog = keel_raftlog::RaftLog::open(
+        raftlog_region,
+        keel_raftlog::Config {
+            segment_bytes: p.raftlog.segment_bytes,
+            batch_bytes_max: p.raftlog.batch_bytes_max,
+            flush_delay: Duration::from_millis(p.raftlog.flush_delay_ms),
+            flushes_in_flight_max: p.raftlog.flushes_in_flight_max,
+        },
+    )
+    .await
+    .map_err(|e| format!("shard {id}: raftlog: {e}"))?;
     let s = engine.stat_values();
     let stat = |k: &str| s.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
     eprintln!(
-        "keel-node: shard {id} on CPU {}: recovered {} items from {} records in {} ms ({} corrupt records skipped)",
+        "keel-node: shard {id} on CPU {}: recovered {} items from {} records as of checkpoint {} in {} ms \
+         ({} corrupt records skipped, {} later records left to the Raft log)",
         p.node.cores[id],
         stat("curr_items"),
         stat("keel_recovered_records"),
+        ckpt.generation,
         t0.elapsed().as_millis(),
-        stat("keel_corrupt_records")
+        stat("keel_corrupt_records"),
+        stat("keel_ignored_records"),
     );
     engine.resume_pending_flush();
 
+    let peers = p.peer_map()?;
+    let voters: Vec<u64> = if peers.is_empty() {
+        vec![p.node.id]
+    } else {
+        peers.keys().copied().collect()
+    };
+    let settings = RaftSettings {
+        node_id: p.node.id,
+        voters,
+        tick: Duration::from_millis(p.raft.tick_ms),
+        election_ticks: p.raft.election_ticks,
+        heartbeat_ticks: p.raft.heartbeat_ticks,
+        checkpoint_interval: Duration::from_millis(p.raft.checkpoint_interval_ms),
+        stale_reads: p.raft.stale_reads,
+        request_timeout: Duration::from_millis(p.raft.request_timeout_ms),
+        entries_per_ready_bytes_max: 4 << 20,
+        compact_lag_entries: p.raft.compact_lag_entries,
+    };
+    let partitions: Vec<u64> = (0..p.node.partitions as u64)
+        .filter(|q| q % n as u64 == id as u64)
+        .collect();
+    let replicas = Replicas::new(
+        settings,
+        id as u32,
+        partitions,
+        partitions_mask,
+        engine.clone(),
+        raftlog.clone(),
+        &ckpt.applied,
+    )
+    .map_err(|e| format!("shard {id}: {e}"))?;
+    if !peers.is_empty() {
+        let at = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip(), a.port() + id as u16);
+        let shard_addrs = |a: std::net::SocketAddr| {
+            (0..n as u16)
+                .map(|s| std::net::SocketAddr::new(a.ip(), a.port() + s))
+                .collect::<Vec<_>>()
+        };
+        let cfg = TransportConfig {
+            node_id: p.node.id,
+            shard: id as u32,
+            listen: at(peers[&p.node.id]),
+            peers: peers
+                .iter()
+                .filter(|(&k, _)| k != p.node.id)
+                .map(|(&k, &a)| (k, shard_addrs(a)))
+                .collect(),
+            frame_bytes_max: 2 * p.engine.value_len_max + (1 << 20),
+            queue_bytes_max: 64 << 20,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(1000),
+            io_timeout: Duration::from_millis(p.raft.request_timeout_ms),
+            inbound_conns_max: 4 * peers.len() * n,
+        };
+        let listen = cfg.listen;
+        // Weak: the transport must not keep the replicas (which hold it) alive.
+        let r = Rc::downgrade(&replicas);
+        let t = Transport::start(
+            cfg,
+            Rc::new(move |m| {
+                if let Some(r) = r.upgrade() {
+                    r.on_inbound(m)
+                }
+            }),
+        )
+        .map_err(|e| format!("shard {id}: peer transport on {listen}: {e}"))?;
+        *replicas.transport.borrow_mut() = Some(t);
+        eprintln!("keel-node: shard {id} accepting peers on {listen}");
+    }
+
     let ex = glommio::executor();
-    // Durability is on the request path (every set waits for it): the flush task gets the
-    // same share as requests. GC only uses what requests leave.
+    // Durability is on the request path (every write waits for its raftlog flush and for
+    // Raft): the flush and Raft tasks get the same share as requests. GC and checkpoints only
+    // use what requests leave.
     let flush_tq = ex.create_task_queue(
         Shares::Static(1000),
         glommio::Latency::Matters(Duration::from_millis(1)),
         "flush",
     );
+    let raft_tq = ex.create_task_queue(
+        Shares::Static(1000),
+        glommio::Latency::Matters(Duration::from_millis(1)),
+        "raft",
+    );
+    let ckpt_tq = ex.create_task_queue(
+        Shares::Static(100),
+        glommio::Latency::NotImportant,
+        "checkpoint",
+    );
+    let rl = raftlog.clone();
+    glommio::spawn_local_into(
+        async move {
+            let e = rl.run_flush().await;
+            eprintln!("keel-node: shard {id}: FATAL: raftlog: {e}; no write will be acknowledged until restart");
+        },
+        flush_tq,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
+    let r = replicas.clone();
+    glommio::spawn_local_into(
+        async move {
+            let e = driver::run_raft(r).await;
+            eprintln!("keel-node: shard {id}: FATAL: {e}");
+            std::process::exit(1);
+        },
+        raft_tq,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
+    let r = replicas.clone();
+    glommio::spawn_local_into(
+        async move {
+            let e = driver::run_checkpoints(r, ckpt_area, ckpt).await;
+            eprintln!("keel-node: shard {id}: FATAL: {e}");
+            std::process::exit(1);
+        },
+        ckpt_tq,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
     let gc_tq = ex.create_task_queue(Shares::Static(50), glommio::Latency::NotImportant, "gc");
     let log = engine.log.clone();
     glommio::spawn_local_into(
@@ -192,6 +344,7 @@ async fn run_shard(
         id,
         n,
         engine,
+        replicas,
         senders,
         ShardConfig {
             partitions: p.node.partitions,

@@ -1,5 +1,5 @@
-//! A shard: one pinned glommio executor owning a slice of the partitions, its engine on its
-//! region of the device, and its end of the shard mesh. Nothing in a shard is touched by another
+//! A shard: one pinned glommio executor owning a slice of the partitions (each a Raft group,
+//! [`Replicas`]), its engine on its region of the device, and its end of the shard mesh. Nothing in a shard is touched by another
 //! thread; shards talk only through the mesh's message queues.
 
 use std::cell::{Cell, RefCell};
@@ -13,6 +13,7 @@ use keel_nvme::UringDevice;
 
 use crate::engine::{self, Engine, Op, OpResult, Pending};
 use crate::protocol::Limits;
+use crate::replica::Replicas;
 
 /// What travels over the shard mesh. Owned values only: the receiver is another thread.
 pub enum Msg {
@@ -79,6 +80,7 @@ pub struct Shard {
     pub nshards: usize,
     partitions_mask: u64,
     pub engine: Rc<Engine<UringDevice>>,
+    pub replicas: Rc<Replicas>,
     mesh: Senders<Msg>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<Vec<OpResult>>>>,
     next_id: Cell<u64>,
@@ -108,6 +110,7 @@ impl Shard {
         id: usize,
         nshards: usize,
         engine: Rc<Engine<UringDevice>>,
+        replicas: Rc<Replicas>,
         mesh: Senders<Msg>,
         cfg: ShardConfig,
     ) -> Shard {
@@ -117,6 +120,7 @@ impl Shard {
             nshards,
             partitions_mask: cfg.partitions as u64 - 1,
             engine,
+            replicas,
             mesh,
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
@@ -134,20 +138,24 @@ impl Shard {
         (partition_of(key, self.partitions_mask) % self.nshards as u64) as usize
     }
 
-    /// Starts an op that belongs to this shard.
+    /// Starts an op that belongs to this shard: through its partition's Raft group.
     pub fn start_local(&self, op: Op, now: u32) -> Pending {
         match op {
             Op::Stats => {
                 let mut v = self.engine.stat_values();
+                v.extend(self.replicas.stat_values());
+                // Summed over shards (wrapping) by `stats`: equal on two nodes iff every
+                // shard's items are equal (replicas compare this after a test).
+                v.push(("keel_digest", self.replicas.digest()));
                 v.extend(self.counters.values());
                 Pending::Ready(OpResult::Stats(v))
             }
-            op => self.engine.start(op, now),
+            op => self.replicas.submit(op, now),
         }
     }
 
     pub async fn resolve(&self, p: Pending) -> OpResult {
-        engine::resolve(&self.engine.log, p).await
+        engine::resolve(p).await
     }
 
     /// Sends `ops` to shard `dest` and waits for their results, in order.

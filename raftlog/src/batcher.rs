@@ -121,7 +121,9 @@ impl Batcher {
         if first {
             self.oldest_pending = Some(now);
         }
-        first || !self.sealed.is_empty() || (was_below && self.pending_bytes >= self.batch_bytes_max)
+        first
+            || !self.sealed.is_empty()
+            || (was_below && self.pending_bytes >= self.batch_bytes_max)
     }
 
     /// When to flush: `None` when nothing is pending, `Some(ZERO)` now, `Some(d)` after `d`.
@@ -217,7 +219,10 @@ mod tests {
         assert!(!b.push(&rec(2, 1000), t0));
         assert!(!b.push(&rec(3, 1000), t0));
         assert!(b.flush_due(t0).unwrap() > Duration::ZERO);
-        assert!(b.push(&rec(4, 1000), t0), "crossing 4 KiB wakes the flusher");
+        assert!(
+            b.push(&rec(4, 1000), t0),
+            "crossing 4 KiB wakes the flusher"
+        );
         assert_eq!(b.flush_due(t0), Some(Duration::ZERO));
         let c = b.take_batch().unwrap();
         assert!(c.opens_segment);
@@ -243,8 +248,14 @@ mod tests {
             Some(Duration::from_millis(1)),
             "the delay counts from the oldest record, not the newest"
         );
-        assert_eq!(b.flush_due(t0 + Duration::from_millis(5)), Some(Duration::ZERO));
-        assert_eq!(b.flush_due(t0 + Duration::from_millis(9)), Some(Duration::ZERO));
+        assert_eq!(
+            b.flush_due(t0 + Duration::from_millis(5)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            b.flush_due(t0 + Duration::from_millis(9)),
+            Some(Duration::ZERO)
+        );
         let c = b.take_batch().unwrap();
         assert_eq!(c.end_lsn, 2);
         assert_eq!(b.flush_due(t0 + Duration::from_millis(20)), None);

@@ -140,8 +140,7 @@ impl std::fmt::Display for Bad {
 }
 
 fn conf_bytes(c: &ConfState) -> usize {
-    20 + 8
-        * (c.voters.len() + c.learners.len() + c.voters_outgoing.len() + c.learners_next.len())
+    20 + 8 * (c.voters.len() + c.learners.len() + c.voters_outgoing.len() + c.learners_next.len())
 }
 
 fn put_conf(out: &mut Vec<u8>, c: &ConfState) {
@@ -238,7 +237,10 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
         }
     }
     let payload = out.len() - start - REC_HEADER_BYTES;
-    assert!(payload <= PAYLOAD_BYTES_MAX, "record payload of {payload} bytes");
+    assert!(
+        payload <= PAYLOAD_BYTES_MAX,
+        "record payload of {payload} bytes"
+    );
     out[start + 24..start + 28].copy_from_slice(&(payload as u32).to_le_bytes());
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());

@@ -15,9 +15,7 @@ use crate::batcher::{Batcher, Chunk};
 use crate::format::{self, Bad, Rec, Record, SegHeader, SEG_HEADER_BYTES};
 use crate::state::Groups;
 use crate::storage::GroupStorage;
-use crate::{
-    Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN,
-};
+use crate::{Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN};
 
 /// Builds a snapshot of `group` for raft-rs: (group, request_index, to).
 pub type SnapshotProvider = Rc<dyn Fn(u64, u64, u64) -> raft::Result<Snapshot>>;
@@ -179,7 +177,10 @@ impl<D: Device + 'static> RaftLog<D> {
         if !self.inner.borrow().groups.map.contains_key(&group) {
             return Err(RaftLogError::UnknownGroup(group));
         }
-        let log = self.me.upgrade().expect("a RaftLog lives in the Rc made by open");
+        let log = self
+            .me
+            .upgrade()
+            .expect("a RaftLog lives in the Rc made by open");
         Ok(GroupStorage::new(log, group))
     }
 
@@ -627,7 +628,11 @@ async fn recover<D: Device>(
     let mut seg_seq = vec![0; segments];
     found.sort_by_key(|f| f.0);
     if let Some(w) = found.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(corrupt(w[1].1, 0, format!("two segments with sequence {}", w[0].0)));
+        return Err(corrupt(
+            w[1].1,
+            0,
+            format!("two segments with sequence {}", w[0].0),
+        ));
     }
     // The chain is the run of consecutive sequence numbers ending at the newest segment. Below
     // a gap lie segments that were freed and have stale contents; a freed segment right below

@@ -31,7 +31,9 @@ impl Group {
     }
 
     pub fn last_index(&self) -> u64 {
-        self.entries.back().map_or(self.compacted_index, |e| e.index)
+        self.entries
+            .back()
+            .map_or(self.compacted_index, |e| e.index)
     }
 
     /// Term of `index` if it is the compacted point or a held entry.

@@ -29,18 +29,21 @@
 //! Device superblock (block 0 of the device):
 //! ```text
 //!  0  u64 magic      DEV_MAGIC
-//!  8  u32 version    1
+//!  8  u32 version    2
 //! 12  u32 shards
-//! 16  u64 segment_bytes
+//! 16  u64 segment_bytes   value-log segment size
 //! 24  u64 device_bytes
-//! 32  u64 region_bytes
-//! 40  u32 crc32c     over bytes [0, 40)
+//! 32  u64 region_bytes    per shard: checkpoint slots, then the raftlog, then the value log
+//! 40  u64 raftlog_bytes   per shard
+//! 48  u64 node_id         the Raft node id whose data this is
+//! 56  u32 crc32c     over bytes [0, 56)
 //! ```
 
 pub const REC_MAGIC: u32 = u32::from_le_bytes(*b"KRec");
 pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"KEELSEG1");
 pub const DEV_MAGIC: u64 = u64::from_le_bytes(*b"KEELDEV1");
 pub const VERSION: u32 = 1;
+pub const SUPERBLOCK_VERSION: u32 = 2;
 pub const HEADER_BYTES: usize = 48;
 pub const SEG_HEADER_BYTES: u64 = keel_nvme::BLOCK_BYTES;
 /// Regions begin after the superblock, aligned to 1 MiB.
@@ -226,18 +229,22 @@ pub struct Superblock {
     pub segment_bytes: u64,
     pub device_bytes: u64,
     pub region_bytes: u64,
+    pub raftlog_bytes: u64,
+    pub node_id: u64,
 }
 
 pub fn encode_superblock(out: &mut [u8], s: &Superblock) {
     out.fill(0);
     out[0..8].copy_from_slice(&DEV_MAGIC.to_le_bytes());
-    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[8..12].copy_from_slice(&SUPERBLOCK_VERSION.to_le_bytes());
     out[12..16].copy_from_slice(&s.shards.to_le_bytes());
     out[16..24].copy_from_slice(&s.segment_bytes.to_le_bytes());
     out[24..32].copy_from_slice(&s.device_bytes.to_le_bytes());
     out[32..40].copy_from_slice(&s.region_bytes.to_le_bytes());
-    let crc = crc32c::crc32c(&out[0..40]);
-    out[40..44].copy_from_slice(&crc.to_le_bytes());
+    out[40..48].copy_from_slice(&s.raftlog_bytes.to_le_bytes());
+    out[48..56].copy_from_slice(&s.node_id.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..56]);
+    out[56..60].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Ok(None): a blank device. Err: something that is not a Keel superblock, or a damaged one.
@@ -248,20 +255,23 @@ pub fn decode_superblock(b: &[u8]) -> Result<Option<Superblock>, String> {
     if u64_at(b, 0) != DEV_MAGIC {
         return Err("block 0 is not a Keel superblock (another program's data?)".into());
     }
-    if crc32c::crc32c(&b[0..40]) != u32_at(b, 40) {
-        return Err("the superblock fails its checksum".into());
-    }
-    if u32_at(b, 8) != VERSION {
+    if u32_at(b, 8) != SUPERBLOCK_VERSION {
         return Err(format!(
-            "superblock version {} is not supported (want {VERSION})",
+            "superblock version {} is not supported (want {SUPERBLOCK_VERSION}; version 1 \
+             predates Raft: start from a new data file)",
             u32_at(b, 8)
         ));
+    }
+    if crc32c::crc32c(&b[0..56]) != u32_at(b, 56) {
+        return Err("the superblock fails its checksum".into());
     }
     Ok(Some(Superblock {
         shards: u32_at(b, 12),
         segment_bytes: u64_at(b, 16),
         device_bytes: u64_at(b, 24),
         region_bytes: u64_at(b, 32),
+        raftlog_bytes: u64_at(b, 40),
+        node_id: u64_at(b, 48),
     }))
 }
 
@@ -354,6 +364,8 @@ mod tests {
             segment_bytes: 1 << 24,
             device_bytes: 1 << 30,
             region_bytes: 1 << 29,
+            raftlog_bytes: 1 << 26,
+            node_id: 3,
         };
         encode_superblock(&mut b, &s);
         assert_eq!(decode_superblock(&b), Ok(Some(s)));

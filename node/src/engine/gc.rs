@@ -4,8 +4,9 @@
 //!
 //! Safety rules: a record is moved only if the index still points at it (a put) or recovery
 //! could still need it (a tombstone, touch or flush while an older segment exists); index
-//! entries are switched to the moved copies only after those are durable; the old segment's
-//! header is zeroed and synced before it is reused.
+//! entries are switched to the moved copies, and the segment freed, only after a checkpoint
+//! covers the copies and every record that superseded a dropped one (recovery ignores records
+//! after the last checkpoint); the old segment's header is zeroed and synced before it is reused.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -95,7 +96,6 @@ pub async fn collect<D: Device + 'static>(
     let buf = log.dev.read_at(base, log.seg_bytes as usize).await?;
     let now = Engine::<D>::now();
     let mut moved = Vec::new();
-    let mut last_seq = 0;
     let mut pos = SEG_HEADER_BYTES as usize;
     let mut seen = first_seq.saturating_sub(1);
     while pos + format::HEADER_BYTES <= buf.len() {
@@ -145,7 +145,6 @@ pub async fn collect<D: Device + 'static>(
             // No room even in the reserve, or poisoned: leave the segment as it is.
             return Ok(());
         };
-        last_seq = a.seq;
         engine
             .stats
             .gc_moved_bytes
@@ -155,8 +154,16 @@ pub async fn collect<D: Device + 'static>(
         }
         glommio::yield_if_needed().await;
     }
-    if last_seq != 0 && log.durable(last_seq).await.is_err() {
-        return Ok(());
+    // Recovery ignores records after the last checkpoint, so the moved copies count only
+    // once a checkpoint covers them; until then the old segment must stay.
+    // The same holds for the records that made the dropped ones dead: all were appended before
+    // now, so a checkpoint through the log's current last seq covers them.
+    let need = log.last_seq();
+    while engine.checkpoint_seq.get() < need {
+        if log.poisoned().is_some() {
+            return Ok(());
+        }
+        engine.checkpoint_signal.wait().await;
     }
     {
         let mut index = engine.index.borrow_mut();

@@ -1,10 +1,12 @@
 //! The value log of one shard: segments on the shard's device region, an append buffer, and
-//! group commit (one write + fdatasync per batch, issued by the flush task).
+//! batched writes (one write per batch, issued by the flush task).
 //!
-//! Durability contract: `append` only places a record in memory and returns its seq; the record
-//! survives a crash once `durable_seq() >= seq`, which the flush task advances after the batch's
-//! fdatasync returns. A failed write or sync poisons the log: nothing appended afterwards is ever
-//! reported durable, and every waiter gets the error.
+//! Durability contract: the Raft log, not this log, is what makes a write durable. `append` only
+//! places a record in memory and returns its seq; the flush task writes batches (4 KiB or 5 ms,
+//! like the Raft log) without a sync, and advances `written_seq()`. [`ValueLog::sync`] is the
+//! checkpoint's barrier: after it, every record written before survives power loss. A failed
+//! write or sync poisons the log: nothing appended afterwards is reported written, and every
+//! waiter gets the error.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -74,6 +76,8 @@ struct WriteState {
     buf: Vec<u8>,
     /// Buffers of segments sealed since the last flush.
     sealed: Vec<(u64, Vec<u8>)>,
+    /// (offset, len) of the chunks of the batch on its way to the device.
+    in_flight: Vec<(u64, u64)>,
     next_seq: u64,
     pending_bytes: usize,
     oldest_pending: Option<Instant>,
@@ -96,7 +100,7 @@ pub struct ValueLog<D: Device> {
     pub segs: RefCell<Vec<Seg>>,
     free: RefCell<VecDeque<u32>>,
     w: RefCell<WriteState>,
-    durable_seq: Cell<u64>,
+    written_seq: Cell<u64>,
     waiters: RefCell<Vec<Waker>>,
     poisoned: RefCell<Option<Rc<str>>>,
     pub flush_signal: Signal,
@@ -154,11 +158,12 @@ impl<D: Device> ValueLog<D> {
                 buf_start: 0,
                 buf: Vec::new(),
                 sealed: Vec::new(),
+                in_flight: Vec::new(),
                 next_seq,
                 pending_bytes: 0,
                 oldest_pending: None,
             }),
-            durable_seq: Cell::new(next_seq - 1),
+            written_seq: Cell::new(next_seq - 1),
             waiters: RefCell::new(Vec::new()),
             poisoned: RefCell::new(None),
             flush_signal: Signal::default(),
@@ -178,8 +183,22 @@ impl<D: Device> ValueLog<D> {
         self.free.borrow().len()
     }
 
-    pub fn durable_seq(&self) -> u64 {
-        self.durable_seq.get()
+    /// Every record up to this seq has been written to the device (not necessarily synced).
+    pub fn written_seq(&self) -> u64 {
+        self.written_seq.get()
+    }
+
+    /// Whether the record at `offset` is still only in memory (buffered or being written), so a
+    /// read of the device would not find it.
+    pub fn is_unwritten(&self, offset: u64) -> bool {
+        let w = self.w.borrow();
+        let inside = |&(at, len): &(u64, u64)| offset >= at && offset < at + len;
+        (w.active != u32::MAX && self.seg_of(offset) == w.active as usize && offset >= w.buf_start)
+            || w.sealed
+                .iter()
+                .map(|(at, b)| (*at, b.len() as u64))
+                .any(|c| inside(&c))
+            || w.in_flight.iter().any(inside)
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -228,7 +247,7 @@ impl<D: Device> ValueLog<D> {
         true
     }
 
-    /// Places a record in the append buffer. Durable once `durable_seq() >= seq`.
+    /// Places a record in the append buffer. On the device once `written_seq() >= seq`.
     pub fn append(&self, r: &NewRecord<'_>, for_gc: bool) -> Result<Appended, LogError> {
         if let Some(p) = self.poisoned() {
             return Err(LogError::Poisoned(p));
@@ -315,6 +334,7 @@ impl<D: Device> ValueLog<D> {
         let tail = w.buf[full..].to_vec();
         let buf = std::mem::replace(&mut w.buf, tail);
         chunks.push((w.buf_start, buf));
+        w.in_flight = chunks.iter().map(|(at, b)| (*at, b.len() as u64)).collect();
         w.buf_start += full as u64;
         w.pending_bytes = 0;
         w.oldest_pending = None;
@@ -324,7 +344,8 @@ impl<D: Device> ValueLog<D> {
         })
     }
 
-    /// Writes and syncs a batch, then reports it durable. On failure the log is poisoned.
+    /// Writes a batch (no sync: the Raft log already holds these ops durably), then reports it
+    /// written. On failure the log is poisoned.
     pub async fn write_batch(&self, batch: Batch) -> Result<(), LogError> {
         let mut result: Result<(), IoError> = Ok(());
         let mut bytes = 0u64;
@@ -337,29 +358,38 @@ impl<D: Device> ValueLog<D> {
                 break;
             }
         }
-        if result.is_ok() {
-            // The durability point: after this fdatasync every record in the batch survives
-            // power loss, so waiters up to end_seq may be answered.
-            result = self.dev.sync().await;
-        }
+        self.w.borrow_mut().in_flight.clear();
         match result {
             Ok(()) => {
                 self.stats.flushes.set(self.stats.flushes.get() + 1);
                 self.stats
                     .bytes_written
                     .set(self.stats.bytes_written.get() + bytes);
-                assert!(batch.end_seq >= self.durable_seq.get());
-                self.durable_seq.set(batch.end_seq);
+                assert!(batch.end_seq >= self.written_seq.get());
+                self.written_seq.set(batch.end_seq);
                 self.wake_waiters();
                 Ok(())
             }
-            Err(e) => {
-                let msg: Rc<str> = e.to_string().into();
-                *self.poisoned.borrow_mut() = Some(msg.clone());
-                self.wake_waiters();
-                Err(LogError::Poisoned(msg))
-            }
+            Err(e) => Err(self.poison(e)),
         }
+    }
+
+    fn poison(&self, e: IoError) -> LogError {
+        let msg: Rc<str> = e.to_string().into();
+        *self.poisoned.borrow_mut() = Some(msg.clone());
+        self.wake_waiters();
+        LogError::Poisoned(msg)
+    }
+
+    /// The checkpoint barrier: waits until every record appended so far is written, then
+    /// fdatasyncs the device. Returns the seq through which the log is now durable.
+    pub async fn sync(&self) -> Result<u64, LogError> {
+        let seq = self.last_seq();
+        self.flush_signal.notify();
+        self.written(seq).await?;
+        // fdatasync: every record up to `seq` now survives power loss.
+        self.dev.sync().await.map_err(|e| self.poison(e))?;
+        Ok(seq)
     }
 
     fn wake_waiters(&self) {
@@ -368,9 +398,9 @@ impl<D: Device> ValueLog<D> {
         }
     }
 
-    /// Resolves once `seq` is durable (or the log is poisoned).
-    pub fn durable(&self, seq: u64) -> DurableWait<'_, D> {
-        DurableWait { log: self, seq }
+    /// Resolves once `seq` is written (or the log is poisoned).
+    pub fn written(&self, seq: u64) -> WrittenWait<'_, D> {
+        WrittenWait { log: self, seq }
     }
 
     /// Reads the record of `key` at `offset` and checks it is the version the index expects
@@ -409,15 +439,15 @@ impl<D: Device> ValueLog<D> {
     }
 }
 
-pub struct DurableWait<'a, D: Device> {
+pub struct WrittenWait<'a, D: Device> {
     log: &'a ValueLog<D>,
     seq: u64,
 }
 
-impl<D: Device> Future for DurableWait<'_, D> {
+impl<D: Device> Future for WrittenWait<'_, D> {
     type Output = Result<(), LogError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.log.durable_seq.get() >= self.seq {
+        if self.log.written_seq.get() >= self.seq {
             return Poll::Ready(Ok(()));
         }
         if let Some(p) = self.log.poisoned() {
@@ -462,9 +492,9 @@ impl Future for SignalWait<'_> {
     }
 }
 
-/// The group-commit loop: waits for the first pending record, then until 4 KiB (batch_bytes_max)
-/// are pending or the oldest is flush_delay old, writes the batch and syncs it. The next batch
-/// fills while this one is on the device. Returns only when the log is poisoned.
+/// The write-batching loop: waits for the first pending record, then until 4 KiB
+/// (batch_bytes_max) are pending or the oldest is flush_delay old, and writes the batch. The next
+/// batch fills while this one is on the device. Returns only when the log is poisoned.
 pub async fn run_flush<D: Device>(log: Rc<ValueLog<D>>) -> LogError {
     loop {
         match log.flush_due(Instant::now()) {

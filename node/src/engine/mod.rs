@@ -1,11 +1,12 @@
 //! The storage engine of one shard: the value log on the shard's device region, the in-memory
 //! index, the DRAM value cache, TTL, garbage collection and recovery.
 //!
-//! Write interface (kept narrow for the Raft layer that will sit above it): an [`Op`] is applied
-//! to the in-memory state at once, in arrival order, and its reply is released only when the
-//! record that carries it is durable ([`Pending::Durable`]). A read that finds an item whose
-//! record is not yet durable waits for it too, so no client ever sees a write that a crash could
-//! still take back.
+//! Write interface (the Raft layer's state machine): [`Engine::start`] applies an [`Op`] with a
+//! [`Stamp`] (the time and CAS the leader fixed when it proposed the op, so every replica computes
+//! the same item) to the in-memory state at once, in call order. The op is already durable in the
+//! Raft log when it is applied, so the value log is written without a sync per batch; a checkpoint
+//! ([`ValueLog::sync`] plus the applied index, kept by the caller) bounds what recovery must replay,
+//! and [`Engine::open`] ignores every record written after the checkpoint it is given.
 
 pub mod cache;
 pub mod format;
@@ -42,20 +43,46 @@ type RmwValue = (Vec<u8>, u64, Arc<[u8]>);
 /// The outcome of starting an op.
 pub enum Pending {
     Ready(OpResult),
-    /// Reply with the result once `seq` is durable.
-    Durable(u64, OpResult),
+    /// The op waits for a disk read (a read-modify-write of an uncached value) or, above the
+    /// engine, for its Raft entry to commit.
     Later(LocalFuture<OpResult>),
+}
+
+/// What the proposer fixed for an op, so that applying it is deterministic on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Unix seconds at the leader when it proposed the op (relative TTLs, flush deadlines).
+    pub now: u32,
+    /// The CAS unique a write gives its item: derived from the Raft entry's index.
+    pub cas: u64,
+    /// The partition (Raft group) the op belongs to; flush_all clears only this partition.
+    pub partition: u64,
+}
+
+impl Stamp {
+    /// A stamp for a read, which writes nothing.
+    pub fn read(now: u32) -> Stamp {
+        Stamp {
+            now,
+            cas: 0,
+            partition: 0,
+        }
+    }
 }
 
 pub struct EngineConfig {
     pub log: LogConfig,
     pub cache_bytes: usize,
+    /// Partitions - 1 (a power of two minus one): which keys a per-partition flush clears.
+    pub partitions_mask: u64,
 }
 
 #[derive(Default)]
 pub struct EngineStats {
     pub corrupt_records: Cell<u64>,
     pub recovered_records: Cell<u64>,
+    /// Records after the checkpoint recovery started from (their ops are replayed from Raft).
+    pub ignored_records: Cell<u64>,
     pub damaged_segment_headers: Cell<u64>,
     pub disk_reads: Cell<u64>,
     pub gc_segments: Cell<u64>,
@@ -69,7 +96,7 @@ pub struct EngineStats {
 /// An op waiting behind a read-modify-write of the same key (see [`Engine::start`]).
 struct Deferred {
     op: Op,
-    now: u32,
+    stamp: Stamp,
     reply: oneshot::Sender<Pending>,
 }
 
@@ -81,10 +108,17 @@ pub struct Engine<D: Device> {
     /// Keys with a read-modify-write waiting on a disk read; later ops on them queue here in
     /// arrival order so a pipelined `append k; get k` sees the append.
     gates: RefCell<HashMap<Box<[u8]>, VecDeque<Deferred>>>,
-    /// Deadline of a pending `flush_all <delay>`.
-    pub pending_flush: Cell<Option<u32>>,
+    /// Deadlines of pending `flush_all <delay>`s, per partition.
+    pub pending_flush: RefCell<HashMap<u64, u32>>,
+    pub partitions_mask: u64,
+    /// Highest value-log seq covered by a completed checkpoint: GC frees a segment only once
+    /// the copies it moved out are below this (recovery ignores records above it).
+    pub checkpoint_seq: Cell<u64>,
+    pub checkpoint_signal: log::Signal,
     /// The value a gated read-modify-write just read, for its re-run.
     rmw_value: RefCell<Option<RmwValue>>,
+    /// The stamp of the op being started (set by `start`, read by the writes it makes).
+    cur: Cell<Stamp>,
 }
 
 fn unix_now() -> u32 {
@@ -95,15 +129,29 @@ fn unix_now() -> u32 {
 }
 
 impl<D: Device + 'static> Engine<D> {
-    /// Recovers the shard's state from `dev` and opens a fresh segment for appends.
-    pub async fn open(dev: Region<D>, cfg: EngineConfig) -> Result<Rc<Self>, String> {
+    /// Recovers the shard's state from `dev` as of the checkpoint that covered value-log seqs up
+    /// to `checkpoint_seq` (records after it are ignored: the Raft log replays their ops), and
+    /// opens a fresh segment for appends.
+    pub async fn open(
+        dev: Region<D>,
+        cfg: EngineConfig,
+        checkpoint_seq: u64,
+    ) -> Result<Rc<Self>, String> {
         let now = unix_now();
-        let rec = recovery::recover(&dev, cfg.log.seg_bytes, cfg.log.value_len_max, now)
+        let scan = recovery::Scan {
+            seg_bytes: cfg.log.seg_bytes,
+            value_len_max: cfg.log.value_len_max,
+            now,
+            seq_max: checkpoint_seq,
+            partitions_mask: cfg.partitions_mask,
+        };
+        let rec = recovery::recover(&dev, &scan)
             .await
             .map_err(|e: IoError| format!("recovery failed: {e}"))?;
         let stats = EngineStats::default();
         stats.corrupt_records.set(rec.corrupt_records);
         stats.recovered_records.set(rec.records);
+        stats.ignored_records.set(rec.ignored_records);
         stats
             .damaged_segment_headers
             .set(rec.damaged_segment_headers);
@@ -115,8 +163,12 @@ impl<D: Device + 'static> Engine<D> {
             cache: RefCell::new(Cache::new(cfg.cache_bytes)),
             stats,
             gates: RefCell::new(HashMap::new()),
-            pending_flush: Cell::new(rec.pending_flush),
+            pending_flush: RefCell::new(rec.pending_flush),
+            partitions_mask: cfg.partitions_mask,
+            checkpoint_seq: Cell::new(checkpoint_seq),
+            checkpoint_signal: log::Signal::default(),
             rmw_value: RefCell::new(None),
+            cur: Cell::new(Stamp::read(now)),
         }))
     }
 
@@ -124,17 +176,22 @@ impl<D: Device + 'static> Engine<D> {
         unix_now()
     }
 
-    /// Starts `op`: its effect on the in-memory state happens now, in call order; the returned
-    /// [`Pending`] says when its reply may be sent.
-    pub fn start(self: &Rc<Self>, op: Op, now: u32) -> Pending {
+    /// Starts `op`: its effect on the in-memory state happens now, in call order (an op behind a
+    /// read-modify-write of the same key that waits for a disk read runs right after it).
+    pub fn start(self: &Rc<Self>, op: Op, stamp: Stamp) -> Pending {
+        let now = stamp.now;
+        self.cur.set(stamp);
         if let Some(key) = op.key() {
             if let Some(queue) = self.gates.borrow_mut().get_mut(key) {
                 let (tx, rx) = oneshot::channel();
-                queue.push_back(Deferred { op, now, reply: tx });
-                let log = self.log.clone();
+                queue.push_back(Deferred {
+                    op,
+                    stamp,
+                    reply: tx,
+                });
                 return Pending::Later(Box::pin(async move {
                     match rx.await {
-                        Ok(p) => resolve(&log, p).await,
+                        Ok(p) => resolve(p).await,
                         Err(_) => OpResult::ServerError("operation dropped".into()),
                     }
                 }));
@@ -170,7 +227,7 @@ impl<D: Device + 'static> Engine<D> {
                 touch,
             } => self.arith(key, incr, delta, cas, vivify, touch, now),
             Op::Touch { key, exptime } => self.touch(&key, exptime, now),
-            Op::FlushAll { delay } => self.flush_all(delay, now),
+            Op::FlushAll { delay } => self.flush_all(delay, stamp),
             Op::Stats => Pending::Ready(OpResult::Stats(self.stat_values())),
         }
     }
@@ -224,6 +281,8 @@ impl<D: Device + 'static> Engine<D> {
         bits: u8,
         now: u32,
     ) -> Result<(u64, IndexEntry), OpResult> {
+        let cas = self.cur.get().cas;
+        debug_assert_ne!(cas, 0, "a write needs a stamp with a CAS");
         let a = self.append(&NewRecord {
             kind: Kind::Put,
             key,
@@ -231,7 +290,7 @@ impl<D: Device + 'static> Engine<D> {
             flags,
             exptime,
             time: now,
-            cas: None,
+            cas: Some(cas),
             bits,
         })?;
         let e = IndexEntry {
@@ -262,7 +321,7 @@ impl<D: Device + 'static> Engine<D> {
             flags: 0,
             exptime: 0,
             time: now,
-            cas: None,
+            cas: Some(self.cur.get().cas),
             bits: 0,
         })?;
         if let Some(old) = self.index.borrow_mut().remove(key) {
@@ -320,11 +379,15 @@ impl<D: Device + 'static> Engine<D> {
         Err(Box::pin(async move { this.read_value(&key, e).await }))
     }
 
-    /// Reads a value from the log after its record is durable. `None` if the record is
-    /// damaged (counted) or the item changed meanwhile.
+    /// Reads a value from the log once its record has reached the device. `None` if the record
+    /// is damaged (counted) or the item changed meanwhile.
     async fn read_value(self: Rc<Self>, key: &[u8], e: IndexEntry) -> Option<Arc<[u8]>> {
-        if self.log.durable(e.cas).await.is_err() {
-            return None;
+        if self.log.is_unwritten(e.offset) {
+            // Evicted from the cache before its batch was written: wait for that write.
+            self.log.flush_signal.notify();
+            if self.log.written(self.log.last_seq()).await.is_err() {
+                return None;
+            }
         }
         let mut e = e;
         for _ in 0..3 {
@@ -371,21 +434,21 @@ impl<D: Device + 'static> Engine<D> {
             };
             let exptime = absolute_exptime(ttl, now).unwrap_or(now);
             return match self.put(&key, Arc::from(&[][..]), 0, exptime, WIN_SENT, now) {
-                Ok((seq, e)) => {
+                Ok((_, e)) => {
                     let mut item = Self::item(&e, Arc::from(&[][..]));
                     item.win = true;
-                    Pending::Durable(seq, OpResult::Hit(item))
+                    Pending::Ready(OpResult::Hit(item))
                 }
                 Err(r) => Pending::Ready(r),
             };
         };
-        let mut wait = e.cas;
         if let Some(t) = touch {
             match absolute_exptime(t, now) {
-                Some(exp) => match self.retouch(&key, &mut e, exp, None, now) {
-                    Ok(seq) => wait = wait.max(seq),
-                    Err(r) => return Pending::Ready(r),
-                },
+                Some(exp) => {
+                    if let Err(r) = self.retouch(&key, &mut e, exp, None, now) {
+                        return Pending::Ready(r);
+                    }
+                }
                 None => {
                     // A negative TTL expires the item now; this read still returns it, as memcached does.
                     if let Err(r) = self.remove(&key, now) {
@@ -406,29 +469,22 @@ impl<D: Device + 'static> Engine<D> {
             }
         }
         if !want_value {
-            return Pending::Durable(wait, OpResult::Hit(item));
+            return Pending::Ready(OpResult::Hit(item));
         }
         match self.value_of(&key, &e) {
             Ok(v) => {
                 item.value = v;
-                Pending::Durable(wait, OpResult::Hit(item))
+                Pending::Ready(OpResult::Hit(item))
             }
-            Err(read) => {
-                let log = self.log.clone();
-                Pending::Later(Box::pin(async move {
-                    let v = read.await;
-                    if log.durable(wait).await.is_err() {
-                        return OpResult::ServerError("storage failure".into());
+            Err(read) => Pending::Later(Box::pin(async move {
+                match read.await {
+                    Some(v) => {
+                        item.value = v;
+                        OpResult::Hit(item)
                     }
-                    match v {
-                        Some(v) => {
-                            item.value = v;
-                            OpResult::Hit(item)
-                        }
-                        None => OpResult::Miss,
-                    }
-                }))
-            }
+                    None => OpResult::Miss,
+                }
+            })),
         }
     }
 
@@ -482,7 +538,6 @@ impl<D: Device + 'static> Engine<D> {
                                 invalidate,
                             },
                             read,
-                            now,
                         )
                     }
                 };
@@ -511,19 +566,22 @@ impl<D: Device + 'static> Engine<D> {
         let Some(exptime) = exptime else {
             // Already expired on arrival: memcached answers STORED and the item is gone.
             return match self.remove(&key, now) {
-                Ok(seq) => Pending::Durable(seq, OpResult::Stored { cas: seq }),
+                Ok(_) => Pending::Ready(OpResult::Stored {
+                    cas: self.cur.get().cas,
+                }),
                 Err(r) => Pending::Ready(r),
             };
         };
         match self.put(&key, value, flags, exptime, bits, now) {
-            Ok((seq, e)) => Pending::Durable(seq, OpResult::Stored { cas: e.cas }),
+            Ok((_, e)) => Pending::Ready(OpResult::Stored { cas: e.cas }),
             Err(r) => Pending::Ready(r),
         }
     }
 
     /// Holds `key` while its current value is read from disk, then re-runs `op` (which will
     /// find the value cached) and every op that queued behind it, in order.
-    fn gate(self: &Rc<Self>, key: Vec<u8>, op: Op, read: ValueRead, now: u32) -> Pending {
+    fn gate(self: &Rc<Self>, key: Vec<u8>, op: Op, read: ValueRead) -> Pending {
+        let stamp = self.cur.get();
         self.gates
             .borrow_mut()
             .insert(key.clone().into(), VecDeque::new());
@@ -536,7 +594,7 @@ impl<D: Device + 'static> Engine<D> {
                     // Hand the value to the re-run directly: it may be too large to cache.
                     let cas = this.index.borrow().get(&key[..]).map_or(0, |e| e.cas);
                     *this.rmw_value.borrow_mut() = Some((key.clone(), cas, v));
-                    let p = this.start(op, now);
+                    let p = this.start(op, stamp);
                     *this.rmw_value.borrow_mut() = None;
                     p
                 }
@@ -548,14 +606,14 @@ impl<D: Device + 'static> Engine<D> {
                             format::record_bytes(key.len(), old.value_len as usize) as u32,
                         );
                     }
-                    this.start(op, now)
+                    this.start(op, stamp)
                 }
             };
             for d in queued {
-                let p = this.start(d.op, d.now);
+                let p = this.start(d.op, d.stamp);
                 let _ = d.reply.send(p);
             }
-            resolve(&this.log, first).await
+            resolve(first).await
         }))
     }
 
@@ -583,7 +641,7 @@ impl<D: Device + 'static> Engine<D> {
             None => self.remove(&key, now),
         };
         match r {
-            Ok(seq) => Pending::Durable(seq, OpResult::Deleted),
+            Ok(_) => Pending::Ready(OpResult::Deleted),
             Err(r) => Pending::Ready(r),
         }
     }
@@ -597,7 +655,7 @@ impl<D: Device + 'static> Engine<D> {
             None => self.remove(key, now),
         };
         match r {
-            Ok(seq) => Pending::Durable(seq, OpResult::Touched),
+            Ok(_) => Pending::Ready(OpResult::Touched),
             Err(r) => Pending::Ready(r),
         }
     }
@@ -620,13 +678,10 @@ impl<D: Device + 'static> Engine<D> {
             let exptime = absolute_exptime(ttl, now).unwrap_or(now);
             let value: Arc<[u8]> = initial.to_string().into_bytes().into();
             return match self.put(&key, value.clone(), 0, exptime, 0, now) {
-                Ok((seq, e)) => Pending::Durable(
-                    seq,
-                    OpResult::Number {
-                        value: initial,
-                        item: Self::item(&e, value),
-                    },
-                ),
+                Ok((_, e)) => Pending::Ready(OpResult::Number {
+                    value: initial,
+                    item: Self::item(&e, value),
+                }),
                 Err(r) => Pending::Ready(r),
             };
         };
@@ -647,7 +702,6 @@ impl<D: Device + 'static> Engine<D> {
                         touch,
                     },
                     read,
-                    now,
                 )
             }
         };
@@ -670,74 +724,98 @@ impl<D: Device + 'static> Engine<D> {
         };
         let value: Arc<[u8]> = text.into();
         match self.put(&key, value.clone(), e.flags, exptime, e.bits & STALE, now) {
-            Ok((seq, e)) => Pending::Durable(
-                seq,
-                OpResult::Number {
-                    value: n,
-                    item: Self::item(&e, value),
-                },
-            ),
+            Ok((_, e)) => Pending::Ready(OpResult::Number {
+                value: n,
+                item: Self::item(&e, value),
+            }),
             Err(r) => Pending::Ready(r),
         }
     }
 
-    fn flush_all(self: &Rc<Self>, delay: i64, now: u32) -> Pending {
+    /// flush_all for one partition: every item of the partition goes, now or at the deadline.
+    /// (The Raft layer proposes one flush to each partition, ordered with its writes.)
+    fn flush_all(self: &Rc<Self>, delay: i64, stamp: Stamp) -> Pending {
         let deadline = if delay <= 0 {
             0
         } else {
-            absolute_exptime(delay, now).unwrap_or(0)
+            absolute_exptime(delay, stamp.now).unwrap_or(0)
         };
+        let part = stamp.partition.to_le_bytes();
         let a = match self.append(&NewRecord {
             kind: Kind::Flush,
-            key: &[],
+            key: &part,
             value: &[],
             flags: 0,
             exptime: deadline,
-            time: now,
-            cas: None,
+            time: stamp.now,
+            cas: Some(stamp.cas),
             bits: 0,
         }) {
             Ok(a) => a,
             Err(r) => return Pending::Ready(r),
         };
+        // The flush record stays live while older records of the partition may exist.
+        self.log.segs.borrow_mut()[self.log.seg_of(a.offset)].live += a.len as u64;
         if deadline == 0 {
-            self.clear_all(a.offset, a.len);
-            self.pending_flush.set(None);
+            self.clear_partition(stamp.partition);
+            self.pending_flush.borrow_mut().remove(&stamp.partition);
         } else {
-            self.pending_flush.set(Some(deadline));
-            self.resume_pending_flush();
+            self.pending_flush
+                .borrow_mut()
+                .insert(stamp.partition, deadline);
+            self.arm_flush(stamp.partition, deadline);
         }
-        Pending::Durable(a.seq, OpResult::Ok)
+        Pending::Ready(OpResult::Ok)
     }
 
-    /// Drops every item. `keep` is the flush record itself, which stays live.
-    fn clear_all(&self, keep_offset: u64, keep_len: u32) {
-        self.index.borrow_mut().clear();
-        self.cache.borrow_mut().clear();
-        let mut segs = self.log.segs.borrow_mut();
-        for s in segs.iter_mut() {
-            s.live = 0;
-        }
-        if keep_offset != u64::MAX {
-            segs[self.log.seg_of(keep_offset)].live = keep_len as u64;
+    /// Drops every item of `partition`.
+    fn clear_partition(&self, partition: u64) {
+        let mask = self.partitions_mask;
+        let mut gone = Vec::new();
+        self.index.borrow_mut().retain(|k, e| {
+            let keep = crate::shard::partition_of(k, mask) != partition;
+            if !keep {
+                gone.push((
+                    e.offset,
+                    format::record_bytes(k.len(), e.value_len as usize),
+                ));
+            }
+            keep
+        });
+        // Cached values are keyed by CAS too: the dropped ones can no longer be looked up and
+        // age out of the CLOCK.
+        for (offset, len) in gone {
+            self.log.release(offset, len as u32);
         }
     }
 
-    /// Arms the timer of a pending `flush_all <delay>` (a new one, or one recovery found).
+    /// Arms the timers of the pending `flush_all <delay>`s recovery found.
     pub fn resume_pending_flush(self: &Rc<Self>) {
-        if let Some(deadline) = self.pending_flush.get() {
-            let this = self.clone();
-            glommio::spawn_local(async move {
-                let wait = deadline.saturating_sub(Self::now()) as u64;
-                glommio::timer::sleep(std::time::Duration::from_secs(wait)).await;
-                // Re-check: a later flush_all replaces this one, as in memcached.
-                if this.pending_flush.get() == Some(deadline) {
-                    this.pending_flush.set(None);
-                    this.clear_all(u64::MAX, 0);
-                }
-            })
-            .detach();
+        let pending: Vec<(u64, u32)> = self
+            .pending_flush
+            .borrow()
+            .iter()
+            .map(|(&p, &d)| (p, d))
+            .collect();
+        for (partition, deadline) in pending {
+            self.arm_flush(partition, deadline);
         }
+    }
+
+    fn arm_flush(self: &Rc<Self>, partition: u64, deadline: u32) {
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let wait = deadline.saturating_sub(Self::now()) as u64;
+            glommio::timer::sleep(std::time::Duration::from_secs(wait)).await;
+            // Re-check: a later flush_all replaces this one, as in memcached.
+            let mut pending = this.pending_flush.borrow_mut();
+            if pending.get(&partition) == Some(&deadline) {
+                pending.remove(&partition);
+                drop(pending);
+                this.clear_partition(partition);
+            }
+        })
+        .detach();
     }
 
     pub fn stat_values(&self) -> Vec<(&'static str, u64)> {
@@ -759,10 +837,12 @@ impl<D: Device + 'static> Engine<D> {
                 self.stats.damaged_segment_headers.get(),
             ),
             ("keel_recovered_records", self.stats.recovered_records.get()),
+            ("keel_ignored_records", self.stats.ignored_records.get()),
             ("keel_log_flushes", self.log.stats.flushes.get()),
             ("keel_log_bytes_written", self.log.stats.bytes_written.get()),
             ("keel_log_records", self.log.stats.records_appended.get()),
-            ("keel_durable_seq", self.log.durable_seq()),
+            ("keel_written_seq", self.log.written_seq()),
+            ("keel_checkpoint_seq", self.checkpoint_seq.get()),
             ("keel_segments", segs.len() as u64),
             ("keel_segments_free", self.log.free_segments() as u64),
             ("keel_gc_segments", self.stats.gc_segments.get()),
@@ -786,14 +866,10 @@ fn parse_counter(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Waits out a [`Pending`] given a way to wait for durability.
-pub async fn resolve<D: Device>(log: &ValueLog<D>, p: Pending) -> OpResult {
+/// Waits out a [`Pending`].
+pub async fn resolve(p: Pending) -> OpResult {
     match p {
         Pending::Ready(r) => r,
-        Pending::Durable(seq, r) => match log.durable(seq).await {
-            Ok(()) => r,
-            Err(e) => OpResult::ServerError(e.to_string()),
-        },
         Pending::Later(f) => f.await,
     }
 }

@@ -8,8 +8,17 @@
 //! - A record whose magic is right but whose lengths or checksum are wrong is counted corrupt
 //!   and skipped; it is never served. Records from an older use of a reused segment have a seq
 //!   below the segment's first_seq and are skipped silently.
+//! - Records with a seq above the last checkpoint's (`Scan::seq_max`) are ignored: the Raft log
+//!   replays the ops that wrote them, from the checkpoint's applied index on, so the state built
+//!   here must be exactly the checkpoint's (a replayed append or incr must not find its own
+//!   effect already there).
+//! - A flush record clears the items of its partition (its key) written before it.
+
+use std::collections::HashMap;
 
 use keel_nvme::{Device, IoError, Region};
+
+use crate::shard::partition_of;
 
 use super::format::{self, Bad, Kind, SEG_HEADER_BYTES};
 use super::index::{new_index, Index, IndexEntry, STALE};
@@ -22,16 +31,27 @@ pub struct Recovered {
     pub records: u64,
     pub corrupt_records: u64,
     pub damaged_segment_headers: u64,
-    /// A `flush_all <delay>` whose deadline had not passed when the log ended.
-    pub pending_flush: Option<u32>,
+    /// `flush_all <delay>`s whose deadline had not passed when the log ended, per partition.
+    pub pending_flush: HashMap<u64, u32>,
+    /// Records after the checkpoint, ignored.
+    pub ignored_records: u64,
 }
 
-pub async fn recover<D: Device>(
-    dev: &Region<D>,
-    seg_bytes: u64,
-    value_len_max: usize,
-    now: u32,
-) -> Result<Recovered, IoError> {
+pub struct Scan {
+    pub seg_bytes: u64,
+    pub value_len_max: usize,
+    pub now: u32,
+    /// The last checkpoint's seq: records above it are ignored.
+    pub seq_max: u64,
+    pub partitions_mask: u64,
+}
+
+fn clear_partition(index: &mut Index, partition: u64, mask: u64) {
+    index.retain(|k, _| partition_of(k, mask) != partition);
+}
+
+pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovered, IoError> {
+    let (seg_bytes, value_len_max, now) = (scan.seg_bytes, scan.value_len_max, scan.now);
     let nsegs = (dev.size_bytes() / seg_bytes) as usize;
     let mut segs = vec![
         Seg {
@@ -48,7 +68,8 @@ pub async fn recover<D: Device>(
         records: 0,
         corrupt_records: 0,
         damaged_segment_headers: 0,
-        pending_flush: None,
+        pending_flush: HashMap::new(),
+        ignored_records: 0,
     };
     let mut order = Vec::new();
     for (i, seg) in segs.iter_mut().enumerate() {
@@ -93,12 +114,18 @@ pub async fn recover<D: Device>(
             };
             let h = rec.header;
             seg_last = h.seq;
-            r.records += 1;
             let offset = base + pos as u64;
-            if let Some(deadline) = r.pending_flush {
-                if h.time >= deadline {
-                    r.index.clear();
-                    r.pending_flush = None;
+            if h.seq > scan.seq_max {
+                r.ignored_records += 1;
+                pos += rec.len;
+                continue;
+            }
+            r.records += 1;
+            if !r.pending_flush.is_empty() && h.kind != Kind::Flush {
+                let p = partition_of(rec.key, scan.partitions_mask);
+                if r.pending_flush.get(&p).is_some_and(|&d| h.time >= d) {
+                    clear_partition(&mut r.index, p, scan.partitions_mask);
+                    r.pending_flush.remove(&p);
                 }
             }
             match h.kind {
@@ -135,11 +162,16 @@ pub async fn recover<D: Device>(
                 }
                 Kind::Flush => {
                     side_live[seg] += rec.len as u64;
+                    let Ok(p) = <[u8; 8]>::try_from(rec.key).map(u64::from_le_bytes) else {
+                        r.corrupt_records += 1;
+                        pos += rec.len;
+                        continue;
+                    };
                     if h.exptime == 0 || h.exptime <= h.time {
-                        r.index.clear();
-                        r.pending_flush = None;
+                        clear_partition(&mut r.index, p, scan.partitions_mask);
+                        r.pending_flush.remove(&p);
                     } else {
-                        r.pending_flush = Some(h.exptime);
+                        r.pending_flush.insert(p, h.exptime);
                     }
                 }
             }
@@ -147,11 +179,15 @@ pub async fn recover<D: Device>(
         }
         last_seq = last_seq.max(seg_last);
     }
-    if let Some(deadline) = r.pending_flush {
-        if deadline <= now {
-            r.index.clear();
-            r.pending_flush = None;
-        }
+    let due: Vec<u64> = r
+        .pending_flush
+        .iter()
+        .filter(|(_, &d)| d <= now)
+        .map(|(&p, _)| p)
+        .collect();
+    for p in due {
+        clear_partition(&mut r.index, p, scan.partitions_mask);
+        r.pending_flush.remove(&p);
     }
     for (i, s) in segs.iter_mut().enumerate() {
         s.live = side_live[i];

@@ -1,0 +1,470 @@
+//! The bytes of a Raft entry (an op and the time its proposer fixed) and of a forwarded request
+//! and its reply. Fixed-size little-endian integers; every decode checks lengths and refuses
+//! trailing bytes, because these bytes come from the log and from other nodes.
+
+use std::sync::Arc;
+
+use crate::engine::{Item, Op, OpResult, StoreMode};
+
+/// Why bytes could not be decoded (a damaged entry or a peer speaking another version).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {what}: {why}")]
+pub struct DecodeError {
+    pub what: &'static str,
+    pub why: &'static str,
+}
+
+const VERSION: u8 = 1;
+
+#[derive(Default)]
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bool(&mut self, v: bool) {
+        self.u8(v as u8);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn opt_i64(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.i64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+struct R<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> R<'a> {
+    fn err(&self, why: &'static str) -> DecodeError {
+        DecodeError {
+            what: self.what,
+            why,
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.b.len() < n {
+            return Err(self.err("truncated"));
+        }
+        let (a, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.err("bad bool")),
+        }
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn opt_i64(&mut self) -> Result<Option<i64>, DecodeError> {
+        Ok(if self.bool()? {
+            Some(self.i64()?)
+        } else {
+            None
+        })
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(self.err("trailing bytes"))
+        }
+    }
+}
+
+fn put_op(w: &mut W, op: &Op) {
+    match op {
+        Op::Get {
+            key,
+            touch,
+            vivify,
+            want_value,
+        } => {
+            w.u8(1);
+            w.bytes(key);
+            w.opt_i64(*touch);
+            w.opt_i64(*vivify);
+            w.bool(*want_value);
+        }
+        Op::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            cas,
+            data,
+            invalidate,
+        } => {
+            w.u8(2);
+            w.u8(match mode {
+                StoreMode::Set => 1,
+                StoreMode::Add => 2,
+                StoreMode::Replace => 3,
+                StoreMode::Append => 4,
+                StoreMode::Prepend => 5,
+            });
+            w.bytes(key);
+            w.u32(*flags);
+            w.i64(*exptime);
+            w.u64(*cas);
+            w.bytes(data);
+            w.bool(*invalidate);
+        }
+        Op::Delete {
+            key,
+            cas,
+            invalidate,
+        } => {
+            w.u8(3);
+            w.bytes(key);
+            w.u64(*cas);
+            match invalidate {
+                None => w.u8(0),
+                Some(ttl) => {
+                    w.u8(1);
+                    w.opt_i64(*ttl);
+                }
+            }
+        }
+        Op::Arith {
+            key,
+            incr,
+            delta,
+            cas,
+            vivify,
+            touch,
+        } => {
+            w.u8(4);
+            w.bytes(key);
+            w.bool(*incr);
+            w.u64(*delta);
+            w.u64(*cas);
+            match vivify {
+                None => w.u8(0),
+                Some((initial, ttl)) => {
+                    w.u8(1);
+                    w.u64(*initial);
+                    w.i64(*ttl);
+                }
+            }
+            w.opt_i64(*touch);
+        }
+        Op::Touch { key, exptime } => {
+            w.u8(5);
+            w.bytes(key);
+            w.i64(*exptime);
+        }
+        Op::FlushAll { delay } => {
+            w.u8(6);
+            w.i64(*delay);
+        }
+        Op::Stats => w.u8(7),
+    }
+}
+
+fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
+    Ok(match r.u8()? {
+        1 => Op::Get {
+            key: r.bytes()?,
+            touch: r.opt_i64()?,
+            vivify: r.opt_i64()?,
+            want_value: r.bool()?,
+        },
+        2 => Op::Store {
+            mode: match r.u8()? {
+                1 => StoreMode::Set,
+                2 => StoreMode::Add,
+                3 => StoreMode::Replace,
+                4 => StoreMode::Append,
+                5 => StoreMode::Prepend,
+                _ => return Err(r.err("bad store mode")),
+            },
+            key: r.bytes()?,
+            flags: r.u32()?,
+            exptime: r.i64()?,
+            cas: r.u64()?,
+            data: r.bytes()?,
+            invalidate: r.bool()?,
+        },
+        3 => Op::Delete {
+            key: r.bytes()?,
+            cas: r.u64()?,
+            invalidate: if r.bool()? { Some(r.opt_i64()?) } else { None },
+        },
+        4 => Op::Arith {
+            key: r.bytes()?,
+            incr: r.bool()?,
+            delta: r.u64()?,
+            cas: r.u64()?,
+            vivify: if r.bool()? {
+                Some((r.u64()?, r.i64()?))
+            } else {
+                None
+            },
+            touch: r.opt_i64()?,
+        },
+        5 => Op::Touch {
+            key: r.bytes()?,
+            exptime: r.i64()?,
+        },
+        6 => Op::FlushAll { delay: r.i64()? },
+        7 => Op::Stats,
+        _ => return Err(r.err("unknown op")),
+    })
+}
+
+/// A Raft entry's data: version, the proposer's unix time, the op.
+pub fn encode_entry(now: u32, op: &Op) -> Vec<u8> {
+    let mut w = W::default();
+    w.u8(VERSION);
+    w.u32(now);
+    put_op(&mut w, op);
+    w.0
+}
+
+pub fn decode_entry(b: &[u8]) -> Result<(u32, Op), DecodeError> {
+    let mut r = R { b, what: "entry" };
+    if r.u8()? != VERSION {
+        return Err(r.err("unknown version"));
+    }
+    let now = r.u32()?;
+    let op = get_op(&mut r)?;
+    r.end()?;
+    Ok((now, op))
+}
+
+/// A request forwarded to the leader: (id, hops, now, op).
+pub fn encode_forward(id: u64, hops: u8, now: u32, op: &Op) -> Vec<u8> {
+    let mut w = W::default();
+    w.u64(id);
+    w.u8(hops);
+    w.u32(now);
+    put_op(&mut w, op);
+    w.0
+}
+
+pub fn decode_forward(b: &[u8]) -> Result<(u64, u8, u32, Op), DecodeError> {
+    let mut r = R { b, what: "forward" };
+    let id = r.u64()?;
+    let hops = r.u8()?;
+    let now = r.u32()?;
+    let op = get_op(&mut r)?;
+    r.end()?;
+    Ok((id, hops, now, op))
+}
+
+fn put_item(w: &mut W, i: &Item) {
+    w.u32(i.flags);
+    w.u32(i.exptime);
+    w.u64(i.cas);
+    w.bytes(&i.value);
+    w.u8(i.stale as u8 | (i.win as u8) << 1 | (i.already_won as u8) << 2);
+}
+
+fn get_item(r: &mut R<'_>) -> Result<Item, DecodeError> {
+    let flags = r.u32()?;
+    let exptime = r.u32()?;
+    let cas = r.u64()?;
+    let value: Arc<[u8]> = r.bytes()?.into();
+    let bits = r.u8()?;
+    Ok(Item {
+        flags,
+        exptime,
+        cas,
+        value,
+        stale: bits & 1 != 0,
+        win: bits & 2 != 0,
+        already_won: bits & 4 != 0,
+    })
+}
+
+/// The leader's reply to a forwarded request: (id, result). Stats are never forwarded.
+pub fn encode_reply(id: u64, r: &OpResult) -> Vec<u8> {
+    let mut w = W::default();
+    w.u64(id);
+    match r {
+        OpResult::Hit(i) => {
+            w.u8(1);
+            put_item(&mut w, i);
+        }
+        OpResult::Miss => w.u8(2),
+        OpResult::Stored { cas } => {
+            w.u8(3);
+            w.u64(*cas);
+        }
+        OpResult::NotStored => w.u8(4),
+        OpResult::Exists => w.u8(5),
+        OpResult::NotFound => w.u8(6),
+        OpResult::Deleted => w.u8(7),
+        OpResult::Touched => w.u8(8),
+        OpResult::Number { value, item } => {
+            w.u8(9);
+            w.u64(*value);
+            put_item(&mut w, item);
+        }
+        OpResult::NonNumeric => w.u8(10),
+        OpResult::Ok => w.u8(11),
+        OpResult::TooLarge => w.u8(12),
+        OpResult::ServerError(m) => {
+            w.u8(13);
+            w.bytes(m.as_bytes());
+        }
+        OpResult::Stats(_) => {
+            w.u8(13);
+            w.bytes(b"stats are not forwarded");
+        }
+    }
+    w.0
+}
+
+pub fn decode_reply(b: &[u8]) -> Result<(u64, OpResult), DecodeError> {
+    let mut r = R { b, what: "reply" };
+    let id = r.u64()?;
+    let res = match r.u8()? {
+        1 => OpResult::Hit(get_item(&mut r)?),
+        2 => OpResult::Miss,
+        3 => OpResult::Stored { cas: r.u64()? },
+        4 => OpResult::NotStored,
+        5 => OpResult::Exists,
+        6 => OpResult::NotFound,
+        7 => OpResult::Deleted,
+        8 => OpResult::Touched,
+        9 => OpResult::Number {
+            value: r.u64()?,
+            item: get_item(&mut r)?,
+        },
+        10 => OpResult::NonNumeric,
+        11 => OpResult::Ok,
+        12 => OpResult::TooLarge,
+        13 => OpResult::ServerError(String::from_utf8_lossy(&r.bytes()?).into_owned()),
+        _ => return Err(r.err("unknown result")),
+    };
+    r.end()?;
+    Ok((id, res))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops() -> Vec<Op> {
+        vec![
+            Op::Get {
+                key: b"k".to_vec(),
+                touch: Some(-1),
+                vivify: None,
+                want_value: true,
+            },
+            Op::Store {
+                mode: StoreMode::Prepend,
+                key: b"key".to_vec(),
+                flags: 7,
+                exptime: -5,
+                cas: 99,
+                data: vec![0, 1, 255],
+                invalidate: true,
+            },
+            Op::Delete {
+                key: b"d".to_vec(),
+                cas: 3,
+                invalidate: Some(None),
+            },
+            Op::Arith {
+                key: b"n".to_vec(),
+                incr: false,
+                delta: u64::MAX,
+                cas: 0,
+                vivify: Some((5, 10)),
+                touch: None,
+            },
+            Op::Touch {
+                key: b"t".to_vec(),
+                exptime: 100,
+            },
+            Op::FlushAll { delay: 0 },
+        ]
+    }
+
+    #[test]
+    fn entries_round_trip_and_every_truncation_is_refused() {
+        for op in ops() {
+            let b = encode_entry(1_800_000_000, &op);
+            let (now, back) = decode_entry(&b).unwrap();
+            assert_eq!(now, 1_800_000_000);
+            assert_eq!(format!("{back:?}"), format!("{op:?}"));
+            for cut in 0..b.len() {
+                assert!(decode_entry(&b[..cut]).is_err(), "{op:?} cut at {cut}");
+            }
+            let mut long = b.clone();
+            long.push(0);
+            assert!(decode_entry(&long).is_err());
+        }
+    }
+
+    #[test]
+    fn forwards_and_replies_round_trip() {
+        for op in ops() {
+            let b = encode_forward(42, 1, 7, &op);
+            let (id, hops, now, back) = decode_forward(&b).unwrap();
+            assert_eq!((id, hops, now), (42, 1, 7));
+            assert_eq!(format!("{back:?}"), format!("{op:?}"));
+        }
+        let item = Item {
+            flags: 1,
+            exptime: 2,
+            cas: 3,
+            value: Arc::from(&b"v"[..]),
+            stale: true,
+            win: false,
+            already_won: true,
+        };
+        for r in [
+            OpResult::Hit(item.clone()),
+            OpResult::Number { value: 9, item },
+            OpResult::Stored { cas: 5 },
+            OpResult::ServerError("no leader".into()),
+            OpResult::Miss,
+        ] {
+            let (id, back) = decode_reply(&encode_reply(8, &r)).unwrap();
+            assert_eq!(id, 8);
+            assert_eq!(format!("{back:?}"), format!("{r:?}"));
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The shard's Raft driver task: one tick for every group, Ready handling with asynchronous
+//! persistence (append to the raftlog, `advance_append_async`, and `on_persist_ready` once the
+//! raftlog says the bytes are durable), apply of committed entries, and the reads waiting on
+//! an applied index. Also the checkpoint task.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use keel_nvme::Region;
+use keel_nvme::UringDevice;
+use raft::eraftpb::{Entry, EntryType};
+use raft::{StateRole, Storage};
+
+use super::checkpoint::{self, Checkpoint};
+use super::{cas_of, command, err, Group, Replicas, Unpersisted};
+use crate::engine::{OpResult, Pending, Stamp};
+
+/// Runs the driver until the raftlog fails. Returns the failure.
+pub async fn run_raft(r: Rc<Replicas>) -> String {
+    let mut next_tick = Instant::now() + r.settings.tick;
+    let mut durable_waiter = false;
+    loop {
+        let now = Instant::now();
+        if now >= next_tick {
+            for g in r.groups.borrow_mut().values_mut() {
+                g.raw.tick();
+            }
+            next_tick = now + r.settings.tick;
+        }
+        if let Err(e) = process(&r) {
+            return e;
+        }
+        // Readies whose bytes are not durable yet: wake up when the raftlog gets there.
+        let need = r
+            .groups
+            .borrow()
+            .values()
+            .filter_map(|g| g.unpersisted.back().map(|u| u.lsn))
+            .max();
+        if let Some(lsn) = need {
+            if !durable_waiter && lsn > r.log.durable_lsn() {
+                durable_waiter = true;
+                let log = r.log.clone();
+                let rr = r.clone();
+                glommio::spawn_local(async move {
+                    let _ = log.durable(lsn).await;
+                    rr.wake.notify();
+                })
+                .detach();
+            }
+        }
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        futures_lite::future::or(r.wake.wait(), glommio::timer::sleep(wait)).await;
+        if need.is_some_and(|lsn| lsn <= r.log.durable_lsn()) || need.is_none() {
+            durable_waiter = false;
+        }
+        if let Some(p) = r.log.poisoned() {
+            return format!("raftlog failed: {p}");
+        }
+    }
+}
+
+/// One pass over every group: persisted readies, new readies, applies, waiting reads.
+fn process(r: &Rc<Replicas>) -> Result<(), String> {
+    let durable = r.log.durable_lsn();
+    let parts: Vec<u64> = r.groups.borrow().keys().copied().collect();
+    for p in parts {
+        let mut groups = r.groups.borrow_mut();
+        let g = groups.get_mut(&p).expect("groups are fixed");
+        while g.unpersisted.front().is_some_and(|u| u.lsn <= durable) {
+            let u = g.unpersisted.pop_front().expect("checked");
+            g.raw.on_persist_ready(u.number);
+            r.send_raft(p, u.messages);
+        }
+        let mut rounds = 0;
+        while g.raw.has_ready() && rounds < 4 {
+            rounds += 1;
+            handle_ready(r, g)?;
+        }
+        drop(groups);
+        drain_apply(r, p);
+    }
+    Ok(())
+}
+
+fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
+    let p = g.partition;
+    let mut rd = g.raw.ready();
+    // A leader sends its appends before persisting them (Raft thesis 10.2.1).
+    r.send_raft(p, rd.take_messages());
+    if !rd.snapshot().is_empty() {
+        // Snapshots are not built yet: the log is only compacted below what every replica has,
+        // so a peer never needs one. Refuse loudly rather than apply half a state.
+        return Err(format!(
+            "group {p}: received a snapshot, which this build cannot install"
+        ));
+    }
+    if let Some(ss) = rd.ss() {
+        if ss.raft_state != StateRole::Leader {
+            fail_pending(r, g);
+        }
+    }
+    let committed = rd.take_committed_entries();
+    let mut lsn = None;
+    if !rd.entries().is_empty() {
+        lsn = Some(
+            r.log
+                .append(p, rd.entries())
+                .map_err(|e| format!("raftlog append, group {p}: {e}"))?,
+        );
+    }
+    if let Some(hs) = rd.hs() {
+        lsn = Some(
+            r.log
+                .set_hard_state(p, hs)
+                .map_err(|e| format!("raftlog hard state, group {p}: {e}"))?,
+        );
+    }
+    let messages = rd.take_persisted_messages();
+    let number = rd.number();
+    g.raw.advance_append_async(rd);
+    match lsn {
+        Some(lsn) => g.unpersisted.push_back(Unpersisted {
+            lsn,
+            number,
+            messages,
+        }),
+        None if g.unpersisted.is_empty() => {
+            g.raw.on_persist_ready(number);
+            r.send_raft(p, messages);
+        }
+        // Readies are persisted in order: this one completes with the ones before it.
+        None => g.unpersisted.push_back(Unpersisted {
+            lsn: g.unpersisted.back().expect("non-empty").lsn,
+            number,
+            messages,
+        }),
+    }
+    g.to_apply.extend(committed);
+    Ok(())
+}
+
+/// A leader that stepped down cannot tell whether its pending proposals will commit: their
+/// clients get an error (memcached's SERVER_ERROR means "outcome unknown"), and waiting reads
+/// are refused so the client retries on the new leader.
+fn fail_pending(r: &Replicas, g: &mut Group) {
+    for p in g.proposals.drain(..) {
+        r.stats
+            .leader_changes_failed
+            .set(r.stats.leader_changes_failed.get() + 1);
+        let _ = p
+            .reply
+            .send(err("leadership changed before the write committed; retry"));
+    }
+    for read in g.reads.drain(..) {
+        let _ = read
+            .reply
+            .send(err("leadership changed before the read was served; retry"));
+    }
+}
+
+/// Applies committed entries of partition `p` in order until one waits for a disk read.
+fn drain_apply(r: &Rc<Replicas>, p: u64) {
+    loop {
+        let mut groups = r.groups.borrow_mut();
+        let g = groups.get_mut(&p).expect("groups are fixed");
+        if g.applying {
+            return;
+        }
+        let Some(e) = g.to_apply.pop_front() else {
+            serve_reads(r, g);
+            g.raw.advance_apply_to(g.applied);
+            return;
+        };
+        match start_entry(r, p, &e) {
+            None | Some(Pending::Ready(_)) if e.data.is_empty() => applied(r, g, &e, None),
+            None => applied(r, g, &e, None),
+            Some(Pending::Ready(res)) => applied(r, g, &e, Some(res)),
+            Some(Pending::Later(f)) => {
+                g.applying = true;
+                drop(groups);
+                let rr = r.clone();
+                glommio::spawn_local(async move {
+                    let res = f.await;
+                    {
+                        let mut groups = rr.groups.borrow_mut();
+                        let g = groups.get_mut(&p).expect("groups are fixed");
+                        g.applying = false;
+                        applied(&rr, g, &e, Some(res));
+                    }
+                    drain_apply(&rr, p);
+                    rr.wake.notify();
+                })
+                .detach();
+                return;
+            }
+        }
+    }
+}
+
+/// Starts one committed entry on the engine. `None` for entries without an op (the empty entry
+/// a new leader appends, configuration changes).
+fn start_entry(r: &Replicas, p: u64, e: &Entry) -> Option<Pending> {
+    if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+        return None;
+    }
+    Some(match command::decode_entry(&e.data) {
+        Ok((now, op)) => r.engine.start(
+            op,
+            Stamp {
+                now,
+                cas: cas_of(p, e.index),
+                partition: p,
+            },
+        ),
+        // Every replica refuses the same bytes the same way, so state stays identical.
+        Err(why) => Pending::Ready(err(&format!("entry {}: {why}", e.index))),
+    })
+}
+
+fn applied(r: &Replicas, g: &mut Group, e: &Entry, res: Option<OpResult>) {
+    debug_assert!(e.index > g.applied || e.index == 0);
+    g.applied = e.index;
+    r.stats
+        .applied_entries
+        .set(r.stats.applied_entries.get() + 1);
+    // Proposals older than this index were overwritten by another leader's entries.
+    while g.proposals.front().is_some_and(|p| p.index < e.index) {
+        let p = g.proposals.pop_front().expect("checked");
+        let _ = p
+            .reply
+            .send(err("the write was lost to a leader change; retry"));
+    }
+    if g.proposals.front().is_some_and(|p| p.index == e.index) {
+        let p = g.proposals.pop_front().expect("checked");
+        let reply = if p.term == e.term {
+            res.unwrap_or_else(|| err("entry without an op"))
+        } else {
+            err("the write was lost to a leader change; retry")
+        };
+        let _ = p.reply.send(reply);
+    }
+}
+
+/// Reads that waited for the group to apply what the leader had when they arrived.
+fn serve_reads(r: &Replicas, g: &mut Group) {
+    while g.reads.front().is_some_and(|rd| rd.index <= g.applied) {
+        let rd = g.reads.pop_front().expect("checked");
+        let p = r.engine.start(rd.op, Stamp::read(rd.now));
+        glommio::spawn_local(async move {
+            let _ = rd.reply.send(crate::engine::resolve(p).await);
+        })
+        .detach();
+    }
+}
+
+/// Every `checkpoint_interval`: sync the value log, record where it stands and what each group
+/// has applied, then let the raftlog drop what that covers. Returns only on failure.
+pub async fn run_checkpoints(
+    r: Rc<Replicas>,
+    area: Region<UringDevice>,
+    mut last: Checkpoint,
+) -> String {
+    loop {
+        glommio::timer::sleep(r.settings.checkpoint_interval).await;
+        // Captured together, with no await between: the engine state through `value_seq` is
+        // exactly the effect of the entries through each group's applied index (a group's
+        // entries are applied in order, one at a time).
+        let value_seq = r.engine.log.last_seq();
+        let applied: std::collections::BTreeMap<u64, u64> = r
+            .groups
+            .borrow()
+            .iter()
+            .map(|(&p, g)| (p, g.applied))
+            .collect();
+        if value_seq == last.value_seq && applied == last.applied {
+            continue;
+        }
+        if let Err(e) = r.engine.log.sync().await {
+            return format!("checkpoint: value log sync failed: {e}");
+        }
+        // The hard states that commit these entries must be durable before a restart trusts
+        // the applied indexes (raft-rs refuses an applied index above the commit index).
+        if let Err(e) = r.log.durable(r.log.last_lsn()).await {
+            return format!("checkpoint: raftlog failed: {e}");
+        }
+        let c = Checkpoint {
+            generation: last.generation + 1,
+            value_seq,
+            applied,
+        };
+        if let Err(e) = checkpoint::store(&area, &c).await {
+            return format!("checkpoint: cannot write it: {e}");
+        }
+        r.engine.checkpoint_seq.set(value_seq);
+        r.engine.checkpoint_signal.notify();
+        r.stats.checkpoints.set(r.stats.checkpoints.get() + 1);
+        // Compact each group's log below what the checkpoint covers and every replica has
+        // (no snapshots yet: a peer must be able to catch up from the log). A leader knows
+        // what its followers have; a follower, which may lead later, keeps a margin.
+        let groups = r.groups.borrow();
+        for (&p, g) in groups.iter() {
+            let mut upto = c.applied[&p];
+            if g.raw.raft.state == StateRole::Leader {
+                for (_, pr) in g.raw.raft.prs().iter() {
+                    upto = upto.min(pr.matched);
+                }
+            } else if r.settings.voters.len() > 1 {
+                upto = upto.saturating_sub(r.settings.compact_lag_entries);
+            }
+            let first = g.raw.store().first_index().unwrap_or(1);
+            if upto >= first {
+                if let Err(e) = r.log.compact(p, upto) {
+                    return format!("checkpoint: raftlog compaction of group {p}: {e}");
+                }
+            }
+        }
+        drop(groups);
+        last = c;
+    }
+}

@@ -1,0 +1,497 @@
+//! The Raft groups of one shard: a raft-rs `RawNode` per partition the shard owns, all sharing
+//! the shard's [`RaftLog`], one tick, one driver task and the shard's peer connections.
+//!
+//! Write path: a write for a partition this node leads is proposed (the entry holds the op and
+//! the leader's clock), appended to the raftlog by the driver (group commit, flushed
+//! asynchronously), sent to the followers, and once committed applied to the engine with a
+//! [`Stamp`] every replica computes the same way (CAS from the entry's index); its reply goes
+//! out after the apply. A node that does not lead the partition forwards the request to the
+//! leader and relays the reply.
+//!
+//! Read path: the leader answers a read at once when its lease holds (raft-rs's LeaseBased
+//! read-only option with check_quorum: it has committed an entry of its term) and everything it
+//! had proposed before the read has been applied; otherwise the read waits in the group until
+//! that index is applied. Followers forward reads, or answer them locally when the profile
+//! allows stale reads.
+//!
+//! Recovery: the engine comes back as of the last [checkpoint] and each group's `RawNode`
+//! restarts with the checkpoint's applied index, so raft-rs hands back the committed entries
+//! after it for re-application.
+//!
+//! Not built yet (the later parts): snapshots for replicas that fall behind the
+//! compacted log (the log is therefore only compacted up to what every follower has), leader
+//! transfer, and membership changes; placement is static (every node replicates every
+//! partition).
+
+pub mod checkpoint;
+pub mod command;
+pub mod driver;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use keel_nvme::UringDevice;
+use keel_raftlog::{GroupStorage, RaftLog};
+use raft::eraftpb::{ConfState, Message};
+use raft::{RawNode, StateRole};
+
+use crate::engine::log::Signal;
+use crate::engine::{Engine, LocalFuture, Op, OpResult, Pending, Stamp};
+use crate::shard::partition_of;
+use crate::transport::{Inbound, Transport};
+
+/// Payload kinds on the node-to-node transport.
+const KIND_RAFT: u8 = 1;
+const KIND_FORWARD: u8 = 2;
+const KIND_REPLY: u8 = 3;
+
+/// A forwarded request may be forwarded once more (the leader moved meanwhile), not more.
+const FORWARD_HOPS_MAX: u8 = 2;
+
+/// The CAS unique of the item an entry writes: the entry's index, with the partition in the low
+/// 16 bits so CAS values never repeat across partitions. Every replica computes the same one.
+pub fn cas_of(partition: u64, index: u64) -> u64 {
+    debug_assert!(partition < 1 << 16);
+    (index << 16) | partition
+}
+
+pub struct RaftSettings {
+    pub node_id: u64,
+    /// Voters of every group (all nodes: placement is static for now).
+    pub voters: Vec<u64>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub checkpoint_interval: Duration,
+    pub stale_reads: bool,
+    /// How long a request waits for a leader to be elected or a forwarded reply.
+    pub request_timeout: Duration,
+    pub entries_per_ready_bytes_max: u64,
+    /// A follower keeps this many applied entries past its checkpoint for peers that lag.
+    pub compact_lag_entries: u64,
+}
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    reply: oneshot::Sender<OpResult>,
+}
+
+struct Read {
+    /// Serve once the group has applied this index.
+    index: u64,
+    op: Op,
+    now: u32,
+    reply: oneshot::Sender<OpResult>,
+}
+
+/// A Ready whose entries and hard state are in the raftlog but maybe not yet durable.
+struct Unpersisted {
+    lsn: u64,
+    number: u64,
+    /// Messages raft-rs may only send once the Ready is persisted (votes, append acks).
+    messages: Vec<Message>,
+}
+
+pub struct Group {
+    pub partition: u64,
+    pub raw: RawNode<GroupStorage<UringDevice>>,
+    proposals: VecDeque<Proposal>,
+    reads: VecDeque<Read>,
+    unpersisted: VecDeque<Unpersisted>,
+    /// Committed entries not yet applied (behind one whose apply waits for a disk read).
+    to_apply: VecDeque<raft::eraftpb::Entry>,
+    /// An entry's apply is waiting for a disk read; later entries wait for it (per-group apply
+    /// order is what makes a checkpoint's applied index exact).
+    applying: bool,
+    pub applied: u64,
+}
+
+#[derive(Default)]
+pub struct RaftStats {
+    pub proposals: Cell<u64>,
+    pub applied_entries: Cell<u64>,
+    pub forwarded: Cell<u64>,
+    pub lease_reads: Cell<u64>,
+    pub waited_reads: Cell<u64>,
+    pub checkpoints: Cell<u64>,
+    pub leader_changes_failed: Cell<u64>,
+    pub bad_payloads: Cell<u64>,
+}
+
+pub struct Replicas {
+    pub settings: RaftSettings,
+    pub shard: u32,
+    pub partitions_mask: u64,
+    pub engine: Rc<Engine<UringDevice>>,
+    pub log: Rc<RaftLog<UringDevice>>,
+    pub groups: RefCell<BTreeMap<u64, Group>>,
+    pub transport: RefCell<Option<Rc<Transport>>>,
+    /// Wakes the driver: a proposal, a message from a peer, the raftlog got more durable.
+    pub wake: Signal,
+    forwards: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
+    next_forward: Cell<u64>,
+    pub stats: RaftStats,
+}
+
+fn err(msg: &str) -> OpResult {
+    OpResult::ServerError(msg.into())
+}
+
+/// A read that writes nothing (plain get, gets, mg without T/N): served without a Raft entry.
+fn is_read(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Get {
+            touch: None,
+            vivify: None,
+            ..
+        }
+    )
+}
+
+impl Replicas {
+    /// Builds a `RawNode` for every partition of this shard, creating groups that do not exist
+    /// yet (first start) with every node as a voter. `applied` is the checkpoint's.
+    pub fn new(
+        settings: RaftSettings,
+        shard: u32,
+        partitions: Vec<u64>,
+        partitions_mask: u64,
+        engine: Rc<Engine<UringDevice>>,
+        log: Rc<RaftLog<UringDevice>>,
+        applied: &BTreeMap<u64, u64>,
+    ) -> Result<Rc<Replicas>, String> {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let existing = log.groups();
+        let mut groups = BTreeMap::new();
+        for p in partitions {
+            if !existing.contains(&p) {
+                let cs = ConfState {
+                    voters: settings.voters.clone(),
+                    ..Default::default()
+                };
+                log.create_group(p, cs)
+                    .map_err(|e| format!("raftlog: cannot create group {p}: {e}"))?;
+            }
+            let storage = log
+                .storage(p)
+                .map_err(|e| format!("raftlog: group {p}: {e}"))?;
+            let applied = applied.get(&p).copied().unwrap_or(0);
+            let cfg = raft::Config {
+                id: settings.node_id,
+                election_tick: settings.election_ticks,
+                heartbeat_tick: settings.heartbeat_ticks,
+                applied,
+                max_size_per_msg: 1 << 20,
+                max_inflight_msgs: 256,
+                check_quorum: true,
+                pre_vote: true,
+                read_only_option: raft::ReadOnlyOption::LeaseBased,
+                max_committed_size_per_ready: settings.entries_per_ready_bytes_max,
+                ..Default::default()
+            };
+            let mut raw = RawNode::new(&cfg, storage, &logger)
+                .map_err(|e| format!("group {p}: cannot start Raft (applied {applied}): {e}"))?;
+            if settings.voters == [settings.node_id] && raw.raft.state != StateRole::Leader {
+                // The only voter: no need to wait an election timeout to lead.
+                let _ = raw.campaign();
+            }
+            groups.insert(
+                p,
+                Group {
+                    partition: p,
+                    raw,
+                    proposals: VecDeque::new(),
+                    reads: VecDeque::new(),
+                    unpersisted: VecDeque::new(),
+                    to_apply: VecDeque::new(),
+                    applying: false,
+                    applied,
+                },
+            );
+        }
+        Ok(Rc::new(Replicas {
+            settings,
+            shard,
+            partitions_mask,
+            engine,
+            log,
+            groups: RefCell::new(groups),
+            transport: RefCell::new(None),
+            wake: Signal::default(),
+            forwards: RefCell::new(HashMap::new()),
+            next_forward: Cell::new(0),
+            stats: RaftStats::default(),
+        }))
+    }
+
+    pub fn partition_of(&self, op: &Op) -> Option<u64> {
+        op.key().map(|k| partition_of(k, self.partitions_mask))
+    }
+
+    /// Starts a client op of this shard. flush_all goes to every group of the shard.
+    pub fn submit(self: &Rc<Self>, op: Op, now: u32) -> Pending {
+        self.submit_hops(op, now, 0)
+    }
+
+    fn submit_hops(self: &Rc<Self>, op: Op, now: u32, hops: u8) -> Pending {
+        let Some(p) = self.partition_of(&op) else {
+            return match op {
+                Op::FlushAll { delay } => self.flush_all(delay, now, hops),
+                _ => Pending::Ready(err("op without a key reached Raft")),
+            };
+        };
+        self.submit_to(p, op, now, hops)
+    }
+
+    fn flush_all(self: &Rc<Self>, delay: i64, now: u32, hops: u8) -> Pending {
+        let parts: Vec<u64> = self.groups.borrow().keys().copied().collect();
+        let pending: Vec<Pending> = parts
+            .into_iter()
+            .map(|p| self.submit_to(p, Op::FlushAll { delay }, now, hops))
+            .collect();
+        Pending::Later(Box::pin(async move {
+            let mut out = OpResult::Ok;
+            for p in pending {
+                if let r @ OpResult::ServerError(_) = crate::engine::resolve(p).await {
+                    out = r;
+                }
+            }
+            out
+        }))
+    }
+
+    fn submit_to(self: &Rc<Self>, p: u64, op: Op, now: u32, hops: u8) -> Pending {
+        let mut groups = self.groups.borrow_mut();
+        let Some(g) = groups.get_mut(&p) else {
+            return Pending::Ready(err("partition not on this shard"));
+        };
+        let leader = g.raw.raft.leader_id;
+        let me = self.settings.node_id;
+        if g.raw.raft.state != StateRole::Leader {
+            if is_read(&op) && self.settings.stale_reads {
+                drop(groups);
+                return self.engine.start(op, Stamp::read(now));
+            }
+            drop(groups);
+            if leader != 0 && leader != me && hops < FORWARD_HOPS_MAX {
+                return self.forward(leader, op, now, hops);
+            }
+            return self.wait_for_leader(op, now, hops);
+        }
+        if is_read(&op) {
+            let index = g.raw.raft.raft_log.last_index();
+            if g.raw.raft.commit_to_current_term() && g.applied >= index {
+                self.stats.lease_reads.set(self.stats.lease_reads.get() + 1);
+                drop(groups);
+                return self.engine.start(op, Stamp::read(now));
+            }
+            self.stats
+                .waited_reads
+                .set(self.stats.waited_reads.get() + 1);
+            let (tx, rx) = oneshot::channel();
+            g.reads.push_back(Read {
+                index,
+                op,
+                now,
+                reply: tx,
+            });
+            self.wake.notify();
+            return later(rx);
+        }
+        let data = command::encode_entry(now, &op);
+        if let Err(e) = g.raw.propose(vec![], data) {
+            return Pending::Ready(err(&format!("proposal refused: {e}")));
+        }
+        self.stats.proposals.set(self.stats.proposals.get() + 1);
+        let (tx, rx) = oneshot::channel();
+        g.proposals.push_back(Proposal {
+            index: g.raw.raft.raft_log.last_index(),
+            term: g.raw.raft.term,
+            reply: tx,
+        });
+        self.wake.notify();
+        later(rx)
+    }
+
+    /// No leader known (an election is running): retry each tick until one is, up to the
+    /// request timeout.
+    fn wait_for_leader(self: &Rc<Self>, op: Op, now: u32, hops: u8) -> Pending {
+        let this = self.clone();
+        Pending::Later(Box::pin(async move {
+            let tries = (this.settings.request_timeout.as_millis()
+                / this.settings.tick.as_millis().max(1))
+            .max(1);
+            let p = this.partition_of(&op);
+            for _ in 0..tries {
+                glommio::timer::sleep(this.settings.tick).await;
+                let known = p.map_or(true, |p| {
+                    this.groups.borrow().get(&p).is_some_and(|g| {
+                        let l = g.raw.raft.leader_id;
+                        l != 0
+                            && (l != this.settings.node_id || g.raw.raft.state == StateRole::Leader)
+                    })
+                });
+                if known {
+                    return crate::engine::resolve(this.submit_hops(op, now, hops)).await;
+                }
+            }
+            err("no leader for this key's partition (is a majority of nodes up?)")
+        }))
+    }
+
+    fn forward(self: &Rc<Self>, leader: u64, op: Op, now: u32, hops: u8) -> Pending {
+        let Some(t) = self.transport.borrow().clone() else {
+            return Pending::Ready(err("no transport to reach the leader"));
+        };
+        let id = self.next_forward.get();
+        self.next_forward.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.forwards.borrow_mut().insert(id, tx);
+        let mut payload = vec![KIND_FORWARD];
+        payload.extend(command::encode_forward(id, hops + 1, now, &op));
+        t.send(leader, self.shard, payload);
+        self.stats.forwarded.set(self.stats.forwarded.get() + 1);
+        let this = self.clone();
+        let timeout = self.settings.request_timeout;
+        Pending::Later(Box::pin(async move {
+            let r = futures_lite::future::or(async { rx.await.ok() }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
+            .await;
+            this.forwards.borrow_mut().remove(&id);
+            r.unwrap_or_else(|| err("the leader did not answer in time"))
+        }))
+    }
+
+    /// A payload from a peer node (called by the transport on this shard's thread).
+    pub fn on_inbound(self: &Rc<Self>, m: Inbound) {
+        let Some((&kind, body)) = m.payload.split_first() else {
+            return self.bad_payload();
+        };
+        match kind {
+            KIND_RAFT if body.len() >= 8 => {
+                let p = u64::from_le_bytes(body[..8].try_into().unwrap());
+                let Ok(msg) = <Message as protobuf::Message>::parse_from_bytes(&body[8..]) else {
+                    return self.bad_payload();
+                };
+                if let Some(g) = self.groups.borrow_mut().get_mut(&p) {
+                    // Stale or misdirected messages are refused by raft-rs itself.
+                    let _ = g.raw.step(msg);
+                }
+                self.wake.notify();
+            }
+            KIND_FORWARD => {
+                let Ok((id, hops, now, op)) = command::decode_forward(body) else {
+                    return self.bad_payload();
+                };
+                let from = m.from_node;
+                let this = self.clone();
+                let pending = self.submit_hops(op, now, hops);
+                glommio::spawn_local(async move {
+                    let r = crate::engine::resolve(pending).await;
+                    let mut payload = vec![KIND_REPLY];
+                    payload.extend(command::encode_reply(id, &r));
+                    if let Some(t) = this.transport.borrow().as_ref() {
+                        t.send(from, this.shard, payload);
+                    }
+                })
+                .detach();
+            }
+            KIND_REPLY => {
+                let Ok((id, r)) = command::decode_reply(body) else {
+                    return self.bad_payload();
+                };
+                if let Some(tx) = self.forwards.borrow_mut().remove(&id) {
+                    let _ = tx.send(r);
+                }
+            }
+            _ => self.bad_payload(),
+        }
+    }
+
+    fn bad_payload(&self) {
+        self.stats
+            .bad_payloads
+            .set(self.stats.bad_payloads.get() + 1);
+    }
+
+    pub fn send_raft(&self, p: u64, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let t = self.transport.borrow();
+        let Some(t) = t.as_ref() else {
+            // A single node: raft-rs has no one to send to.
+            return;
+        };
+        for m in msgs {
+            let mut payload = Vec::with_capacity(9 + protobuf::Message::compute_size(&m) as usize);
+            payload.push(KIND_RAFT);
+            payload.extend_from_slice(&p.to_le_bytes());
+            if protobuf::Message::write_to_vec(&m, &mut payload).is_err() {
+                continue;
+            }
+            t.send(m.to, self.shard, payload);
+        }
+    }
+
+    pub fn stat_values(&self) -> Vec<(&'static str, u64)> {
+        let groups = self.groups.borrow();
+        let leading = groups
+            .values()
+            .filter(|g| g.raw.raft.state == StateRole::Leader)
+            .count() as u64;
+        let s = &self.stats;
+        let l = self.log.stats();
+        vec![
+            ("keel_raft_groups", groups.len() as u64),
+            ("keel_raft_leading", leading),
+            ("keel_raft_proposals", s.proposals.get()),
+            ("keel_raft_applied_entries", s.applied_entries.get()),
+            ("keel_raft_forwarded", s.forwarded.get()),
+            ("keel_raft_lease_reads", s.lease_reads.get()),
+            ("keel_raft_waited_reads", s.waited_reads.get()),
+            ("keel_raft_checkpoints", s.checkpoints.get()),
+            ("keel_raft_bad_payloads", s.bad_payloads.get()),
+            ("keel_raftlog_flushes", l.flushes),
+            ("keel_raftlog_bytes_written", l.bytes_written),
+            ("keel_raftlog_durable_lsn", self.log.durable_lsn()),
+        ]
+    }
+
+    /// A digest of this shard's engine per partition, to compare replicas: every live item's
+    /// key, CAS, flags, expiry and value length (the CAS comes from the Raft index that wrote
+    /// the value, so equal CAS means equal value).
+    pub fn digest(&self) -> u64 {
+        let index = self.engine.index.borrow();
+        let mut items: Vec<(&[u8], u64, u32, u32, u32)> = index
+            .iter()
+            .map(|(k, e)| (&k[..], e.cas, e.flags, e.exptime, e.value_len))
+            .collect();
+        items.sort_unstable();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (k, cas, flags, exp, len) in items {
+            h.update(&(k.len() as u32).to_le_bytes());
+            h.update(k);
+            h.update(&cas.to_le_bytes());
+            h.update(&flags.to_le_bytes());
+            h.update(&exp.to_le_bytes());
+            h.update(&len.to_le_bytes());
+        }
+        h.digest()
+    }
+}
+
+fn later(rx: oneshot::Receiver<OpResult>) -> Pending {
+    let f: LocalFuture<OpResult> = Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| err("the request was dropped (leader changed?); retry"))
+    });
+    Pending::Later(f)
+}
