@@ -71,7 +71,7 @@ counters!(
 
 impl Counters {
     pub fn add(c: &Cell<u64>, n: u64) {
-        c.set(c.get() + n);
+        c.set(c.get().wrapping_add(n));
     }
 }
 

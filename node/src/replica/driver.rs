@@ -18,7 +18,6 @@ use crate::engine::{OpResult, Pending, Stamp};
 /// Runs the driver until the raftlog fails. Returns the failure.
 pub async fn run_raft(r: Rc<Replicas>) -> String {
     let mut next_tick = Instant::now() + r.settings.tick;
-    let mut durable_waiter = false;
     loop {
         let now = Instant::now();
         if now >= next_tick {
@@ -38,12 +37,12 @@ pub async fn run_raft(r: Rc<Replicas>) -> String {
             .filter_map(|g| g.unpersisted.back().map(|u| u.lsn))
             .max();
         if let Some(lsn) = need {
-            if !durable_waiter && lsn > r.log.durable_lsn() {
-                durable_waiter = true;
-                let log = r.log.clone();
+            if r.durable_wait.get() == 0 && lsn > r.log.durable_lsn() {
+                r.durable_wait.set(lsn);
                 let rr = r.clone();
                 glommio::spawn_local(async move {
-                    let _ = log.durable(lsn).await;
+                    let _ = rr.log.durable(lsn).await;
+                    rr.durable_wait.set(0);
                     rr.wake.notify();
                 })
                 .detach();
@@ -51,9 +50,6 @@ pub async fn run_raft(r: Rc<Replicas>) -> String {
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
         futures_lite::future::or(r.wake.wait(), glommio::timer::sleep(wait)).await;
-        if need.is_some_and(|lsn| lsn <= r.log.durable_lsn()) || need.is_none() {
-            durable_waiter = false;
-        }
         if let Some(p) = r.log.poisoned() {
             return format!("raftlog failed: {p}");
         }

@@ -30,7 +30,7 @@ pub mod driver;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use keel_nvme::UringDevice;
@@ -132,6 +132,9 @@ pub struct Replicas {
     pub transport: RefCell<Option<Rc<Transport>>>,
     /// Wakes the driver: a proposal, a message from a peer, the raftlog got more durable.
     pub wake: Signal,
+    /// The LSN a spawned waiter is waiting to become durable (0: none), so there is one at a
+    /// time and the driver hears about every durability step.
+    pub durable_wait: Cell<u64>,
     forwards: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
     next_forward: Cell<u64>,
     pub stats: RaftStats,
@@ -223,6 +226,7 @@ impl Replicas {
             groups: RefCell::new(groups),
             transport: RefCell::new(None),
             wake: Signal::default(),
+            durable_wait: Cell::new(0),
             forwards: RefCell::new(HashMap::new()),
             next_forward: Cell::new(0),
             stats: RaftStats::default(),
@@ -322,12 +326,10 @@ impl Replicas {
     /// request timeout.
     fn wait_for_leader(self: &Rc<Self>, op: Op, now: u32, hops: u8) -> Pending {
         let this = self.clone();
+        let deadline = Instant::now() + self.settings.request_timeout;
         Pending::Later(Box::pin(async move {
-            let tries = (this.settings.request_timeout.as_millis()
-                / this.settings.tick.as_millis().max(1))
-            .max(1);
             let p = this.partition_of(&op);
-            for _ in 0..tries {
+            while Instant::now() < deadline {
                 glommio::timer::sleep(this.settings.tick).await;
                 let known = p.map_or(true, |p| {
                     this.groups.borrow().get(&p).is_some_and(|g| {
@@ -357,10 +359,12 @@ impl Replicas {
         t.send(leader, self.shard, payload);
         self.stats.forwarded.set(self.stats.forwarded.get() + 1);
         let this = self.clone();
-        let timeout = self.settings.request_timeout;
+        // The deadline starts now, not when the connection first polls this future: a pipeline
+        // awaits its replies in order, and must not add up its forwards' timeouts.
+        let deadline = Instant::now() + self.settings.request_timeout;
         Pending::Later(Box::pin(async move {
             let r = futures_lite::future::or(async { rx.await.ok() }, async {
-                glommio::timer::sleep(timeout).await;
+                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
                 None
             })
             .await;
@@ -449,7 +453,19 @@ impl Replicas {
             .count() as u64;
         let s = &self.stats;
         let l = self.log.stats();
+        let sum = |f: &dyn Fn(&Group) -> usize| groups.values().map(f).sum::<usize>() as u64;
         vec![
+            ("keel_raft_pending_proposals", sum(&|g| g.proposals.len())),
+            ("keel_raft_pending_reads", sum(&|g| g.reads.len())),
+            (
+                "keel_raft_unpersisted_readies",
+                sum(&|g| g.unpersisted.len()),
+            ),
+            ("keel_raft_unapplied_entries", sum(&|g| g.to_apply.len())),
+            (
+                "keel_raft_pending_forwards",
+                self.forwards.borrow().len() as u64,
+            ),
             ("keel_raft_groups", groups.len() as u64),
             ("keel_raft_leading", leading),
             ("keel_raft_proposals", s.proposals.get()),
