@@ -331,7 +331,7 @@ impl Replicas {
             let p = this.partition_of(&op);
             while Instant::now() < deadline {
                 glommio::timer::sleep(this.settings.tick).await;
-                let known = p.map_or(true, |p| {
+                let known = p.is_none_or(|p| {
                     this.groups.borrow().get(&p).is_some_and(|g| {
                         let l = g.raw.raft.leader_id;
                         l != 0
