@@ -171,7 +171,10 @@ impl Device for SimDevice {
     }
 
     fn alloc(&self, len: usize) -> Vec<u8> {
-        assert!(len as u64 % BLOCK_BYTES == 0, "buffer of {len} bytes is not block aligned");
+        assert!(
+            len as u64 % BLOCK_BYTES == 0,
+            "buffer of {len} bytes is not block aligned"
+        );
         vec![0; len]
     }
 

@@ -121,7 +121,9 @@ impl Batcher {
         if first {
             self.oldest_pending = Some(now);
         }
-        first || !self.sealed.is_empty() || (was_below && self.pending_bytes >= self.batch_bytes_max)
+        first
+            || !self.sealed.is_empty()
+            || (was_below && self.pending_bytes >= self.batch_bytes_max)
     }
 
     /// When to flush: `None` when nothing is pending, `Some(ZERO)` now, `Some(d)` after `d`.
@@ -195,6 +197,7 @@ mod tests {
             seq: 1,
             first_lsn: 1,
             segment_bytes: SEG,
+            oldest_seq: 1,
         };
         b.start_segment(0, &h);
         b
@@ -217,7 +220,10 @@ mod tests {
         assert!(!b.push(&rec(2, 1000), t0));
         assert!(!b.push(&rec(3, 1000), t0));
         assert!(b.flush_due(t0).unwrap() > Duration::ZERO);
-        assert!(b.push(&rec(4, 1000), t0), "crossing 4 KiB wakes the flusher");
+        assert!(
+            b.push(&rec(4, 1000), t0),
+            "crossing 4 KiB wakes the flusher"
+        );
         assert_eq!(b.flush_due(t0), Some(Duration::ZERO));
         let c = b.take_batch().unwrap();
         assert!(c.opens_segment);
@@ -243,8 +249,14 @@ mod tests {
             Some(Duration::from_millis(1)),
             "the delay counts from the oldest record, not the newest"
         );
-        assert_eq!(b.flush_due(t0 + Duration::from_millis(5)), Some(Duration::ZERO));
-        assert_eq!(b.flush_due(t0 + Duration::from_millis(9)), Some(Duration::ZERO));
+        assert_eq!(
+            b.flush_due(t0 + Duration::from_millis(5)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            b.flush_due(t0 + Duration::from_millis(9)),
+            Some(Duration::ZERO)
+        );
         let c = b.take_batch().unwrap();
         assert_eq!(c.end_lsn, 2);
         assert_eq!(b.flush_due(t0 + Duration::from_millis(20)), None);
@@ -259,13 +271,18 @@ mod tests {
             seq: 2,
             first_lsn: 2,
             segment_bytes: SEG,
+            oldest_seq: 1,
         };
         b.start_segment(SEG, &h);
         b.push(&rec(2, 10), t0);
         assert_eq!(b.flush_due(t0), Some(Duration::ZERO));
-        assert!(!b.next_opens_segment());
+        assert!(
+            b.next_opens_segment(),
+            "segment 1's first chunk carries its header"
+        );
         let first = b.take_batch().unwrap();
         assert_eq!((first.offset, first.end_lsn), (0, 1));
+        assert!(first.opens_segment);
         assert!(b.next_opens_segment());
         let second = b.take_batch().unwrap();
         assert_eq!((second.offset, second.end_lsn), (SEG, 2));

@@ -10,7 +10,7 @@ pub const SEG_HEADER_BYTES: u64 = keel_nvme::BLOCK_BYTES;
 pub const SEG_MAGIC: [u8; 8] = *b"KEELRLSG";
 pub const SEG_VERSION: u32 = 1;
 /// Bytes of the segment header that carry data (the rest of the block is zero).
-const SEG_HEADER_USED: usize = 44;
+const SEG_HEADER_USED: usize = 52;
 
 pub const REC_MAGIC: u32 = u32::from_le_bytes(*b"KRL1");
 pub const REC_HEADER_BYTES: usize = 48;
@@ -25,6 +25,10 @@ pub struct SegHeader {
     pub seq: u64,
     pub first_lsn: u64,
     pub segment_bytes: u64,
+    /// Sequence number of the oldest segment still needed when this one was opened: recovery
+    /// starts there, never at an older (stale) segment even if its number happens to continue
+    /// the chain.
+    pub oldest_seq: u64,
 }
 
 pub fn encode_seg_header(out: &mut [u8], h: &SegHeader) {
@@ -35,8 +39,9 @@ pub fn encode_seg_header(out: &mut [u8], h: &SegHeader) {
     out[16..24].copy_from_slice(&h.seq.to_le_bytes());
     out[24..32].copy_from_slice(&h.first_lsn.to_le_bytes());
     out[32..40].copy_from_slice(&h.segment_bytes.to_le_bytes());
-    let crc = crc32c::crc32c(&out[0..40]);
-    out[40..44].copy_from_slice(&crc.to_le_bytes());
+    out[40..48].copy_from_slice(&h.oldest_seq.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..48]);
+    out[48..52].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// `None` when the block holds no valid header (never written, zeroed, torn, or foreign).
@@ -44,13 +49,14 @@ pub fn decode_seg_header(b: &[u8]) -> Option<SegHeader> {
     if b.len() < SEG_HEADER_USED || b[0..8] != SEG_MAGIC || u32_at(b, 8) != SEG_VERSION {
         return None;
     }
-    if crc32c::crc32c(&b[0..40]) != u32_at(b, 40) {
+    if crc32c::crc32c(&b[0..48]) != u32_at(b, 48) {
         return None;
     }
     Some(SegHeader {
         seq: u64_at(b, 16),
         first_lsn: u64_at(b, 24),
         segment_bytes: u64_at(b, 32),
+        oldest_seq: u64_at(b, 40),
     })
 }
 
@@ -140,8 +146,7 @@ impl std::fmt::Display for Bad {
 }
 
 fn conf_bytes(c: &ConfState) -> usize {
-    20 + 8
-        * (c.voters.len() + c.learners.len() + c.voters_outgoing.len() + c.learners_next.len())
+    20 + 8 * (c.voters.len() + c.learners.len() + c.voters_outgoing.len() + c.learners_next.len())
 }
 
 fn put_conf(out: &mut Vec<u8>, c: &ConfState) {
@@ -238,7 +243,10 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
         }
     }
     let payload = out.len() - start - REC_HEADER_BYTES;
-    assert!(payload <= PAYLOAD_BYTES_MAX, "record payload of {payload} bytes");
+    assert!(
+        payload <= PAYLOAD_BYTES_MAX,
+        "record payload of {payload} bytes"
+    );
     out[start + 24..start + 28].copy_from_slice(&(payload as u32).to_le_bytes());
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -427,6 +435,7 @@ mod tests {
             seq: 9,
             first_lsn: 1234,
             segment_bytes: 1 << 20,
+            oldest_seq: 4,
         };
         let mut b = vec![0u8; SEG_HEADER_BYTES as usize];
         encode_seg_header(&mut b, &h);

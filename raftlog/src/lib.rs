@@ -88,7 +88,11 @@ pub enum RaftLogError {
         "raftlog corrupt in segment {segment} at byte {offset}: {why}; the log cannot be \
          recovered safely (restore this replica from its peers)"
     )]
-    Corrupt { segment: u32, offset: u64, why: String },
+    Corrupt {
+        segment: u32,
+        offset: u64,
+        why: String,
+    },
     #[error("raftlog full: no free segment among {segments}; compact groups to free segments")]
     Full { segments: usize },
     #[error("raftlog record of {bytes} bytes exceeds the {max_bytes} bytes a segment can take")]
@@ -102,9 +106,17 @@ pub enum RaftLogError {
     #[error("group {group}: entries must be contiguous: expected index {expected}, got {got}")]
     NotContiguous { group: u64, expected: u64, got: u64 },
     #[error("group {group}: entry index {index} is at or below the compacted index {compacted}")]
-    Compacted { group: u64, index: u64, compacted: u64 },
+    Compacted {
+        group: u64,
+        index: u64,
+        compacted: u64,
+    },
     #[error("group {group}: compact to {index} beyond the last index {last}")]
     CompactBeyondLast { group: u64, index: u64, last: u64 },
     #[error("group {group}: snapshot at {index} is not after the compacted index {compacted}")]
-    SnapshotOutOfDate { group: u64, index: u64, compacted: u64 },
+    SnapshotOutOfDate {
+        group: u64,
+        index: u64,
+        compacted: u64,
+    },
 }

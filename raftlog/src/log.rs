@@ -15,9 +15,7 @@ use crate::batcher::{Batcher, Chunk};
 use crate::format::{self, Bad, Rec, Record, SegHeader, SEG_HEADER_BYTES};
 use crate::state::Groups;
 use crate::storage::GroupStorage;
-use crate::{
-    Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN,
-};
+use crate::{Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN};
 
 /// Builds a snapshot of `group` for raft-rs: (group, request_index, to).
 pub type SnapshotProvider = Rc<dyn Fn(u64, u64, u64) -> raft::Result<Snapshot>>;
@@ -179,7 +177,10 @@ impl<D: Device + 'static> RaftLog<D> {
         if !self.inner.borrow().groups.map.contains_key(&group) {
             return Err(RaftLogError::UnknownGroup(group));
         }
-        let log = self.me.upgrade().expect("a RaftLog lives in the Rc made by open");
+        let log = self
+            .me
+            .upgrade()
+            .expect("a RaftLog lives in the Rc made by open");
         Ok(GroupStorage::new(log, group))
     }
 
@@ -504,7 +505,7 @@ impl<D: Device + 'static> RaftLog<D> {
         let wake = inner.batcher.push(&r, Instant::now());
         inner
             .groups
-            .apply(&r, seg)
+            .apply(&r, seg, false)
             .expect("mutations are validated before they are placed");
         self.records.set(self.records.get() + 1);
         if wake {
@@ -522,10 +523,12 @@ impl<D: Device + 'static> RaftLog<D> {
         inner.seg_seq[seg as usize] = seq;
         inner.chain.push_back(seg);
         inner.switch_needed = false;
+        let oldest = *inner.chain.front().expect("just pushed");
         let h = SegHeader {
             seq,
             first_lsn: inner.next_lsn,
             segment_bytes: self.cfg.segment_bytes,
+            oldest_seq: inner.seg_seq[oldest as usize],
         };
         inner
             .batcher
@@ -561,6 +564,12 @@ impl<D: Device + 'static> RaftLog<D> {
         f: impl FnOnce(&crate::state::Group) -> T,
     ) -> Option<T> {
         self.inner.borrow().groups.map.get(&group).map(f)
+    }
+
+    /// Live segments, oldest first (the last is the active one).
+    #[cfg(test)]
+    pub(crate) fn chain(&self) -> Vec<u32> {
+        self.inner.borrow().chain.iter().copied().collect()
     }
 
     pub(crate) fn snapshot_provider(&self) -> Option<SnapshotProvider> {
@@ -627,13 +636,20 @@ async fn recover<D: Device>(
     let mut seg_seq = vec![0; segments];
     found.sort_by_key(|f| f.0);
     if let Some(w) = found.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(corrupt(w[1].1, 0, format!("two segments with sequence {}", w[0].0)));
+        return Err(corrupt(
+            w[1].1,
+            0,
+            format!("two segments with sequence {}", w[0].0),
+        ));
     }
-    // The chain is the run of consecutive sequence numbers ending at the newest segment. Below
-    // a gap lie segments that were freed and have stale contents; a freed segment right below
-    // the run is an intact, older part of the same history, so replaying it is harmless.
+    // The chain is the run of consecutive sequence numbers ending at the newest segment, and
+    // no older than the oldest segment the newest one says was still needed when it was opened.
+    // Older segments were freed: their state is covered by the chain's first state set, and
+    // entries they held before an earlier reuse are gone, so replaying them would be wrong.
+    let oldest_seq = found.last().map_or(0, |f| f.2.oldest_seq);
     let mut chain_at = found.len();
     while chain_at > 0
+        && found[chain_at - 1].0 >= oldest_seq
         && (chain_at == found.len() || found[chain_at - 1].0 + 1 == found[chain_at].0)
     {
         chain_at -= 1;
@@ -677,7 +693,7 @@ async fn recover<D: Device>(
                 Ok((r, _)) if r.lsn != next => format!("LSN {} where {next} belongs", r.lsn),
                 Ok((r, len)) => {
                     groups
-                        .apply(&r, s)
+                        .apply(&r, s, true)
                         .map_err(|why| corrupt(s, off as u64, why))?;
                     off += len;
                     next += 1;
@@ -692,6 +708,14 @@ async fn recover<D: Device>(
         }
         last_lsn = next - 1;
         prev_end = Some(last_lsn);
+    }
+    if let Err(g) = groups.check_contiguous() {
+        let front = chain_found.first().map_or(0, |f| f.1);
+        return Err(corrupt(
+            front,
+            0,
+            format!("group {g}: entries do not follow its compacted index"),
+        ));
     }
     let chain = chain_found.iter().map(|f| f.1).collect();
     Ok(Recovered {
