@@ -13,6 +13,8 @@ pub const SEG_VERSION: u32 = 1;
 const SEG_HEADER_USED: usize = 52;
 
 pub const REC_MAGIC: u32 = u32::from_le_bytes(*b"KRL1");
+// Recovery tells padding from a record by the record's first byte.
+const _: () = assert!(REC_MAGIC.to_le_bytes()[0] != 0);
 pub const REC_HEADER_BYTES: usize = 48;
 /// A record's payload is bounded by its u32 length field; the segment bounds it further.
 pub const PAYLOAD_BYTES_MAX: usize = u32::MAX as usize;
