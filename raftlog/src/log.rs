@@ -12,7 +12,7 @@ use keel_nvme::{align_up, Device, Region, BLOCK_BYTES};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 use crate::batcher::{Batcher, Chunk};
-use crate::format::{self, Bad, Rec, Record, SegHeader, SEG_HEADER_BYTES};
+use crate::format::{self, Rec, Record, SegHeader, SEG_HEADER_BYTES};
 use crate::state::Groups;
 use crate::storage::GroupStorage;
 use crate::{Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN};
@@ -390,11 +390,25 @@ impl<D: Device + 'static> RaftLog<D> {
             (c.offset + c.bytes.len() as u64 - 1) / self.cfg.segment_bytes,
             "a batch never crosses a segment boundary"
         );
-        let mut buf = self.region.alloc(c.bytes.len());
-        buf.copy_from_slice(&c.bytes);
-        let mut res = self.region.write_at(buf, c.offset).await;
-        if res.is_ok() {
-            res = self.region.sync().await;
+        // A segment's header goes out (and is synced) before its body: a reused segment must
+        // never show its old header over new records, even if the device reorders the blocks of
+        // one write, or recovery would read it as a damaged older segment.
+        let split = if c.opens_segment {
+            SEG_HEADER_BYTES as usize
+        } else {
+            0
+        };
+        let mut res = Ok(());
+        for (at, part) in [(0, &c.bytes[..split]), (split, &c.bytes[split..])] {
+            if part.is_empty() || res.is_err() {
+                continue;
+            }
+            let mut buf = self.region.alloc(part.len());
+            buf.copy_from_slice(part);
+            res = self.region.write_at(buf, c.offset + at as u64).await;
+            if res.is_ok() {
+                res = self.region.sync().await;
+            }
         }
         let mut inner = self.inner.borrow_mut();
         match res {
