@@ -180,10 +180,12 @@ mod tests {
     const SEG: u64 = 1 << 20;
 
     fn rec(lsn: u64, data_len: usize) -> Record {
-        let mut e = Entry::default();
-        e.index = lsn;
-        e.term = 1;
-        e.data = vec![7u8; data_len].into();
+        let e = Entry {
+            index: lsn,
+            term: 1,
+            data: vec![7u8; data_len].into(),
+            ..Default::default()
+        };
         Record {
             lsn,
             group: 1,

@@ -179,13 +179,14 @@ fn get_conf(p: &[u8]) -> Result<ConfState, Bad> {
         at += n * 8;
         v
     };
-    let mut c = ConfState::default();
-    c.voters = list(counts[0]);
-    c.learners = list(counts[1]);
-    c.voters_outgoing = list(counts[2]);
-    c.learners_next = list(counts[3]);
-    c.auto_leave = p[16] == 1;
-    Ok(c)
+    Ok(ConfState {
+        voters: list(counts[0]),
+        learners: list(counts[1]),
+        voters_outgoing: list(counts[2]),
+        learners_next: list(counts[3]),
+        auto_leave: p[16] == 1,
+        ..Default::default()
+    })
 }
 
 /// Bytes the record will take on disk (header + payload).
@@ -297,23 +298,25 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), Bad> {
             if 12 + data_len + ctx_len != p.len() {
                 return Err(Bad::Payload("entry lengths"));
             }
-            let mut e = Entry::default();
-            e.entry_type = entry_type;
-            e.term = term;
-            e.index = index;
-            e.data = p[12..12 + data_len].to_vec().into();
-            e.context = p[12 + data_len..].to_vec().into();
-            Rec::Entry(e)
+            Rec::Entry(Entry {
+                entry_type,
+                term,
+                index,
+                data: p[12..12 + data_len].to_vec().into(),
+                context: p[12 + data_len..].to_vec().into(),
+                ..Default::default()
+            })
         }
         Kind::HardState => {
             if p.len() != 8 {
                 return Err(Bad::Payload("hard state length"));
             }
-            let mut hs = HardState::default();
-            hs.term = term;
-            hs.commit = index;
-            hs.vote = u64_at(p, 0);
-            Rec::HardState(hs)
+            Rec::HardState(HardState {
+                term,
+                commit: index,
+                vote: u64_at(p, 0),
+                ..Default::default()
+            })
         }
         Kind::ConfState => Rec::ConfState(get_conf(p)?),
         Kind::Snapshot => Rec::Snapshot {
@@ -332,10 +335,12 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), Bad> {
             if p.len() < 24 {
                 return Err(Bad::Payload("state length"));
             }
-            let mut hs = HardState::default();
-            hs.term = u64_at(p, 0);
-            hs.vote = u64_at(p, 8);
-            hs.commit = u64_at(p, 16);
+            let hs = HardState {
+                term: u64_at(p, 0),
+                vote: u64_at(p, 8),
+                commit: u64_at(p, 16),
+                ..Default::default()
+            };
             Rec::State {
                 hs,
                 conf: get_conf(&p[24..])?,
@@ -360,25 +365,30 @@ mod tests {
     use super::*;
 
     fn conf(voters: &[u64]) -> ConfState {
-        let mut c = ConfState::default();
-        c.voters = voters.to_vec();
-        c.learners = vec![9];
-        c.auto_leave = true;
-        c
+        ConfState {
+            voters: voters.to_vec(),
+            learners: vec![9],
+            auto_leave: true,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn every_kind_round_trips_and_is_sized_exactly() {
-        let mut e = Entry::default();
-        e.entry_type = EntryType::EntryConfChange;
-        e.term = 3;
-        e.index = 7;
-        e.data = b"data".to_vec().into();
-        e.context = b"ctx".to_vec().into();
-        let mut hs = HardState::default();
-        hs.term = 4;
-        hs.vote = 2;
-        hs.commit = 6;
+        let e = Entry {
+            entry_type: EntryType::EntryConfChange,
+            term: 3,
+            index: 7,
+            data: b"data".to_vec().into(),
+            context: b"ctx".to_vec().into(),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 4,
+            vote: 2,
+            commit: 6,
+            ..Default::default()
+        };
         let recs = vec![
             Rec::Entry(e),
             Rec::HardState(hs.clone()),

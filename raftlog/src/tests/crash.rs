@@ -135,9 +135,11 @@ async fn play(ops: Vec<Op>, seed: u64) {
                 continue;
             }
             Op::HardState { g, commit } => {
-                let mut hs = HardState::default();
-                hs.term = term;
-                hs.commit = commit as u64;
+                let hs = HardState {
+                    term,
+                    commit: commit as u64,
+                    ..Default::default()
+                };
                 match log.set_hard_state(g, &hs) {
                     Ok(_) => {}
                     Err(RaftLogError::Full { .. }) => continue,

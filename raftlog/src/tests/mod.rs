@@ -56,11 +56,12 @@ pub fn flusher<D: keel_nvme::Device + 'static>(
 }
 
 pub fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.to_vec().into();
-    e
+    Entry {
+        index,
+        term,
+        data: data.to_vec().into(),
+        ..Default::default()
+    }
 }
 
 /// Deterministic data for entry (group, index, term) of `len` bytes, never all zero.
@@ -71,9 +72,10 @@ pub fn data(group: u64, index: u64, term: u64, len: usize) -> Vec<u8> {
 }
 
 pub fn conf(voters: &[u64]) -> ConfState {
-    let mut c = ConfState::default();
-    c.voters = voters.to_vec();
-    c
+    ConfState {
+        voters: voters.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// Every entry the group holds, via raft::Storage.

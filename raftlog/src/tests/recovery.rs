@@ -19,15 +19,19 @@ fn entries_hard_state_and_conf_state_survive_reopen() {
         log.create_group(9, conf(&[1])).unwrap();
         let ents: Vec<_> = (1..=20).map(|i| entry(i, 1, &data(7, i, 1, 100))).collect();
         log.append(7, &ents).unwrap();
-        let mut hs = HardState::default();
-        hs.term = 3;
-        hs.vote = 2;
-        hs.commit = 15;
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 15,
+            ..Default::default()
+        };
         log.set_hard_state(7, &hs).unwrap();
         log.set_conf_state(7, &conf(&[1, 2, 3, 4])).unwrap();
-        let mut meta = SnapshotMetadata::default();
-        meta.index = 40;
-        meta.term = 5;
+        let mut meta = SnapshotMetadata {
+            index: 40,
+            term: 5,
+            ..Default::default()
+        };
         meta.set_conf_state(conf(&[1, 5]));
         let lsn = log.apply_snapshot(9, &meta).unwrap();
         log.durable(lsn).await.unwrap();
@@ -204,7 +208,7 @@ fn recovery_after_truncation_at_every_byte_of_the_tail() {
             // The log takes appends after the torn tail, and they survive another reopen.
             let next = entry(got.len() as u64 + 1, 2, b"after the crash");
             let task = flusher(&back);
-            back.durable(back.append(1, &[next.clone()]).unwrap())
+            back.durable(back.append(1, std::slice::from_ref(&next)).unwrap())
                 .await
                 .unwrap();
             drop(task);
@@ -292,11 +296,11 @@ fn padding_shorter_than_a_record_magic_is_skipped() {
         // 60 + 3958 bytes ends at 8190.
         log.create_group(1, conf(&[1])).unwrap();
         let first = entry(1, 1, &data(1, 1, 1, 3958));
-        log.durable(log.append(1, &[first.clone()]).unwrap())
+        log.durable(log.append(1, std::slice::from_ref(&first)).unwrap())
             .await
             .unwrap();
         let second = entry(2, 1, b"starts the next block");
-        log.durable(log.append(1, &[second.clone()]).unwrap())
+        log.durable(log.append(1, std::slice::from_ref(&second)).unwrap())
             .await
             .unwrap();
         let img = dev.durable_image();
