@@ -46,16 +46,20 @@ fn measure(mode: Mode, entry_bytes: usize, batch_bytes_max: usize, iters: u64) -
             let region = Region::new(dev, 0, FILE_BYTES).unwrap();
             let log = RaftLog::open(region, cfg).await.unwrap();
             let _flush = glommio::spawn_local(log.clone().run_flush());
-            let mut conf = ConfState::default();
-            conf.voters = vec![1];
+            let conf = ConfState {
+                voters: vec![1],
+                ..Default::default()
+            };
             log.create_group(1, conf).unwrap();
             let data = vec![0x5a_u8; entry_bytes];
             let start = Instant::now();
             for i in 1..=iters {
-                let mut e = Entry::default();
-                e.index = i;
-                e.term = 1;
-                e.data = data.clone().into();
+                let e = Entry {
+                    index: i,
+                    term: 1,
+                    data: data.clone().into(),
+                    ..Default::default()
+                };
                 let lsn = log.append(1, &[e]).unwrap();
                 if let Mode::Latency = mode {
                     log.durable(lsn).await.unwrap();
