@@ -235,3 +235,90 @@ impl Device for SimDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn block(byte: u8) -> Vec<u8> {
+        vec![byte; BLOCK_BYTES as usize]
+    }
+
+    #[test]
+    fn only_synced_writes_are_durable() {
+        run(|| async {
+            let d = SimDevice::new(4 * BLOCK_BYTES, 1);
+            d.write_at(block(1), 0).await.unwrap();
+            d.sync().await.unwrap();
+            d.write_at(block(2), BLOCK_BYTES).await.unwrap();
+            assert_eq!(&d.read_at(BLOCK_BYTES, 4).await.unwrap()[..], &[2; 4]);
+            let durable = d.durable_image();
+            assert_eq!(durable[0], 1);
+            assert_eq!(
+                durable[BLOCK_BYTES as usize], 0,
+                "unsynced write not durable"
+            );
+            assert_eq!(d.counts(), (2, 1));
+        });
+    }
+
+    #[test]
+    fn a_crash_keeps_a_prefix_of_each_unsynced_write() {
+        run(|| async {
+            let mut outcomes = std::collections::BTreeSet::new();
+            for seed in 0..64 {
+                let d = SimDevice::new(2 * BLOCK_BYTES, seed);
+                d.write_at(block(7), 0).await.unwrap();
+                let img = d.crash_image();
+                let kept = img.iter().take_while(|b| **b == 7).count();
+                assert!(img[kept..].iter().all(|b| *b == 0), "only a head survives");
+                outcomes.insert(match kept {
+                    0 => "lost",
+                    k if k == BLOCK_BYTES as usize => "kept",
+                    _ => "torn",
+                });
+            }
+            assert_eq!(
+                outcomes.len(),
+                3,
+                "seeds cover lost, kept and torn: {outcomes:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn faults_on_demand() {
+        run(|| async {
+            let d = SimDevice::new(2 * BLOCK_BYTES, 2);
+            d.fail_syncs(true);
+            d.write_at(block(3), 0).await.unwrap();
+            assert!(d.sync().await.is_err());
+            assert_eq!(
+                d.durable_image()[0],
+                0,
+                "a failed sync makes nothing durable"
+            );
+            d.fail_writes(true);
+            assert!(d.write_at(block(4), 0).await.is_err());
+            assert_eq!(d.image()[0], 3, "a failed write changes nothing");
+            d.flip_bit(5, 1);
+            assert_eq!(d.image()[5], 3 ^ 2);
+            assert!(
+                d.write_at(vec![0; 100], 0).await.is_err(),
+                "unaligned refused"
+            );
+            assert!(
+                d.read_at(2 * BLOCK_BYTES, 1).await.is_err(),
+                "out of range refused"
+            );
+        });
+    }
+}

@@ -180,10 +180,12 @@ mod tests {
     const SEG: u64 = 1 << 20;
 
     fn rec(lsn: u64, data_len: usize) -> Record {
-        let mut e = Entry::default();
-        e.index = lsn;
-        e.term = 1;
-        e.data = vec![7u8; data_len].into();
+        let e = Entry {
+            index: lsn,
+            term: 1,
+            data: vec![7u8; data_len].into(),
+            ..Default::default()
+        };
         Record {
             lsn,
             group: 1,
@@ -197,6 +199,7 @@ mod tests {
             seq: 1,
             first_lsn: 1,
             segment_bytes: SEG,
+            oldest_seq: 1,
         };
         b.start_segment(0, &h);
         b
@@ -270,13 +273,18 @@ mod tests {
             seq: 2,
             first_lsn: 2,
             segment_bytes: SEG,
+            oldest_seq: 1,
         };
         b.start_segment(SEG, &h);
         b.push(&rec(2, 10), t0);
         assert_eq!(b.flush_due(t0), Some(Duration::ZERO));
-        assert!(!b.next_opens_segment());
+        assert!(
+            b.next_opens_segment(),
+            "segment 1's first chunk carries its header"
+        );
         let first = b.take_batch().unwrap();
         assert_eq!((first.offset, first.end_lsn), (0, 1));
+        assert!(first.opens_segment);
         assert!(b.next_opens_segment());
         let second = b.take_batch().unwrap();
         assert_eq!((second.offset, second.end_lsn), (SEG, 2));

@@ -10,9 +10,11 @@ pub const SEG_HEADER_BYTES: u64 = keel_nvme::BLOCK_BYTES;
 pub const SEG_MAGIC: [u8; 8] = *b"KEELRLSG";
 pub const SEG_VERSION: u32 = 1;
 /// Bytes of the segment header that carry data (the rest of the block is zero).
-const SEG_HEADER_USED: usize = 44;
+const SEG_HEADER_USED: usize = 52;
 
 pub const REC_MAGIC: u32 = u32::from_le_bytes(*b"KRL1");
+// Recovery tells padding from a record by the record's first byte.
+const _: () = assert!(REC_MAGIC.to_le_bytes()[0] != 0);
 pub const REC_HEADER_BYTES: usize = 48;
 /// A record's payload is bounded by its u32 length field; the segment bounds it further.
 pub const PAYLOAD_BYTES_MAX: usize = u32::MAX as usize;
@@ -25,6 +27,10 @@ pub struct SegHeader {
     pub seq: u64,
     pub first_lsn: u64,
     pub segment_bytes: u64,
+    /// Sequence number of the oldest segment still needed when this one was opened: recovery
+    /// starts there, never at an older (stale) segment even if its number happens to continue
+    /// the chain.
+    pub oldest_seq: u64,
 }
 
 pub fn encode_seg_header(out: &mut [u8], h: &SegHeader) {
@@ -35,8 +41,9 @@ pub fn encode_seg_header(out: &mut [u8], h: &SegHeader) {
     out[16..24].copy_from_slice(&h.seq.to_le_bytes());
     out[24..32].copy_from_slice(&h.first_lsn.to_le_bytes());
     out[32..40].copy_from_slice(&h.segment_bytes.to_le_bytes());
-    let crc = crc32c::crc32c(&out[0..40]);
-    out[40..44].copy_from_slice(&crc.to_le_bytes());
+    out[40..48].copy_from_slice(&h.oldest_seq.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..48]);
+    out[48..52].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// `None` when the block holds no valid header (never written, zeroed, torn, or foreign).
@@ -44,13 +51,14 @@ pub fn decode_seg_header(b: &[u8]) -> Option<SegHeader> {
     if b.len() < SEG_HEADER_USED || b[0..8] != SEG_MAGIC || u32_at(b, 8) != SEG_VERSION {
         return None;
     }
-    if crc32c::crc32c(&b[0..40]) != u32_at(b, 40) {
+    if crc32c::crc32c(&b[0..48]) != u32_at(b, 48) {
         return None;
     }
     Some(SegHeader {
         seq: u64_at(b, 16),
         first_lsn: u64_at(b, 24),
         segment_bytes: u64_at(b, 32),
+        oldest_seq: u64_at(b, 40),
     })
 }
 
@@ -171,13 +179,14 @@ fn get_conf(p: &[u8]) -> Result<ConfState, Bad> {
         at += n * 8;
         v
     };
-    let mut c = ConfState::default();
-    c.voters = list(counts[0]);
-    c.learners = list(counts[1]);
-    c.voters_outgoing = list(counts[2]);
-    c.learners_next = list(counts[3]);
-    c.auto_leave = p[16] == 1;
-    Ok(c)
+    Ok(ConfState {
+        voters: list(counts[0]),
+        learners: list(counts[1]),
+        voters_outgoing: list(counts[2]),
+        learners_next: list(counts[3]),
+        auto_leave: p[16] == 1,
+        ..Default::default()
+    })
 }
 
 /// Bytes the record will take on disk (header + payload).
@@ -289,23 +298,25 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), Bad> {
             if 12 + data_len + ctx_len != p.len() {
                 return Err(Bad::Payload("entry lengths"));
             }
-            let mut e = Entry::default();
-            e.entry_type = entry_type;
-            e.term = term;
-            e.index = index;
-            e.data = p[12..12 + data_len].to_vec().into();
-            e.context = p[12 + data_len..].to_vec().into();
-            Rec::Entry(e)
+            Rec::Entry(Entry {
+                entry_type,
+                term,
+                index,
+                data: p[12..12 + data_len].to_vec().into(),
+                context: p[12 + data_len..].to_vec().into(),
+                ..Default::default()
+            })
         }
         Kind::HardState => {
             if p.len() != 8 {
                 return Err(Bad::Payload("hard state length"));
             }
-            let mut hs = HardState::default();
-            hs.term = term;
-            hs.commit = index;
-            hs.vote = u64_at(p, 0);
-            Rec::HardState(hs)
+            Rec::HardState(HardState {
+                term,
+                commit: index,
+                vote: u64_at(p, 0),
+                ..Default::default()
+            })
         }
         Kind::ConfState => Rec::ConfState(get_conf(p)?),
         Kind::Snapshot => Rec::Snapshot {
@@ -324,10 +335,12 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), Bad> {
             if p.len() < 24 {
                 return Err(Bad::Payload("state length"));
             }
-            let mut hs = HardState::default();
-            hs.term = u64_at(p, 0);
-            hs.vote = u64_at(p, 8);
-            hs.commit = u64_at(p, 16);
+            let hs = HardState {
+                term: u64_at(p, 0),
+                vote: u64_at(p, 8),
+                commit: u64_at(p, 16),
+                ..Default::default()
+            };
             Rec::State {
                 hs,
                 conf: get_conf(&p[24..])?,
@@ -352,25 +365,30 @@ mod tests {
     use super::*;
 
     fn conf(voters: &[u64]) -> ConfState {
-        let mut c = ConfState::default();
-        c.voters = voters.to_vec();
-        c.learners = vec![9];
-        c.auto_leave = true;
-        c
+        ConfState {
+            voters: voters.to_vec(),
+            learners: vec![9],
+            auto_leave: true,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn every_kind_round_trips_and_is_sized_exactly() {
-        let mut e = Entry::default();
-        e.entry_type = EntryType::EntryConfChange;
-        e.term = 3;
-        e.index = 7;
-        e.data = b"data".to_vec().into();
-        e.context = b"ctx".to_vec().into();
-        let mut hs = HardState::default();
-        hs.term = 4;
-        hs.vote = 2;
-        hs.commit = 6;
+        let e = Entry {
+            entry_type: EntryType::EntryConfChange,
+            term: 3,
+            index: 7,
+            data: b"data".to_vec().into(),
+            context: b"ctx".to_vec().into(),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 4,
+            vote: 2,
+            commit: 6,
+            ..Default::default()
+        };
         let recs = vec![
             Rec::Entry(e),
             Rec::HardState(hs.clone()),
@@ -429,6 +447,7 @@ mod tests {
             seq: 9,
             first_lsn: 1234,
             segment_bytes: 1 << 20,
+            oldest_seq: 4,
         };
         let mut b = vec![0u8; SEG_HEADER_BYTES as usize];
         encode_seg_header(&mut b, &h);

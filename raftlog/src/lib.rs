@@ -35,7 +35,6 @@ use std::time::Duration;
 
 use keel_nvme::IoError;
 
-pub use batcher::{Batcher, Chunk};
 pub use log::{DurableWait, RaftLog, SnapshotProvider};
 pub use storage::GroupStorage;
 

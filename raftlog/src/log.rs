@@ -12,7 +12,7 @@ use keel_nvme::{align_up, Device, Region, BLOCK_BYTES};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 use crate::batcher::{Batcher, Chunk};
-use crate::format::{self, Bad, Rec, Record, SegHeader, SEG_HEADER_BYTES};
+use crate::format::{self, Rec, Record, SegHeader, SEG_HEADER_BYTES};
 use crate::state::Groups;
 use crate::storage::GroupStorage;
 use crate::{Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN};
@@ -390,11 +390,25 @@ impl<D: Device + 'static> RaftLog<D> {
             (c.offset + c.bytes.len() as u64 - 1) / self.cfg.segment_bytes,
             "a batch never crosses a segment boundary"
         );
-        let mut buf = self.region.alloc(c.bytes.len());
-        buf.copy_from_slice(&c.bytes);
-        let mut res = self.region.write_at(buf, c.offset).await;
-        if res.is_ok() {
-            res = self.region.sync().await;
+        // A segment's header goes out (and is synced) before its body: a reused segment must
+        // never show its old header over new records, even if the device reorders the blocks of
+        // one write, or recovery would read it as a damaged older segment.
+        let split = if c.opens_segment {
+            SEG_HEADER_BYTES as usize
+        } else {
+            0
+        };
+        let mut res = Ok(());
+        for (at, part) in [(0, &c.bytes[..split]), (split, &c.bytes[split..])] {
+            if part.is_empty() || res.is_err() {
+                continue;
+            }
+            let mut buf = self.region.alloc(part.len());
+            buf.copy_from_slice(part);
+            res = self.region.write_at(buf, c.offset + at as u64).await;
+            if res.is_ok() {
+                res = self.region.sync().await;
+            }
         }
         let mut inner = self.inner.borrow_mut();
         match res {
@@ -505,7 +519,7 @@ impl<D: Device + 'static> RaftLog<D> {
         let wake = inner.batcher.push(&r, Instant::now());
         inner
             .groups
-            .apply(&r, seg)
+            .apply(&r, seg, false)
             .expect("mutations are validated before they are placed");
         self.records.set(self.records.get() + 1);
         if wake {
@@ -523,10 +537,12 @@ impl<D: Device + 'static> RaftLog<D> {
         inner.seg_seq[seg as usize] = seq;
         inner.chain.push_back(seg);
         inner.switch_needed = false;
+        let oldest = *inner.chain.front().expect("just pushed");
         let h = SegHeader {
             seq,
             first_lsn: inner.next_lsn,
             segment_bytes: self.cfg.segment_bytes,
+            oldest_seq: inner.seg_seq[oldest as usize],
         };
         inner
             .batcher
@@ -562,6 +578,12 @@ impl<D: Device + 'static> RaftLog<D> {
         f: impl FnOnce(&crate::state::Group) -> T,
     ) -> Option<T> {
         self.inner.borrow().groups.map.get(&group).map(f)
+    }
+
+    /// Live segments, oldest first (the last is the active one).
+    #[cfg(test)]
+    pub(crate) fn chain(&self) -> Vec<u32> {
+        self.inner.borrow().chain.iter().copied().collect()
     }
 
     pub(crate) fn snapshot_provider(&self) -> Option<SnapshotProvider> {
@@ -634,11 +656,14 @@ async fn recover<D: Device>(
             format!("two segments with sequence {}", w[0].0),
         ));
     }
-    // The chain is the run of consecutive sequence numbers ending at the newest segment. Below
-    // a gap lie segments that were freed and have stale contents; a freed segment right below
-    // the run is an intact, older part of the same history, so replaying it is harmless.
+    // The chain is the run of consecutive sequence numbers ending at the newest segment, and
+    // no older than the oldest segment the newest one says was still needed when it was opened.
+    // Older segments were freed: their state is covered by the chain's first state set, and
+    // entries they held before an earlier reuse are gone, so replaying them would be wrong.
+    let oldest_seq = found.last().map_or(0, |f| f.2.oldest_seq);
     let mut chain_at = found.len();
     while chain_at > 0
+        && found[chain_at - 1].0 >= oldest_seq
         && (chain_at == found.len() || found[chain_at - 1].0 + 1 == found[chain_at].0)
     {
         chain_at -= 1;
@@ -669,20 +694,19 @@ async fn recover<D: Device>(
         let mut off = SEG_HEADER_BYTES as usize;
         let mut next = h.first_lsn;
         while next <= end {
+            // Padding after a batch: the next batch starts on the next block. A record's first
+            // byte (its magic) is never zero, so a zero byte where a record could start is
+            // padding, even when fewer than 4 bytes are left in the block.
+            if off as u64 % BLOCK_BYTES != 0 && data[off] == 0 {
+                off = align_up(off as u64) as usize;
+                continue;
+            }
             let bad = match format::decode(&data[off..]) {
-                Err(Bad::Zero) if off as u64 % BLOCK_BYTES != 0 => {
-                    // Padding after a batch: the next batch starts on the next block.
-                    off = align_up(off as u64) as usize;
-                    if off < data.len() {
-                        continue;
-                    }
-                    Bad::Short.to_string()
-                }
                 Err(b) => b.to_string(),
                 Ok((r, _)) if r.lsn != next => format!("LSN {} where {next} belongs", r.lsn),
                 Ok((r, len)) => {
                     groups
-                        .apply(&r, s)
+                        .apply(&r, s, true)
                         .map_err(|why| corrupt(s, off as u64, why))?;
                     off += len;
                     next += 1;
@@ -697,6 +721,14 @@ async fn recover<D: Device>(
         }
         last_lsn = next - 1;
         prev_end = Some(last_lsn);
+    }
+    if let Err(g) = groups.check_contiguous() {
+        let front = chain_found.first().map_or(0, |f| f.1);
+        return Err(corrupt(
+            front,
+            0,
+            format!("group {g}: entries do not follow its compacted index"),
+        ));
     }
     let chain = chain_found.iter().map(|f| f.1).collect();
     Ok(Recovered {

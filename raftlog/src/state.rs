@@ -71,7 +71,13 @@ impl Groups {
 
     /// Applies one record written to segment `seg`. Errors name what makes the record
     /// inapplicable; live callers validate first, so for them an error is a bug.
-    pub fn apply(&mut self, r: &Record, seg: u32) -> Result<(), &'static str> {
+    ///
+    /// `recovering`: replay starts at the oldest live segment, whose state set may predate
+    /// compactions that freed the segments before it. Until the replay reaches those compaction
+    /// records, a group's first replayed entries may continue entries that lived in freed
+    /// segments, so an entry or compaction past the end starts the group's entries afresh.
+    /// Whatever such a gap leaves behind is caught by [`Groups::check_contiguous`] at the end.
+    pub fn apply(&mut self, r: &Record, seg: u32, recovering: bool) -> Result<(), &'static str> {
         if let Rec::Create(conf) = &r.rec {
             if self.map.contains_key(&r.group) {
                 return Err("create of a group that exists");
@@ -97,12 +103,16 @@ impl Groups {
                 if e.index < g.first_index() {
                     return Err("entry at or below the compacted index");
                 }
-                if e.index > g.last_index() + 1 {
+                let held_from = g.entries.front().map_or(g.first_index(), |f| f.index);
+                if recovering && (e.index > g.last_index() + 1 || e.index < held_from) {
+                    drop_back(g, 0, live, bytes);
+                } else if e.index > g.last_index() + 1 {
                     return Err("entry leaves a gap after the last index");
+                } else {
+                    // Raft §5.3: an entry at an index we hold replaces it and all after it.
+                    let keep = (e.index - held_from) as usize;
+                    drop_back(g, keep, live, bytes);
                 }
-                // Raft §5.3: an entry at an index we hold replaces it and everything after it.
-                let keep = (e.index - g.first_index()) as usize;
-                drop_back(g, keep, live, bytes);
                 g.entries.push_back(e.clone());
                 g.entry_segs.push_back(seg);
                 live[seg as usize] += 1;
@@ -121,7 +131,7 @@ impl Groups {
                 g.hs.commit = g.hs.commit.max(*index);
             }
             Rec::Compact { index, term } => {
-                if *index > g.last_index() {
+                if *index > g.last_index() && !recovering {
                     return Err("compact beyond the last index");
                 }
                 if *index < g.compacted_index {
@@ -140,6 +150,22 @@ impl Groups {
                 if *compacted_index >= g.compacted_index {
                     compact_to(g, *compacted_index, *compacted_term, live, bytes);
                 }
+            }
+        }
+        let g = &self.map[&r.group];
+        debug_assert!(recovering || g.entries.front().is_none_or(|e| e.index == g.first_index()));
+        Ok(())
+    }
+
+    /// After recovery: every group's entries start right after its compacted index. Returns the
+    /// first group that has a hole.
+    pub fn check_contiguous(&self) -> Result<(), u64> {
+        for (&id, g) in &self.map {
+            if g.entries
+                .front()
+                .is_some_and(|e| e.index != g.first_index())
+            {
+                return Err(id);
             }
         }
         Ok(())
@@ -166,5 +192,4 @@ fn compact_to(g: &mut Group, index: u64, term: u64, live: &mut [u64], bytes: &mu
     }
     g.compacted_index = index;
     g.compacted_term = term;
-    debug_assert!(g.entries.front().is_none_or(|e| e.index == index + 1));
 }
