@@ -7,6 +7,8 @@
 //! (`raftlog.region_bytes`), then the value log's segments.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -83,7 +85,55 @@ fn prepare_device(p: &Profile) -> Result<Superblock, String> {
         .map_err(|e| format!("format executor failed: {e}"))?
 }
 
-/// Runs the node until it is killed. Returns only on a start-up error.
+/// A clean shutdown in progress: set by SIGTERM/SIGINT; each shard's checkpoint task takes a
+/// last checkpoint and reports done; the last one ends the process.
+#[derive(Clone)]
+struct Stop {
+    flag: Arc<AtomicBool>,
+    shards_left: Arc<AtomicUsize>,
+}
+
+impl Stop {
+    fn shard_done(&self, id: usize) {
+        eprintln!("keel-node: shard {id}: checkpointed for shutdown");
+        if self.shards_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            eprintln!("keel-node: stopped cleanly");
+            std::process::exit(0);
+        }
+    }
+}
+
+/// How long a shutdown may take before the process exits anyway (what was not checkpointed is
+/// replayed from the Raft log at the next start, as after a crash).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn shutdown_on_signal(shards: usize) -> Result<Stop, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Stop {
+        flag: Arc::new(AtomicBool::new(false)),
+        shards_left: Arc::new(AtomicUsize::new(shards)),
+    };
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    let flag = stop.flag.clone();
+    std::thread::Builder::new()
+        .name("keel-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                eprintln!("keel-node: signal {sig}: checkpointing and stopping");
+                flag.store(true, Ordering::SeqCst);
+                std::thread::sleep(SHUTDOWN_TIMEOUT);
+                eprintln!(
+                    "keel-node: shutdown took over {SHUTDOWN_TIMEOUT:?}; exiting (the next start replays the Raft log)"
+                );
+                std::process::exit(1);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(stop)
+}
+
+/// Runs the node until it is killed or stopped by SIGTERM. Returns only on a start-up error.
 pub fn run(p: Profile) -> Result<(), String> {
     if let Some(dir) = p.device.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -91,17 +141,19 @@ pub fn run(p: Profile) -> Result<(), String> {
     }
     let geo = prepare_device(&p)?;
     let n = p.node.cores.len();
+    let stop = shutdown_on_signal(n)?;
     let mesh: MeshBuilder<Msg, _> = MeshBuilder::full(n, 4096);
     let mut handles = Vec::new();
     for (i, &cpu) in p.node.cores.iter().enumerate() {
         let p = p.clone();
         let mesh = mesh.clone();
+        let stop = stop.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("keel-shard-{i}"))
             .io_memory(p.io.io_memory_bytes as usize)
             .ring_depth(p.io.ring_depth)
             .spawn(move || async move {
-                if let Err(e) = run_shard(p, geo, mesh).await {
+                if let Err(e) = run_shard(p, geo, mesh, stop).await {
                     eprintln!("keel-node: {e}");
                     std::process::exit(1);
                 }
@@ -120,6 +172,7 @@ async fn run_shard(
     p: Profile,
     geo: Superblock,
     mesh: MeshBuilder<Msg, glommio::channels::channel_mesh::Full>,
+    stop: Stop,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh
         .join()
@@ -298,9 +351,13 @@ async fn run_shard(
     let r = replicas.clone();
     glommio::spawn_local_into(
         async move {
-            let e = driver::run_checkpoints(r, ckpt_area, ckpt).await;
-            eprintln!("keel-node: shard {id}: FATAL: {e}");
-            std::process::exit(1);
+            match driver::run_checkpoints(r, ckpt_area, ckpt, stop.flag.clone()).await {
+                Ok(()) => stop.shard_done(id),
+                Err(e) => {
+                    eprintln!("keel-node: shard {id}: FATAL: {e}");
+                    std::process::exit(1);
+                }
+            }
         },
         ckpt_tq,
     )

@@ -297,6 +297,22 @@ impl<D: Device + 'static> RaftLog<D> {
         self.simple(group, Rec::Compact { index, term })
     }
 
+    /// Seals the active segment and starts a new one whose state set records every group as
+    /// it is now. After a clean shutdown's last compaction this leaves recovery a single short
+    /// segment to read: entries a checkpoint already covers are neither replayed nor able to
+    /// stop a restart if their bytes are damaged meanwhile. Durable once the returned LSN is.
+    pub fn roll(&self) -> Result<Lsn, RaftLogError> {
+        self.check_poisoned()?;
+        let mut inner = self.inner.borrow_mut();
+        if inner.free.is_empty() {
+            return Err(RaftLogError::Full {
+                segments: inner.seg_seq.len(),
+            });
+        }
+        self.open_segment(&mut inner);
+        Ok(inner.next_lsn - 1)
+    }
+
     pub fn durable_lsn(&self) -> Lsn {
         self.durable_lsn.get()
     }
@@ -537,6 +553,9 @@ impl<D: Device + 'static> RaftLog<D> {
         inner.seg_seq[seg as usize] = seq;
         inner.chain.push_back(seg);
         inner.switch_needed = false;
+        // The new segment's state set makes dead segments before it unnecessary: drop them
+        // from the chain before naming the oldest, so recovery does not read them again.
+        free_dead_prefix(inner);
         let oldest = *inner.chain.front().expect("just pushed");
         let h = SegHeader {
             seq,

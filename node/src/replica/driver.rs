@@ -3,8 +3,11 @@
 //! raftlog says the bytes are durable), apply of committed entries, and the reads waiting on
 //! an applied index. Also the checkpoint task.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use keel_nvme::Region;
 use keel_nvme::UringDevice;
@@ -251,67 +254,102 @@ fn serve_reads(r: &Replicas, g: &mut Group) {
 }
 
 /// Every `checkpoint_interval`: sync the value log, record where it stands and what each group
-/// has applied, then let the raftlog drop what that covers. Returns only on failure.
+/// has applied, then let the raftlog drop what that covers. When `stop` is set (SIGTERM), takes
+/// a last checkpoint, rolls the raftlog to a fresh segment and returns Ok: a restart then
+/// replays nothing. Returns Err only on failure.
 pub async fn run_checkpoints(
     r: Rc<Replicas>,
     area: Region<UringDevice>,
     mut last: Checkpoint,
-) -> String {
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let mut due = Instant::now() + r.settings.checkpoint_interval;
     loop {
-        glommio::timer::sleep(r.settings.checkpoint_interval).await;
-        // Captured together, with no await between: the engine state through `value_seq` is
-        // exactly the effect of the entries through each group's applied index (a group's
-        // entries are applied in order, one at a time).
-        let value_seq = r.engine.log.last_seq();
-        let applied: std::collections::BTreeMap<u64, u64> = r
-            .groups
-            .borrow()
-            .iter()
-            .map(|(&p, g)| (p, g.applied))
-            .collect();
-        if value_seq == last.value_seq && applied == last.applied {
+        let stopping = stop.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if !stopping && now < due {
+            // Short naps so a shutdown is noticed quickly.
+            glommio::timer::sleep((due - now).min(STOP_POLL)).await;
             continue;
         }
-        if let Err(e) = r.engine.log.sync().await {
-            return format!("checkpoint: value log sync failed: {e}");
+        due = now + r.settings.checkpoint_interval;
+        last = checkpoint_once(&r, &area, last).await?;
+        if stopping {
+            let lsn = r
+                .log
+                .roll()
+                .map_err(|e| format!("shutdown: raftlog roll: {e}"))?;
+            r.log
+                .durable(lsn)
+                .await
+                .map_err(|e| format!("shutdown: raftlog: {e}"))?;
+            return Ok(());
         }
-        // The hard states that commit these entries must be durable before a restart trusts
-        // the applied indexes (raft-rs refuses an applied index above the commit index).
-        if let Err(e) = r.log.durable(r.log.last_lsn()).await {
-            return format!("checkpoint: raftlog failed: {e}");
-        }
-        let c = Checkpoint {
-            generation: last.generation + 1,
-            value_seq,
-            applied,
-        };
-        if let Err(e) = checkpoint::store(&area, &c).await {
-            return format!("checkpoint: cannot write it: {e}");
-        }
-        r.engine.checkpoint_seq.set(value_seq);
-        r.engine.checkpoint_signal.notify();
-        r.stats.checkpoints.set(r.stats.checkpoints.get() + 1);
-        // Compact each group's log below what the checkpoint covers and every replica has
-        // (no snapshots yet: a peer must be able to catch up from the log). A leader knows
-        // what its followers have; a follower, which may lead later, keeps a margin.
-        let groups = r.groups.borrow();
-        for (&p, g) in groups.iter() {
-            let mut upto = c.applied[&p];
-            if g.raw.raft.state == StateRole::Leader {
-                for (_, pr) in g.raw.raft.prs().iter() {
-                    upto = upto.min(pr.matched);
-                }
-            } else if r.settings.voters.len() > 1 {
-                upto = upto.saturating_sub(r.settings.compact_lag_entries);
-            }
-            let first = g.raw.store().first_index().unwrap_or(1);
-            if upto >= first {
-                if let Err(e) = r.log.compact(p, upto) {
-                    return format!("checkpoint: raftlog compaction of group {p}: {e}");
-                }
-            }
-        }
-        drop(groups);
-        last = c;
     }
+}
+
+/// How often the checkpoint task looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+async fn checkpoint_once(
+    r: &Rc<Replicas>,
+    area: &Region<UringDevice>,
+    last: Checkpoint,
+) -> Result<Checkpoint, String> {
+    // Captured together, with no await between: the engine state through `value_seq` is
+    // exactly the effect of the entries through each group's applied index (a group's
+    // entries are applied in order, one at a time).
+    let value_seq = r.engine.log.last_seq();
+    let applied: BTreeMap<u64, u64> = r
+        .groups
+        .borrow()
+        .iter()
+        .map(|(&p, g)| (p, g.applied))
+        .collect();
+    if value_seq == last.value_seq && applied == last.applied {
+        return Ok(last);
+    }
+    r.engine
+        .log
+        .sync()
+        .await
+        .map_err(|e| format!("checkpoint: value log sync failed: {e}"))?;
+    // The hard states that commit these entries must be durable before a restart trusts the
+    // applied indexes (raft-rs refuses an applied index above the commit index).
+    r.log
+        .durable(r.log.last_lsn())
+        .await
+        .map_err(|e| format!("checkpoint: raftlog failed: {e}"))?;
+    let c = Checkpoint {
+        generation: last.generation + 1,
+        value_seq,
+        applied,
+    };
+    checkpoint::store(area, &c)
+        .await
+        .map_err(|e| format!("checkpoint: cannot write it: {e}"))?;
+    r.engine.checkpoint_seq.set(value_seq);
+    r.engine.checkpoint_signal.notify();
+    r.stats.checkpoints.set(r.stats.checkpoints.get() + 1);
+    // Compact each group's log below what the checkpoint covers and every replica has (no
+    // snapshots yet: a peer must be able to catch up from the log). A leader knows what its
+    // followers have; a follower, which may lead later, keeps a margin.
+    let groups = r.groups.borrow();
+    for (&p, g) in groups.iter() {
+        let mut upto = c.applied[&p];
+        if g.raw.raft.state == StateRole::Leader {
+            for (_, pr) in g.raw.raft.prs().iter() {
+                upto = upto.min(pr.matched);
+            }
+        } else if r.settings.voters.len() > 1 {
+            upto = upto.saturating_sub(r.settings.compact_lag_entries);
+        }
+        let first = g.raw.store().first_index().unwrap_or(1);
+        if upto >= first {
+            r.log
+                .compact(p, upto)
+                .map_err(|e| format!("checkpoint: raftlog compaction of group {p}: {e}"))?;
+        }
+    }
+    Ok(c)
 }

@@ -184,6 +184,7 @@ impl Replicas {
                 .storage(p)
                 .map_err(|e| format!("raftlog: group {p}: {e}"))?;
             let applied = applied.get(&p).copied().unwrap_or(0);
+            check_applied(&log, &storage, p, applied)?;
             let cfg = raft::Config {
                 id: settings.node_id,
                 election_tick: settings.election_ticks,
@@ -502,6 +503,36 @@ impl Replicas {
         }
         h.digest()
     }
+}
+
+/// The checkpoint's applied index must fall inside what the raftlog holds: entries after it
+/// are replayed, so none may be compacted, and it cannot be past the last entry. An applied
+/// index above the persisted commit index is fine (only committed entries are applied; the
+/// hard state recording the commit may not have been flushed): the commit index is raised.
+fn check_applied(
+    log: &RaftLog<UringDevice>,
+    storage: &GroupStorage<UringDevice>,
+    p: u64,
+    applied: u64,
+) -> Result<(), String> {
+    use raft::Storage;
+    let fail = |e: raft::Error| format!("group {p}: raftlog: {e}");
+    let first = storage.first_index().map_err(fail)?;
+    let last = storage.last_index().map_err(fail)?;
+    if applied + 1 < first || applied > last {
+        return Err(format!(
+            "group {p}: the checkpoint has applied index {applied}, but the raftlog holds entries \
+             {first}..={last}: the raftlog does not match the checkpoint (damaged or replaced); \
+             start this node from a new data file and let it catch up from its peers"
+        ));
+    }
+    let mut hs = storage.initial_state().map_err(fail)?.hard_state;
+    if applied > hs.commit {
+        hs.commit = applied;
+        log.set_hard_state(p, &hs)
+            .map_err(|e| format!("group {p}: raftlog: {e}"))?;
+    }
+    Ok(())
 }
 
 fn later(rx: oneshot::Receiver<OpResult>) -> Pending {

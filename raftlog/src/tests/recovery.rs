@@ -317,3 +317,39 @@ fn padding_shorter_than_a_record_magic_is_skipped() {
         assert_eq!(all_entries(&back, 1), vec![first, second]);
     });
 }
+
+#[test]
+fn roll_after_full_compaction_leaves_one_segment_and_ignores_old_damage() {
+    // A clean shutdown compacts every group to its checkpoint and rolls: recovery then reads
+    // only the new segment, so damage to entries the checkpoint already covers cannot stop it.
+    run(|| async {
+        let dev = Rc::new(SimDevice::new(4 * SEG, 11));
+        let (log, _) = three_segments(&dev).await;
+        let _f = flusher(&log);
+        let old = log.chain();
+        log.set_hard_state(
+            1,
+            &raft::eraftpb::HardState {
+                term: 1,
+                vote: 1,
+                commit: 50,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        log.compact(1, 50).unwrap();
+        let lsn = log.roll().unwrap();
+        log.durable(lsn).await.unwrap();
+        assert_eq!(log.chain().len(), 1, "only the new segment is live");
+        for seg in old {
+            dev.flip_bit(seg as u64 * SEG + 4096 + 20, 0);
+        }
+        let d = Rc::new(SimDevice::from_image(dev.durable_image(), 12));
+        let back = open(&d, cfg()).await.unwrap();
+        let s = back.storage(1).unwrap();
+        assert_eq!(s.first_index().unwrap(), 51);
+        assert_eq!(s.last_index().unwrap(), 50);
+        assert_eq!(s.term(50).unwrap(), 1);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 50);
+    });
+}
