@@ -166,8 +166,11 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
         if g.applying {
             return;
         }
+        // A read waiting for index i is served before entry i + 1 is applied: it sees exactly
+        // the writes that came before it (a pipeline's `get k` is not answered with the effect
+        // of a `set k` sent after it).
+        serve_reads(r, g);
         let Some(e) = g.to_apply.pop_front() else {
-            serve_reads(r, g);
             g.raw.advance_apply_to(g.applied);
             return;
         };
