@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use keel_nvme::IoError;
 
-pub use log::{DurableWait, RaftLog, SnapshotProvider};
+pub use log::{DurableWait, RaftLog, Signal, SignalWait, SnapshotProvider};
 pub use storage::GroupStorage;
 
 /// Log sequence number of a record: +1 per record across the whole shard log, starting at 1.

@@ -779,27 +779,28 @@ impl<D: Device> Future for DurableWait<'_, D> {
     }
 }
 
-/// A wake-up flag for the flush task: a `notify` before or during `wait` is never lost.
+/// A wake-up flag for one waiting task (the flush task here; the node's Raft driver, value-log
+/// flush, GC and peer writers too): a `notify` before or during `wait` is never lost.
 #[derive(Default)]
-struct Signal {
+pub struct Signal {
     set: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl Signal {
-    fn notify(&self) {
+    pub fn notify(&self) {
         self.set.set(true);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
 
-    fn wait(&self) -> SignalWait<'_> {
+    pub fn wait(&self) -> SignalWait<'_> {
         SignalWait(self)
     }
 }
 
-struct SignalWait<'a>(&'a Signal);
+pub struct SignalWait<'a>(&'a Signal);
 
 impl Future for SignalWait<'_> {
     type Output = ();

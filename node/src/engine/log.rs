@@ -17,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use keel_nvme::{align_up, Device, IoError, Region, BLOCK_BYTES};
+pub use keel_raftlog::Signal;
 
 use super::format::{self, Header, Kind, SegHeader, SEG_HEADER_BYTES};
 
@@ -454,40 +455,6 @@ impl<D: Device> Future for WrittenWait<'_, D> {
             return Poll::Ready(Err(LogError::Poisoned(p)));
         }
         self.log.waiters.borrow_mut().push(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-/// A wake-up flag for one waiting task (the flush task): `notify` before or during `wait`
-/// is never lost.
-#[derive(Default)]
-pub struct Signal {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Signal {
-    pub fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    pub fn wait(&self) -> SignalWait<'_> {
-        SignalWait(self)
-    }
-}
-
-pub struct SignalWait<'a>(&'a Signal);
-
-impl Future for SignalWait<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.set.replace(false) {
-            return Poll::Ready(());
-        }
-        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
     }
 }

@@ -26,11 +26,11 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures::future::{AbortHandle, Abortable};
 use glommio::net::TcpListener;
+use keel_raftlog::Signal;
 use thiserror::Error;
 
 pub use backoff::backoff_delay;
@@ -184,35 +184,7 @@ struct Dest {
     queue: RefCell<VecDeque<Vec<u8>>>,
     /// Payload plus header bytes in `queue`; at most queue_bytes_max.
     queued_bytes: Cell<usize>,
-    wake: Notify,
-}
-
-/// Wakes one waiting task; a notify with nobody waiting is kept for the next wait.
-#[derive(Default)]
-struct Notify {
-    pending: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Notify {
-    fn notify(&self) {
-        self.pending.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.pending.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
+    wake: Signal,
 }
 
 struct Inner {
@@ -359,7 +331,7 @@ impl Inner {
             addr,
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
-            wake: Notify::default(),
+            wake: Signal::default(),
         });
         self.dests.borrow_mut().insert((node, shard), dest.clone());
         let seed = self.jitter_seed.get();
