@@ -15,6 +15,8 @@ standing in for one.
 from __future__ import annotations
 
 import os
+import random
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, IS_KEEL, Conn, Server, free_port
+from conftest import HOST, IS_KEEL, KEEL_PROFILE, Server
 
 pytestmark = pytest.mark.keel_only
 
@@ -34,13 +36,15 @@ CONVERGE_TIMEOUT_S = 30.0
 
 
 def _free_port_pair() -> int:
-    """A port p with p and p+1 free (shard s of a node takes peer port p+s)."""
-    for _ in range(200):
-        p = free_port()
-        if p + SHARDS > 65535:
-            continue
+    """A port p with p .. p+SHARDS-1 free (shard s of a node takes peer port p+s), below the
+    kernel's ephemeral range: a node restarted by a test must find its ports free, and an
+    ephemeral port is handed to other nodes' outgoing connections while it is down."""
+    low, _high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.Random()
+    for _ in range(500):
+        p = rng.randrange(10000, low - SHARDS)
         ok = True
-        for s in range(1, SHARDS):
+        for s in range(SHARDS):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
                 try:
                     t.bind((HOST, p + s))
@@ -48,17 +52,29 @@ def _free_port_pair() -> int:
                     ok = False
         if ok:
             return p
-    raise RuntimeError("no free pair of ports")
+    raise RuntimeError("no free pair of ports below the ephemeral range")
 
 
 class ClusterNode(Server):
-    def __init__(self, workdir: Path, node_id: int, peers: str):
+    def __init__(self, workdir: Path, node_id: int, peers: str, raft_overrides: dict | None = None):
         super().__init__("keel", workdir)
+        # The client port too, for the same reason as the peer ports.
+        self.port = _free_port_pair()
         self.node_id = node_id
         self.peers = peers
+        self.profile = KEEL_PROFILE
+        if raft_overrides:
+            # dev.toml with some [raft] keys changed (each key appears once in the file).
+            text = KEEL_PROFILE.read_text()
+            for k, v in raft_overrides.items():
+                text = re.sub(rf"(?m)^{k} = .*$", f"{k} = {v}", text)
+            self.profile = workdir / "profile.toml"
+            self.profile.write_text(text)
 
     def command(self) -> list[str]:
-        return super().command() + ["--node-id", str(self.node_id), "--peers", self.peers]
+        cmd = super().command()
+        cmd[cmd.index(str(KEEL_PROFILE))] = str(self.profile)
+        return cmd + ["--node-id", str(self.node_id), "--peers", self.peers]
 
     def pause(self):
         self.proc.send_signal(signal.SIGSTOP)
@@ -67,25 +83,45 @@ class ClusterNode(Server):
         self.proc.send_signal(signal.SIGCONT)
 
 
-@pytest.fixture
-def cluster(_tmp_root):
-    if not IS_KEEL:
-        pytest.skip("keel only")
+def _start_cluster(tmp_root: Path, raft_overrides: dict | None = None) -> list[ClusterNode]:
     ports = [_free_port_pair() for _ in range(3)]
     peers = ",".join(f"{i + 1}={HOST}:{p}" for i, p in enumerate(ports))
     nodes = []
     for i in range(3):
-        wd = Path(tempfile.mkdtemp(prefix=f"keel-e2e-node{i + 1}-", dir=_tmp_root))
-        nodes.append(ClusterNode(wd, i + 1, peers))
+        wd = Path(tempfile.mkdtemp(prefix=f"keel-e2e-node{i + 1}-", dir=tmp_root))
+        nodes.append(ClusterNode(wd, i + 1, peers, raft_overrides))
     for n in nodes:
         n.start()
     _wait_leaders(nodes)
-    yield nodes
+    return nodes
+
+
+def _stop_cluster(nodes: list[ClusterNode]) -> None:
     for n in nodes:
         if n.running():
             n.resume()
         n.stop()
         shutil.rmtree(n.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(_tmp_root):
+    if not IS_KEEL:
+        pytest.skip("keel only")
+    nodes = _start_cluster(_tmp_root)
+    yield nodes
+    _stop_cluster(nodes)
+
+
+@pytest.fixture
+def compacting_cluster(_tmp_root):
+    """Checkpoints every 100 ms and keeps only 5 entries for lagging peers: a node that misses
+    a few dozen writes per partition can only catch up from snapshots."""
+    if not IS_KEEL:
+        pytest.skip("keel only")
+    nodes = _start_cluster(_tmp_root, {"checkpoint_interval_ms": 100, "compact_lag_entries": 5})
+    yield nodes
+    _stop_cluster(nodes)
 
 
 def _wait_leaders(nodes: list[Server]) -> None:
@@ -234,3 +270,42 @@ def test_sigkill_every_node_keeps_acknowledged_writes(cluster):
     for node in cluster:
         _check_all(node, acked)
     _wait_converged(cluster)
+
+
+def _stat(node: Server, name: str) -> int:
+    with node.connect(timeout_s=10) as c:
+        return int(c.stats()[name])
+
+
+def test_node_behind_the_compacted_log_catches_up_from_snapshots(compacting_cluster):
+    """Raft section 7: a follower missing entries the leader has compacted gets a snapshot. The
+    partition's state is streamed in chunks and installed at once; afterwards the node serves
+    every acknowledged write and its digest equals the others'."""
+    c = compacting_cluster
+    before = _items("pre", 200)
+    _set_many(c[0], before)
+    c[2].kill()
+    _retry_set(c[0], b"first-after-kill", b"x")
+    _wait_leaders(c[:2])
+    during = _items("missed", 3000)  # ~47 entries per partition, far past the 5 kept
+    _set_many(c[0], during)
+    # Leaders compact at their next checkpoint (one is taken when state changed): wait for one
+    # on each live node that starts after the writes.
+    starts = [_stat(n, "keel_raft_checkpoints") for n in c[:2]]
+    _set_many(c[0], _items("nudge", 64))
+    for n, start in zip(c[:2], starts):
+        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+        while _stat(n, "keel_raft_checkpoints") <= start:
+            assert time.monotonic() < deadline, "no checkpoint after the writes"
+            time.sleep(0.05)  # bounded poll of an observable counter
+    c[2].start()
+    _wait_converged(c)
+    assert _stat(c[2], "keel_raft_snapshots_installed") > 0, "caught up without a snapshot?"
+    sent = sum(_stat(n, "keel_raft_snapshots_sent") for n in c[:2])
+    assert sent > 0
+    _check_all(c[2], {**before, **during})
+    # It keeps replicating normally after the install.
+    after = _items("after", 100)
+    _set_many(c[2], after)
+    _wait_converged(c)
+    _check_all(c[1], after)

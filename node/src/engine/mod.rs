@@ -48,6 +48,18 @@ pub enum Pending {
     Later(LocalFuture<OpResult>),
 }
 
+/// One item of a Raft snapshot of a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotItem {
+    pub key: Vec<u8>,
+    pub flags: u32,
+    pub exptime: u32,
+    pub cas: u64,
+    /// Persisted item bits ([`index::STALE`]).
+    pub bits: u8,
+    pub value: Vec<u8>,
+}
+
 /// What the proposer fixed for an op, so that applying it is deterministic on every replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
@@ -787,6 +799,85 @@ impl<D: Device + 'static> Engine<D> {
         for (offset, len) in gone {
             self.log.release(offset, len as u32);
         }
+    }
+
+    /// Every live item of `partition` with its index entry, captured now (a snapshot's cut).
+    pub fn partition_items(&self, partition: u64, now: u32) -> Vec<(Box<[u8]>, IndexEntry)> {
+        let mask = self.partitions_mask;
+        self.index
+            .borrow()
+            .iter()
+            .filter(|(k, e)| crate::shard::partition_of(k, mask) == partition && !e.expired(now))
+            .map(|(k, e)| (k.clone(), *e))
+            .collect()
+    }
+
+    /// The value of an item captured by [`Engine::partition_items`]: `None` if it can no longer
+    /// be read as that version (overwritten and collected since, or damaged).
+    pub async fn value_for_snapshot(
+        self: &Rc<Self>,
+        key: &[u8],
+        e: &IndexEntry,
+    ) -> Option<Arc<[u8]>> {
+        match self.value_of(key, e) {
+            Ok(v) => Some(v),
+            Err(read) => read.await,
+        }
+    }
+
+    /// Replaces everything of `partition` with `items` (a Raft snapshot being installed): a
+    /// flush record for the partition, then a put per item keeping its CAS, so recovery from a
+    /// checkpoint taken after this rebuilds the same state.
+    pub fn install_partition(
+        &self,
+        partition: u64,
+        items: &[SnapshotItem],
+        now: u32,
+    ) -> Result<(), OpResult> {
+        let part = partition.to_le_bytes();
+        let a = self.append(&NewRecord {
+            kind: Kind::Flush,
+            key: &part,
+            value: &[],
+            flags: 0,
+            exptime: 0,
+            time: now,
+            cas: Some(0),
+            bits: 0,
+        })?;
+        self.log.segs.borrow_mut()[self.log.seg_of(a.offset)].live += a.len as u64;
+        self.clear_partition(partition);
+        self.pending_flush.borrow_mut().remove(&partition);
+        for it in items {
+            let a = self.append(&NewRecord {
+                kind: Kind::Put,
+                key: &it.key,
+                value: &it.value,
+                flags: it.flags,
+                exptime: it.exptime,
+                time: now,
+                cas: Some(it.cas),
+                bits: it.bits,
+            })?;
+            let e = IndexEntry {
+                offset: a.offset,
+                cas: it.cas,
+                value_len: it.value.len() as u32,
+                flags: it.flags,
+                exptime: it.exptime,
+                bits: it.bits,
+            };
+            if let Some(old) = self.index.borrow_mut().insert(it.key.clone().into(), e) {
+                self.log.release(
+                    old.offset,
+                    format::record_bytes(it.key.len(), old.value_len as usize) as u32,
+                );
+            }
+            self.cache
+                .borrow_mut()
+                .insert(&it.key, it.cas, it.value.clone().into());
+        }
+        Ok(())
     }
 
     /// Arms the timers of the pending `flush_all <delay>`s recovery found.

@@ -10,8 +10,8 @@
 //!  8  u64 generation  +1 per checkpoint; the valid slot with the highest one wins
 //! 16  u64 value_seq   value-log records up to this seq are part of the checkpoint
 //! 24  u32 groups      n
-//! 28  u32 crc32c      over bytes [0, 28) and [32, 32 + 16 n)
-//! 32  n x (u64 group, u64 applied index)
+//! 28  u32 crc32c      over bytes [0, 28) and [32, 32 + 24 n)
+//! 32  n x (u64 group, u64 applied index, u64 term of that entry)
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,36 +19,39 @@ use std::collections::BTreeMap;
 use keel_nvme::{align_up, Device, IoError, Region};
 
 pub const CKPT_MAGIC: u64 = u64::from_le_bytes(*b"KEELCKP1");
-/// One slot; holds 8,190 groups per shard.
+/// One slot; holds 5,460 groups per shard.
 pub const SLOT_BYTES: u64 = 128 << 10;
 /// Both slots.
 pub const AREA_BYTES: u64 = 2 * SLOT_BYTES;
-pub const GROUPS_MAX: usize = (SLOT_BYTES as usize - 32) / 16;
+pub const GROUPS_MAX: usize = (SLOT_BYTES as usize - 32) / GROUP_BYTES;
+const GROUP_BYTES: usize = 24;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
     pub generation: u64,
     pub value_seq: u64,
-    pub applied: BTreeMap<u64, u64>,
+    /// group -> (applied index, its term)
+    pub applied: BTreeMap<u64, (u64, u64)>,
 }
 
 fn crc(b: &[u8], n: usize) -> u32 {
     let c = crc32c::crc32c(&b[..28]);
-    crc32c::crc32c_append(c, &b[32..32 + 16 * n])
+    crc32c::crc32c_append(c, &b[32..32 + GROUP_BYTES * n])
 }
 
 pub fn encode(c: &Checkpoint) -> Vec<u8> {
     assert!(c.applied.len() <= GROUPS_MAX);
     let n = c.applied.len();
-    let mut b = vec![0u8; align_up(32 + 16 * n as u64) as usize];
+    let mut b = vec![0u8; align_up((32 + GROUP_BYTES * n) as u64) as usize];
     b[0..8].copy_from_slice(&CKPT_MAGIC.to_le_bytes());
     b[8..16].copy_from_slice(&c.generation.to_le_bytes());
     b[16..24].copy_from_slice(&c.value_seq.to_le_bytes());
     b[24..28].copy_from_slice(&(n as u32).to_le_bytes());
-    for (i, (g, a)) in c.applied.iter().enumerate() {
-        let at = 32 + 16 * i;
+    for (i, (g, (a, t))) in c.applied.iter().enumerate() {
+        let at = 32 + GROUP_BYTES * i;
         b[at..at + 8].copy_from_slice(&g.to_le_bytes());
         b[at + 8..at + 16].copy_from_slice(&a.to_le_bytes());
+        b[at + 16..at + 24].copy_from_slice(&t.to_le_bytes());
     }
     let sum = crc(&b, n);
     b[28..32].copy_from_slice(&sum.to_le_bytes());
@@ -62,7 +65,7 @@ pub fn decode(b: &[u8]) -> Option<Checkpoint> {
         return None;
     }
     let n = u32::from_le_bytes(b[24..28].try_into().unwrap()) as usize;
-    if n > GROUPS_MAX || b.len() < 32 + 16 * n {
+    if n > GROUPS_MAX || b.len() < 32 + GROUP_BYTES * n {
         return None;
     }
     if crc(b, n) != u32::from_le_bytes(b[28..32].try_into().unwrap()) {
@@ -72,7 +75,10 @@ pub fn decode(b: &[u8]) -> Option<Checkpoint> {
         generation: u64_at(8),
         value_seq: u64_at(16),
         applied: (0..n)
-            .map(|i| (u64_at(32 + 16 * i), u64_at(40 + 16 * i)))
+            .map(|i| {
+                let at = 32 + GROUP_BYTES * i;
+                (u64_at(at), (u64_at(at + 8), u64_at(at + 16)))
+            })
             .collect(),
     })
 }
@@ -112,11 +118,13 @@ mod tests {
         let c = Checkpoint {
             generation: 7,
             value_seq: 123,
-            applied: [(0, 10), (2, 99), (64, 1)].into_iter().collect(),
+            applied: [(0, (10, 2)), (2, (99, 3)), (64, (1, 1))]
+                .into_iter()
+                .collect(),
         };
         let b = encode(&c);
         assert_eq!(decode(&b), Some(c));
-        for bit in 0..(32 + 16 * 3) * 8 {
+        for bit in 0..(32 + GROUP_BYTES * 3) * 8 {
             let mut bad = b.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(decode(&bad), None, "bit {bit}");

@@ -69,7 +69,7 @@ fn process(r: &Rc<Replicas>) -> Result<(), String> {
         while g.unpersisted.front().is_some_and(|u| u.lsn <= durable) {
             let u = g.unpersisted.pop_front().expect("checked");
             g.raw.on_persist_ready(u.number);
-            r.send_raft(p, u.messages);
+            let _ = r.send_raft(p, u.messages);
         }
         let mut rounds = 0;
         while g.raw.has_ready() && rounds < 4 {
@@ -86,13 +86,16 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
     let p = g.partition;
     let mut rd = g.raw.ready();
     // A leader sends its appends before persisting them (Raft thesis 10.2.1).
-    r.send_raft(p, rd.take_messages());
+    let snapshots_to = r.send_raft(p, rd.take_messages());
+    let mut lsn = None;
     if !rd.snapshot().is_empty() {
-        // Snapshots are not built yet: the log is only compacted below what every replica has,
-        // so a peer never needs one. Refuse loudly rather than apply half a state.
-        return Err(format!(
-            "group {p}: received a snapshot, which this build cannot install"
-        ));
+        // The engine installed it and checkpointed before raft-rs saw it (install_snapshot);
+        // what is left is the raftlog's record of it.
+        lsn = Some(
+            r.log
+                .apply_snapshot(p, rd.snapshot().get_metadata())
+                .map_err(|e| format!("raftlog snapshot, group {p}: {e}"))?,
+        );
     }
     if let Some(ss) = rd.ss() {
         if ss.raft_state != StateRole::Leader {
@@ -100,7 +103,6 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
         }
     }
     let committed = rd.take_committed_entries();
-    let mut lsn = None;
     if !rd.entries().is_empty() {
         lsn = Some(
             r.log
@@ -118,6 +120,11 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
     let messages = rd.take_persisted_messages();
     let number = rd.number();
     g.raw.advance_append_async(rd);
+    for to in snapshots_to {
+        // Sent (queued in order on the connection): if it is lost, the follower's next
+        // rejection makes raft-rs send another.
+        g.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+    }
     match lsn {
         Some(lsn) => g.unpersisted.push_back(Unpersisted {
             lsn,
@@ -126,7 +133,7 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
         }),
         None if g.unpersisted.is_empty() => {
             g.raw.on_persist_ready(number);
-            r.send_raft(p, messages);
+            let _ = r.send_raft(p, messages);
         }
         // Readies are persisted in order: this one completes with the ones before it.
         None => g.unpersisted.push_back(Unpersisted {
@@ -171,9 +178,19 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
         // of a `set k` sent after it).
         serve_reads(r, g);
         let Some(e) = g.to_apply.pop_front() else {
-            g.raw.advance_apply_to(g.applied);
+            // raft-rs accepts an applied index only up to what it has committed and persisted
+            // (an installed snapshot is applied before raft-rs has persisted it).
+            let log = &g.raw.raft.raft_log;
+            let to = g.applied.min(log.committed).min(log.persisted);
+            if to > log.applied {
+                g.raw.advance_apply_to(to);
+            }
             return;
         };
+        if e.index <= g.applied {
+            // Covered by an installed snapshot.
+            continue;
+        }
         match start_entry(r, p, &e) {
             None | Some(Pending::Ready(_)) if e.data.is_empty() => applied(r, g, &e, None),
             None => applied(r, g, &e, None),
@@ -223,6 +240,7 @@ fn start_entry(r: &Replicas, p: u64, e: &Entry) -> Option<Pending> {
 fn applied(r: &Replicas, g: &mut Group, e: &Entry, res: Option<OpResult>) {
     debug_assert!(e.index > g.applied || e.index == 0);
     g.applied = e.index;
+    g.applied_term = e.term;
     r.stats
         .applied_entries
         .set(r.stats.applied_entries.get() + 1);
@@ -270,12 +288,13 @@ pub async fn run_checkpoints(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let now = Instant::now();
-        if !stopping && now < due {
+        if !stopping && now < due && !r.checkpoint_now.get() {
             // Short naps so a shutdown is noticed quickly.
             glommio::timer::sleep((due - now).min(STOP_POLL)).await;
             continue;
         }
         due = now + r.settings.checkpoint_interval;
+        r.checkpoint_now.set(false);
         last = checkpoint_once(&r, &area, last).await?;
         if stopping {
             let lsn = r
@@ -303,11 +322,11 @@ async fn checkpoint_once(
     // exactly the effect of the entries through each group's applied index (a group's
     // entries are applied in order, one at a time).
     let value_seq = r.engine.log.last_seq();
-    let applied: BTreeMap<u64, u64> = r
+    let applied: BTreeMap<u64, (u64, u64)> = r
         .groups
         .borrow()
         .iter()
-        .map(|(&p, g)| (p, g.applied))
+        .map(|(&p, g)| (p, (g.applied, g.applied_term)))
         .collect();
     if value_seq == last.value_seq && applied == last.applied {
         return Ok(last);
@@ -334,19 +353,28 @@ async fn checkpoint_once(
     r.engine.checkpoint_seq.set(value_seq);
     r.engine.checkpoint_signal.notify();
     r.stats.checkpoints.set(r.stats.checkpoints.get() + 1);
-    // Compact each group's log below what the checkpoint covers and every replica has (no
-    // snapshots yet: a peer must be able to catch up from the log). A leader knows what its
-    // followers have; a follower, which may lead later, keeps a margin.
+    // Compact each group's log below what the checkpoint covers. Entries a peer still needs
+    // are kept up to a margin (`compact_lag_entries`): a leader keeps what every follower lacks
+    // within that margin, a follower (which may lead later) keeps the margin. A peer further
+    // behind catches up from a snapshot.
     let groups = r.groups.borrow();
     for (&p, g) in groups.iter() {
-        let mut upto = c.applied[&p];
-        if g.raw.raft.state == StateRole::Leader {
-            for (_, pr) in g.raw.raft.prs().iter() {
-                upto = upto.min(pr.matched);
+        let applied = c.applied[&p].0;
+        let mut upto = applied;
+        if r.settings.voters.len() > 1 {
+            let margin = applied.saturating_sub(r.settings.compact_lag_entries);
+            if g.raw.raft.state == StateRole::Leader {
+                for (_, pr) in g.raw.raft.prs().iter() {
+                    upto = upto.min(pr.matched);
+                }
+                upto = upto.max(margin);
+            } else {
+                upto = margin;
             }
-        } else if r.settings.voters.len() > 1 {
-            upto = upto.saturating_sub(r.settings.compact_lag_entries);
         }
+        // An installed snapshot is ahead of the raftlog until raft-rs has persisted it.
+        let last = g.raw.store().last_index().unwrap_or(0);
+        upto = upto.min(last);
         let first = g.raw.store().first_index().unwrap_or(1);
         if upto >= first {
             r.log

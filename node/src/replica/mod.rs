@@ -18,24 +18,26 @@
 //! restarts with the checkpoint's applied index, so raft-rs hands back the committed entries
 //! after it for re-application.
 //!
-//! Not built yet (the issue's later parts): snapshots for replicas that fall behind the
-//! compacted log (the log is therefore only compacted up to what every follower has), leader
-//! transfer, and membership changes; placement is static (every node replicates every
-//! partition).
+//! A replica that falls behind the leader's compacted log catches up from a [snapshot] of the
+//! partition.
+//!
+//! Not built yet (the issue's later parts): leader transfer and membership changes; placement is
+//! static (every node replicates every partition).
 
 pub mod checkpoint;
 pub mod command;
 pub mod driver;
+pub mod snapshot;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use keel_nvme::UringDevice;
 use keel_raftlog::{GroupStorage, RaftLog};
-use raft::eraftpb::{ConfState, Message};
+use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 
 use crate::engine::log::Signal;
@@ -47,6 +49,7 @@ use crate::transport::{Inbound, Transport};
 const KIND_RAFT: u8 = 1;
 const KIND_FORWARD: u8 = 2;
 const KIND_REPLY: u8 = 3;
+const KIND_SNAP_CHUNK: u8 = 4;
 
 /// A forwarded request may be forwarded once more (the leader moved meanwhile), not more.
 const FORWARD_HOPS_MAX: u8 = 2;
@@ -70,7 +73,7 @@ pub struct RaftSettings {
     /// How long a request waits for a leader to be elected or a forwarded reply.
     pub request_timeout: Duration,
     pub entries_per_ready_bytes_max: u64,
-    /// A follower keeps this many applied entries past its checkpoint for peers that lag.
+    /// Entries kept behind the applied index for peers that lag; further behind: a snapshot.
     pub compact_lag_entries: u64,
 }
 
@@ -108,6 +111,11 @@ pub struct Group {
     /// order is what makes a checkpoint's applied index exact).
     applying: bool,
     pub applied: u64,
+    /// Term of the entry at `applied` (kept in checkpoints, for a raftlog reset after a crash
+    /// during a snapshot install).
+    pub applied_term: u64,
+    /// A snapshot is being installed: the engine has it, the checkpoint is being written.
+    installing: bool,
 }
 
 #[derive(Default)]
@@ -120,6 +128,9 @@ pub struct RaftStats {
     pub checkpoints: Cell<u64>,
     pub leader_changes_failed: Cell<u64>,
     pub bad_payloads: Cell<u64>,
+    pub snapshots_built: Cell<u64>,
+    pub snapshots_sent: Cell<u64>,
+    pub snapshots_installed: Cell<u64>,
 }
 
 pub struct Replicas {
@@ -138,6 +149,13 @@ pub struct Replicas {
     forwards: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
     next_forward: Cell<u64>,
     pub stats: RaftStats,
+    /// Snapshots built for followers, per group, until sent.
+    built: RefCell<HashMap<u64, Snapshot>>,
+    building: RefCell<HashSet<u64>>,
+    /// Snapshot chunks arriving from a leader, per group.
+    incoming: RefCell<HashMap<u64, snapshot::Incoming>>,
+    /// Asks the checkpoint task for a checkpoint now (a snapshot was installed).
+    pub checkpoint_now: Cell<bool>,
 }
 
 fn err(msg: &str) -> OpResult {
@@ -166,7 +184,7 @@ impl Replicas {
         partitions_mask: u64,
         engine: Rc<Engine<UringDevice>>,
         log: Rc<RaftLog<UringDevice>>,
-        applied: &BTreeMap<u64, u64>,
+        applied: &BTreeMap<u64, (u64, u64)>,
     ) -> Result<Rc<Replicas>, String> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let existing = log.groups();
@@ -183,8 +201,8 @@ impl Replicas {
             let storage = log
                 .storage(p)
                 .map_err(|e| format!("raftlog: group {p}: {e}"))?;
-            let applied = applied.get(&p).copied().unwrap_or(0);
-            check_applied(&log, &storage, p, applied)?;
+            let (applied, applied_term) = applied.get(&p).copied().unwrap_or((0, 0));
+            check_applied(&log, &storage, p, applied, applied_term)?;
             let cfg = raft::Config {
                 id: settings.node_id,
                 election_tick: settings.election_ticks,
@@ -215,10 +233,12 @@ impl Replicas {
                     to_apply: VecDeque::new(),
                     applying: false,
                     applied,
+                    applied_term,
+                    installing: false,
                 },
             );
         }
-        Ok(Rc::new(Replicas {
+        let r = Rc::new(Replicas {
             settings,
             shard,
             partitions_mask,
@@ -231,7 +251,140 @@ impl Replicas {
             forwards: RefCell::new(HashMap::new()),
             next_forward: Cell::new(0),
             stats: RaftStats::default(),
-        }))
+            built: RefCell::new(HashMap::new()),
+            building: RefCell::new(HashSet::new()),
+            incoming: RefCell::new(HashMap::new()),
+            checkpoint_now: Cell::new(false),
+        });
+        // Weak: the raftlog (held by the replicas) must not keep the replicas alive.
+        let weak = Rc::downgrade(&r);
+        r.log
+            .set_snapshot_provider(Rc::new(move |group, request_index, _to| {
+                match weak.upgrade() {
+                    Some(r) => r.provide_snapshot(group, request_index),
+                    None => Err(raft::Error::Store(
+                        raft::StorageError::SnapshotTemporarilyUnavailable,
+                    )),
+                }
+            }));
+        Ok(r)
+    }
+
+    /// raft-rs needs a snapshot of `group` at `request_index` or later for a follower. Called
+    /// inside raft-rs (the groups are borrowed): hand out a built one, or start building.
+    fn provide_snapshot(self: &Rc<Self>, group: u64, request_index: u64) -> raft::Result<Snapshot> {
+        if let Some(s) = self.built.borrow().get(&group) {
+            if s.get_metadata().index >= request_index {
+                return Ok(s.clone());
+            }
+        }
+        if self.building.borrow_mut().insert(group) {
+            let this = self.clone();
+            glommio::spawn_local(async move {
+                // Called inside raft-rs with the groups borrowed: start once that is over.
+                futures_lite::future::yield_now().await;
+                if let Some(snap) = this.build_snapshot(group).await {
+                    this.stats
+                        .snapshots_built
+                        .set(this.stats.snapshots_built.get() + 1);
+                    this.built.borrow_mut().insert(group, snap);
+                }
+                this.building.borrow_mut().remove(&group);
+                this.wake.notify();
+            })
+            .detach();
+        }
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+
+    /// The partition's state at the group's applied index: the index entries are captured with
+    /// no await in between, then the values are read. `None` if a value can no longer be read
+    /// as captured (overwritten and collected meanwhile): raft-rs asks again later.
+    async fn build_snapshot(&self, group: u64) -> Option<Snapshot> {
+        let now = crate::engine::Engine::<UringDevice>::now();
+        let (index, term, conf, captured) = {
+            let groups = self.groups.try_borrow().ok()?;
+            let g = groups.get(&group)?;
+            let conf = raft::Storage::initial_state(g.raw.store()).ok()?.conf_state;
+            let captured = self.engine.partition_items(group, now);
+            (g.applied, g.applied_term, conf, captured)
+        };
+        let mut items = Vec::with_capacity(captured.len());
+        for (key, e) in captured {
+            let value = self.engine.value_for_snapshot(&key, &e).await?;
+            items.push(crate::engine::SnapshotItem {
+                key: key.into(),
+                flags: e.flags,
+                exptime: e.exptime,
+                cas: e.cas,
+                bits: e.bits & crate::engine::index::STALE,
+                value: value.to_vec(),
+            });
+        }
+        let mut snap = Snapshot::default();
+        snap.set_data(snapshot::encode(&items).into());
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf);
+        snap.set_metadata(meta);
+        Some(snap)
+    }
+
+    /// A whole snapshot from the leader: install it in the engine and checkpoint, then step it
+    /// into raft-rs (which then persists its metadata in the raftlog).
+    fn install_snapshot(self: &Rc<Self>, p: u64, msg: Message) {
+        let meta = msg.get_snapshot().get_metadata().clone();
+        let mut groups = self.groups.borrow_mut();
+        let Some(g) = groups.get_mut(&p) else { return };
+        if meta.index <= g.raw.raft.raft_log.committed || meta.index <= g.applied || g.installing {
+            // Nothing new for the engine (or one install at a time): raft-rs answers it.
+            if !g.installing {
+                let _ = g.raw.step(msg);
+            }
+            drop(groups);
+            self.wake.notify();
+            return;
+        }
+        let items = match snapshot::decode(msg.get_snapshot().get_data()) {
+            Ok(items) => items,
+            Err(_) => return self.bad_payload(),
+        };
+        let now = crate::engine::Engine::<UringDevice>::now();
+        if self.engine.install_partition(p, &items, now).is_err() {
+            // Out of space or poisoned: leave the group as it is; the leader retries.
+            return;
+        }
+        g.applied = meta.index;
+        g.applied_term = meta.term;
+        g.to_apply.clear();
+        g.installing = true;
+        drop(groups);
+        self.stats
+            .snapshots_installed
+            .set(self.stats.snapshots_installed.get() + 1);
+        let before = self.stats.checkpoints.get();
+        self.checkpoint_now.set(true);
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            // The checkpoint task runs it within a few ms; bounded in case it cannot.
+            for _ in 0..2000 {
+                if this.stats.checkpoints.get() > before {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            if let Some(g) = this.groups.borrow_mut().get_mut(&p) {
+                g.installing = false;
+                let _ = g.raw.step(msg);
+            }
+            this.wake.notify();
+        })
+        .detach();
     }
 
     pub fn partition_of(&self, op: &Op) -> Option<u64> {
@@ -382,9 +535,22 @@ impl Replicas {
         match kind {
             KIND_RAFT if body.len() >= 8 => {
                 let p = u64::from_le_bytes(body[..8].try_into().unwrap());
-                let Ok(msg) = <Message as protobuf::Message>::parse_from_bytes(&body[8..]) else {
+                let Ok(mut msg) = <Message as protobuf::Message>::parse_from_bytes(&body[8..])
+                else {
                     return self.bad_payload();
                 };
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    let index = msg.get_snapshot().get_metadata().index;
+                    let data = self
+                        .incoming
+                        .borrow_mut()
+                        .get_mut(&p)
+                        .and_then(|inc| inc.take(index));
+                    // Without all its chunks the snapshot is dropped; the leader sends it again.
+                    let Some(data) = data else { return };
+                    msg.mut_snapshot().set_data(data.into());
+                    return self.install_snapshot(p, msg);
+                }
                 if let Some(g) = self.groups.borrow_mut().get_mut(&p) {
                     // Stale or misdirected messages are refused by raft-rs itself.
                     let _ = g.raw.step(msg);
@@ -408,6 +574,18 @@ impl Replicas {
                 })
                 .detach();
             }
+            KIND_SNAP_CHUNK => {
+                let Some((p, index, no, count, bytes)) = snapshot::decode_chunk(body) else {
+                    return self.bad_payload();
+                };
+                if self.groups.borrow().contains_key(&p) {
+                    self.incoming
+                        .borrow_mut()
+                        .entry(p)
+                        .or_default()
+                        .add(index, no, count, bytes);
+                }
+            }
             KIND_REPLY => {
                 let Ok((id, r)) = command::decode_reply(body) else {
                     return self.bad_payload();
@@ -426,16 +604,46 @@ impl Replicas {
             .set(self.stats.bad_payloads.get() + 1);
     }
 
-    pub fn send_raft(&self, p: u64, msgs: Vec<Message>) {
+    /// Sends raft-rs messages of group `p`. Returns the peers a snapshot went to (the caller
+    /// reports them to raft-rs once the Ready is advanced).
+    pub fn send_raft(&self, p: u64, msgs: Vec<Message>) -> Vec<u64> {
+        let mut snapshots_to = Vec::new();
         if msgs.is_empty() {
-            return;
+            return snapshots_to;
         }
         let t = self.transport.borrow();
         let Some(t) = t.as_ref() else {
             // A single node: raft-rs has no one to send to.
-            return;
+            return snapshots_to;
         };
-        for m in msgs {
+        for mut m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // The data goes ahead in chunk frames on the same connection; the message
+                // itself carries the metadata.
+                let data = m.mut_snapshot().take_data();
+                let index = m.get_snapshot().get_metadata().index;
+                let chunks: Vec<&[u8]> = if data.is_empty() {
+                    vec![&[][..]]
+                } else {
+                    data.chunks(snapshot::CHUNK_BYTES).collect()
+                };
+                for (no, c) in chunks.iter().enumerate() {
+                    let mut payload = vec![KIND_SNAP_CHUNK];
+                    payload.extend(snapshot::encode_chunk(
+                        p,
+                        index,
+                        no as u32,
+                        chunks.len() as u32,
+                        c,
+                    ));
+                    t.send(m.to, self.shard, payload);
+                }
+                self.built.borrow_mut().remove(&p);
+                self.stats
+                    .snapshots_sent
+                    .set(self.stats.snapshots_sent.get() + 1);
+                snapshots_to.push(m.to);
+            }
             let mut payload = Vec::with_capacity(9 + protobuf::Message::compute_size(&m) as usize);
             payload.push(KIND_RAFT);
             payload.extend_from_slice(&p.to_le_bytes());
@@ -444,6 +652,7 @@ impl Replicas {
             }
             t.send(m.to, self.shard, payload);
         }
+        snapshots_to
     }
 
     pub fn stat_values(&self) -> Vec<(&'static str, u64)> {
@@ -476,6 +685,9 @@ impl Replicas {
             ("keel_raft_waited_reads", s.waited_reads.get()),
             ("keel_raft_checkpoints", s.checkpoints.get()),
             ("keel_raft_bad_payloads", s.bad_payloads.get()),
+            ("keel_raft_snapshots_built", s.snapshots_built.get()),
+            ("keel_raft_snapshots_sent", s.snapshots_sent.get()),
+            ("keel_raft_snapshots_installed", s.snapshots_installed.get()),
             ("keel_raftlog_flushes", l.flushes),
             ("keel_raftlog_bytes_written", l.bytes_written),
             ("keel_raftlog_durable_lsn", self.log.durable_lsn()),
@@ -514,11 +726,25 @@ fn check_applied(
     storage: &GroupStorage<UringDevice>,
     p: u64,
     applied: u64,
+    applied_term: u64,
 ) -> Result<(), String> {
     use raft::Storage;
     let fail = |e: raft::Error| format!("group {p}: raftlog: {e}");
     let first = storage.first_index().map_err(fail)?;
     let last = storage.last_index().map_err(fail)?;
+    if applied > last && applied_term > 0 {
+        // A snapshot was installed and checkpointed, but the crash came before the raftlog
+        // recorded it: record it now, from the checkpoint.
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term: applied_term,
+            ..Default::default()
+        };
+        meta.set_conf_state(storage.initial_state().map_err(fail)?.conf_state);
+        log.apply_snapshot(p, &meta)
+            .map_err(|e| format!("group {p}: raftlog: {e}"))?;
+        return Ok(());
+    }
     if applied + 1 < first || applied > last {
         return Err(format!(
             "group {p}: the checkpoint has applied index {applied}, but the raftlog holds entries \
