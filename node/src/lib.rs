@@ -9,7 +9,7 @@
 //! Every write goes through Raft ([`replica`]: a raft-rs group per partition, the shard's
 //! keel-raftlog as its log, [`transport`] to the peers); the engine is the state machine.
 //!
-//! Not here yet: Raft snapshots, leader transfer and membership changes, the meta service.
+//! Not here yet: Raft membership changes, the meta service.
 
 pub mod config;
 pub mod conn;

@@ -309,3 +309,20 @@ def test_node_behind_the_compacted_log_catches_up_from_snapshots(compacting_clus
     _set_many(c[2], after)
     _wait_converged(c)
     _check_all(c[1], after)
+
+
+def test_clean_stop_hands_leadership_over_first(cluster):
+    """SIGTERM: the node transfers the leadership of its partitions to up-to-date followers
+    (Raft thesis 3.10) before it checkpoints and exits, so the others lead every partition at
+    once: writes succeed right away instead of failing until an election timeout passes."""
+    _set_many(cluster[0], _items("pre-stop", 100))
+    assert _stat(cluster[0], "keel_raft_leading") > 0
+    cluster[0].stop()
+    assert cluster[0].proc.returncode == 0, cluster[0].log_text()
+    leading = sum(_stat(n, "keel_raft_leading") for n in cluster[1:])
+    assert leading == PARTITIONS, f"only {leading} partitions have a leader right after the stop"
+    after = _items("post-stop", 300)
+    _set_many(cluster[1], after)
+    _check_all(cluster[2], after)
+    cluster[0].start()
+    _wait_converged(cluster)

@@ -275,9 +275,9 @@ fn serve_reads(r: &Replicas, g: &mut Group) {
 }
 
 /// Every `checkpoint_interval`: sync the value log, record where it stands and what each group
-/// has applied, then let the raftlog drop what that covers. When `stop` is set (SIGTERM), takes
-/// a last checkpoint, rolls the raftlog to a fresh segment and returns Ok: a restart then
-/// replays nothing. Returns Err only on failure.
+/// has applied, then let the raftlog drop what that covers. When `stop` is set (SIGTERM), hands
+/// the groups it leads to other nodes, takes a last checkpoint, rolls the raftlog to a fresh
+/// segment and returns Ok: a restart then replays nothing. Returns Err only on failure.
 pub async fn run_checkpoints(
     r: Rc<Replicas>,
     area: Region<UringDevice>,
@@ -294,6 +294,15 @@ pub async fn run_checkpoints(
             continue;
         }
         due = now + r.settings.checkpoint_interval;
+        if stopping {
+            let still = r.transfer_leaderships(LEADER_TRANSFER_TIMEOUT).await;
+            if still > 0 {
+                eprintln!(
+                    "keel-node: shard {}: {still} groups kept their leader here at shutdown (their followers will elect one)",
+                    r.shard
+                );
+            }
+        }
         r.checkpoint_now.set(false);
         last = checkpoint_once(&r, &area, last).await?;
         if stopping {
@@ -309,6 +318,9 @@ pub async fn run_checkpoints(
         }
     }
 }
+
+/// How long a clean shutdown waits for its groups' leadership to move to other nodes.
+const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often the checkpoint task looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);

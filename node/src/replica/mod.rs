@@ -21,8 +21,11 @@
 //! A replica that falls behind the leader's compacted log catches up from a [snapshot] of the
 //! partition.
 //!
-//! Not built yet (the later parts): leader transfer and membership changes; placement is
-//! static (every node replicates every partition).
+//! A clean shutdown first hands the groups this node leads to other nodes
+//! ([`Replicas::transfer_leaderships`]).
+//!
+//! Not built yet: membership changes (learner first, then promotion); placement is static
+//! (every node replicates every partition).
 
 pub mod checkpoint;
 pub mod command;
@@ -333,6 +336,47 @@ impl Replicas {
         meta.set_conf_state(conf);
         snap.set_metadata(meta);
         Some(snap)
+    }
+
+    /// Hands every group this node leads to its most up-to-date follower (raft-rs leader
+    /// transfer, Raft thesis 3.10) and waits, at most `timeout`, until it leads none: before a
+    /// clean shutdown, so clients do not wait out an election timeout. Returns how many groups
+    /// it still leads.
+    pub async fn transfer_leaderships(&self, timeout: Duration) -> usize {
+        let me = self.settings.node_id;
+        if self.settings.voters.len() < 2 {
+            return 0;
+        }
+        let deadline = Instant::now() + timeout;
+        for g in self.groups.borrow_mut().values_mut() {
+            if g.raw.raft.state != StateRole::Leader {
+                continue;
+            }
+            let to = g
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(&id, _)| id != me)
+                .max_by_key(|(_, pr)| pr.matched)
+                .map(|(&id, _)| id);
+            if let Some(to) = to {
+                g.raw.transfer_leader(to);
+            }
+        }
+        self.wake.notify();
+        loop {
+            let leading = self
+                .groups
+                .borrow()
+                .values()
+                .filter(|g| g.raw.raft.state == StateRole::Leader)
+                .count();
+            if leading == 0 || Instant::now() >= deadline {
+                return leading;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A whole snapshot from the leader: install it in the engine and checkpoint, then step it
