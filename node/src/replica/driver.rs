@@ -59,6 +59,9 @@ pub async fn run_raft(r: Rc<Replicas>) -> String {
     }
 }
 
+/// Readies taken from one group per pass, so one busy group cannot starve the others.
+const READY_ROUNDS_MAX: usize = 4;
+
 /// One pass over every group: persisted readies, new readies, applies, waiting reads.
 fn process(r: &Rc<Replicas>) -> Result<(), String> {
     let durable = r.log.durable_lsn();
@@ -72,9 +75,13 @@ fn process(r: &Rc<Replicas>) -> Result<(), String> {
             let _ = r.send_raft(p, u.messages);
         }
         let mut rounds = 0;
-        while g.raw.has_ready() && rounds < 4 {
+        while g.raw.has_ready() && rounds < READY_ROUNDS_MAX {
             rounds += 1;
             handle_ready(r, g)?;
+        }
+        if g.raw.has_ready() {
+            // More next pass, after the other groups had theirs.
+            r.wake.notify();
         }
         drop(groups);
         drain_apply(r, p);
