@@ -729,6 +729,10 @@ impl Replicas {
             ("keel_raft_waited_reads", s.waited_reads.get()),
             ("keel_raft_checkpoints", s.checkpoints.get()),
             ("keel_raft_bad_payloads", s.bad_payloads.get()),
+            (
+                "keel_raft_failed_by_leader_change",
+                s.leader_changes_failed.get(),
+            ),
             ("keel_raft_snapshots_built", s.snapshots_built.get()),
             ("keel_raft_snapshots_sent", s.snapshots_sent.get()),
             ("keel_raft_snapshots_installed", s.snapshots_installed.get()),
