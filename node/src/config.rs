@@ -101,6 +101,19 @@ fn rule(key: &str, value: impl std::fmt::Display, why: &str) -> String {
     format!("{key} = {value}: {why}")
 }
 
+/// `lo <= value <= hi`, or the error naming the key, the value and the range.
+fn between<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), String> {
+    if value < lo || value > hi {
+        return Err(rule(key, &value, &format!("must be between {lo} and {hi}")));
+    }
+    Ok(())
+}
+
 impl Profile {
     pub fn load(path: &std::path::Path) -> Result<Profile, String> {
         let text = std::fs::read_to_string(path)
@@ -236,20 +249,13 @@ impl Profile {
             ));
         }
         let l = &self.raftlog;
-        if l.batch_bytes_max < 512 || l.batch_bytes_max > 64 * MIB as usize {
-            return Err(rule(
-                "raftlog.batch_bytes_max",
-                l.batch_bytes_max,
-                "must be between 512 and 67108864",
-            ));
-        }
-        if l.flush_delay_ms == 0 || l.flush_delay_ms > 1000 {
-            return Err(rule(
-                "raftlog.flush_delay_ms",
-                l.flush_delay_ms,
-                "must be between 1 and 1000",
-            ));
-        }
+        between(
+            "raftlog.batch_bytes_max",
+            l.batch_bytes_max,
+            512,
+            64 * MIB as usize,
+        )?;
+        between("raftlog.flush_delay_ms", l.flush_delay_ms, 1, 1000)?;
         if l.segment_bytes % MIB != 0
             || l.segment_bytes < 2 * (e.value_len_max as u64 + MIB)
             || l.segment_bytes > 1024 * MIB
@@ -274,21 +280,14 @@ impl Profile {
                 ),
             ));
         }
-        if !(1..=64).contains(&l.flushes_in_flight_max) {
-            return Err(rule(
-                "raftlog.flushes_in_flight_max",
-                l.flushes_in_flight_max,
-                "must be between 1 and 64",
-            ));
-        }
+        between(
+            "raftlog.flushes_in_flight_max",
+            l.flushes_in_flight_max,
+            1,
+            64,
+        )?;
         let r = &self.raft;
-        if !(1..=10_000).contains(&r.tick_ms) {
-            return Err(rule(
-                "raft.tick_ms",
-                r.tick_ms,
-                "must be between 1 and 10000",
-            ));
-        }
+        between("raft.tick_ms", r.tick_ms, 1, 10_000)?;
         if r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
             return Err(rule(
                 "raft.election_ticks",
@@ -299,13 +298,12 @@ impl Profile {
                 ),
             ));
         }
-        if !(10..=600_000).contains(&r.checkpoint_interval_ms) {
-            return Err(rule(
-                "raft.checkpoint_interval_ms",
-                r.checkpoint_interval_ms,
-                "must be between 10 and 600000",
-            ));
-        }
+        between(
+            "raft.checkpoint_interval_ms",
+            r.checkpoint_interval_ms,
+            10,
+            600_000,
+        )?;
         if r.request_timeout_ms < r.tick_ms * r.election_ticks as u64 {
             return Err(rule(
                 "raft.request_timeout_ms",
@@ -336,35 +334,16 @@ impl Profile {
                 "must be at least 1048576",
             ));
         }
-        if g.interval_ms == 0 || g.interval_ms > 60_000 {
-            return Err(rule(
-                "gc.interval_ms",
-                g.interval_ms,
-                "must be between 1 and 60000",
-            ));
-        }
+        between("gc.interval_ms", g.interval_ms, 1, 60_000)?;
         let t = &self.net;
-        if t.connections_max == 0 || t.connections_max > 1_000_000 {
-            return Err(rule(
-                "net.connections_max",
-                t.connections_max,
-                "must be between 1 and 1000000",
-            ));
-        }
-        if t.read_buffer_bytes < 4096 || t.read_buffer_bytes > 64 * MIB as usize {
-            return Err(rule(
-                "net.read_buffer_bytes",
-                t.read_buffer_bytes,
-                "must be between 4096 and 67108864",
-            ));
-        }
-        if t.pipeline_depth_max == 0 || t.pipeline_depth_max > 65536 {
-            return Err(rule(
-                "net.pipeline_depth_max",
-                t.pipeline_depth_max,
-                "must be between 1 and 65536",
-            ));
-        }
+        between("net.connections_max", t.connections_max, 1, 1_000_000)?;
+        between(
+            "net.read_buffer_bytes",
+            t.read_buffer_bytes,
+            4096,
+            64 * MIB as usize,
+        )?;
+        between("net.pipeline_depth_max", t.pipeline_depth_max, 1, 65536)?;
         Ok(())
     }
 }
