@@ -50,6 +50,32 @@ def pytest_configure(config):
     )
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the log tail of every server it started or that is still
+    running (a hang on CI is otherwise a bare TimeoutError)."""
+    first = len(Server.started)
+    if call.when == "setup":
+        item._keel_first_server = first
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when in ("setup", "call"):
+        since = getattr(item, "_keel_first_server", 0)
+        for i, s in enumerate(Server.started):
+            if i < since and not s.running():
+                continue
+            state = "running" if s.running() else f"exited {s.proc.poll() if s.proc else None}"
+            text = s.log_text() or "(empty)"
+            if s.running() and s.kind == "keel":
+                try:
+                    with Conn(s.port, timeout_s=2.0) as c:
+                        c.send(b"stats\r\n")
+                        text += "\n--- stats now:\n" + c.read_until(b"END\r\n").decode(errors="replace")
+                except (OSError, TimeoutError, EOFError) as e:
+                    text += f"\n--- stats now: no answer ({e!r})"
+            report.sections.append((f"{s.kind} on port {s.port} ({state}) log", text))
+
+
 def pytest_collection_modifyitems(config, items):
     if TARGET == "keel":
         return
@@ -202,7 +228,11 @@ class Conn:
 class Server:
     """A keel-node or memcached process that this test session started (and only that one)."""
 
+    # Every server started in this session, so a failing test's report can show their logs.
+    started: list["Server"] = []
+
     def __init__(self, kind: str, workdir: Path):
+        Server.started.append(self)
         self.kind = kind
         self.workdir = workdir
         self.port = free_port()
