@@ -30,6 +30,9 @@ pub struct NodeSection {
     /// Every node of the cluster, this one included, as "ID=IP:PORT": where shard 0 of that node
     /// accepts peer connections (shard s on PORT + s). Empty: a single node, no peer port.
     pub peers: Vec<String>,
+    /// A new data file starts with no members: the node waits to be added to a running cluster.
+    #[serde(default)]
+    pub join: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -379,6 +382,13 @@ impl Profile {
             if id == 0 || out.insert(id, addr).is_some() {
                 return Err(bad("ids must be unique and 1 or more"));
             }
+        }
+        if n.join && out.is_empty() {
+            return Err(rule(
+                "node.join",
+                true,
+                "a node joins a cluster through its peers: set node.peers (--peers) too",
+            ));
         }
         if !out.is_empty() && !out.contains_key(&n.id) {
             return Err(rule(

@@ -4,8 +4,8 @@
 
 use std::rc::Rc;
 
-use crate::engine::{Op, OpResult, Pending, StoreMode};
-use crate::protocol::{reply, Request, StoreCmd};
+use crate::engine::{Member, MemberChange, Op, OpResult, Pending, StoreMode};
+use crate::protocol::{reply, MemberCmd, Request, StoreCmd};
 use crate::shard::{Counters, Shard};
 
 /// Where one op of a request runs.
@@ -99,7 +99,7 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// An op for every shard (flush_all, stats).
+    /// An op for every shard (flush_all, stats, membership).
     fn broadcast(&mut self, shard: &Shard, make: impl Fn() -> Op) -> Vec<Part> {
         let first = match make() {
             Op::Stats => Part::LocalStats,
@@ -195,6 +195,16 @@ impl<'a> Round<'a> {
             | Request::Version
             | Request::Verbosity { .. }
             | Request::Quit => Vec::new(),
+            Request::Member(MemberCmd::List) => self.broadcast(shard, || Op::Members),
+            Request::Member(cmd) => {
+                let change = match *cmd {
+                    MemberCmd::Add { node, addr } => MemberChange::AddLearner { node, addr },
+                    MemberCmd::Promote(node) => MemberChange::Promote { node },
+                    MemberCmd::Remove(node) => MemberChange::Remove { node },
+                    MemberCmd::List => unreachable!("matched above"),
+                };
+                self.broadcast(shard, || Op::Member(change.clone()))
+            }
             Request::Meta(m) => match crate::meta::to_op(m) {
                 Ok(Some(op)) => vec![self.route(shard, op)],
                 Ok(None) => Vec::new(),
@@ -281,7 +291,7 @@ fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
             }
             return;
         }
-        OpResult::Hit(_) | OpResult::Miss | OpResult::Stats(_) => {
+        OpResult::Hit(_) | OpResult::Miss | OpResult::Stats(_) | OpResult::Members(_) => {
             b"SERVER_ERROR unexpected result\r\n"
         }
     };
@@ -388,7 +398,47 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
         },
         Request::Quit => {}
         Request::Meta(m) => crate::meta::render(shard, m, results, now, out),
+        Request::Member(MemberCmd::List) => render_members(results, out),
+        Request::Member(_) => match results.iter().find(|r| !matches!(r, OpResult::Ok)) {
+            Some(r) => simple(out, r, false),
+            None => out.extend_from_slice(b"OK\r\n"),
+        },
     }
+}
+
+/// `MEMBER <id> <peer addr or -> voter <partitions> learner <partitions>` per node, as the
+/// partitions of this node see them, then `END`.
+fn render_members(results: Vec<OpResult>, out: &mut Vec<u8>) {
+    let mut all: Vec<Member> = Vec::new();
+    for r in results {
+        match r {
+            OpResult::Members(v) => {
+                for m in v {
+                    match all.iter_mut().find(|a| a.node == m.node) {
+                        Some(a) => {
+                            a.voter_in += m.voter_in;
+                            a.learner_in += m.learner_in;
+                            a.addr = a.addr.or(m.addr);
+                        }
+                        None => all.push(m),
+                    }
+                }
+            }
+            other => return simple(out, &other, false),
+        }
+    }
+    all.sort_by_key(|m| m.node);
+    for m in all {
+        let addr = m.addr.map_or("-".to_string(), |a| a.to_string());
+        out.extend_from_slice(
+            format!(
+                "MEMBER {} {addr} voter {} learner {}\r\n",
+                m.node, m.voter_in, m.learner_in
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"END\r\n");
 }
 
 fn render_stats(shard: &Shard, results: Vec<OpResult>, now: u32, out: &mut Vec<u8>) {

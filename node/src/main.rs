@@ -1,5 +1,5 @@
 //! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH] [--cores LIST]
-//! [--node-id N --peers 1=IP:PORT,2=IP:PORT,...]`
+//! [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,10 @@ struct Args {
     /// separated, this one included.
     #[arg(long)]
     peers: Option<String>,
+    /// Overrides node.join: a new data file starts with no members, waiting to be added to a
+    /// running cluster (`member_add` on any member).
+    #[arg(long)]
+    join: bool,
     /// Prints the effective profile (after overrides) and exits.
     #[arg(long)]
     print_profile: bool,
@@ -55,6 +59,9 @@ fn main() -> ExitCode {
     }
     if let Some(id) = args.node_id {
         p.node.id = id;
+    }
+    if args.join {
+        p.node.join = true;
     }
     if let Some(peers) = args.peers {
         p.node.peers = parse_peers(&peers);

@@ -238,8 +238,17 @@ async fn run_shard(
     );
     engine.resume_pending_flush();
 
-    let peers = p.peer_map()?;
-    let voters: Vec<u64> = if peers.is_empty() {
+    let mut peers = p.peer_map()?;
+    if !peers.is_empty() {
+        // Members added at run time, remembered by the checkpoint; `--peers` wins for the
+        // nodes it names (an operator may have moved one).
+        for (node, addr) in &ckpt.peers {
+            peers.entry(*node).or_insert(*addr);
+        }
+    }
+    let voters: Vec<u64> = if p.node.join {
+        Vec::new()
+    } else if peers.is_empty() {
         vec![p.node.id]
     } else {
         peers.keys().copied().collect()
@@ -255,6 +264,8 @@ async fn run_shard(
         request_timeout: Duration::from_millis(p.raft.request_timeout_ms),
         entries_per_ready_bytes_max: 4 << 20,
         compact_lag_entries: p.raft.compact_lag_entries,
+        shards: n as u32,
+        peer_addr: peers.get(&p.node.id).copied(),
     };
     let partitions: Vec<u64> = (0..p.node.partitions as u64)
         .filter(|q| q % n as u64 == id as u64)

@@ -30,7 +30,7 @@ use cache::Cache;
 use format::Kind;
 use index::{absolute_exptime, Index, IndexEntry, STALE, WIN_SENT};
 use log::{LogConfig, LogError, NewRecord, ValueLog};
-pub use ops::{Item, Op, OpResult, StoreMode};
+pub use ops::{Item, Member, MemberChange, Op, OpResult, StoreMode};
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -241,6 +241,9 @@ impl<D: Device + 'static> Engine<D> {
             Op::Touch { key, exptime } => self.touch(&key, exptime, now),
             Op::FlushAll { delay } => self.flush_all(delay, stamp),
             Op::Stats => Pending::Ready(OpResult::Stats(self.stat_values())),
+            Op::Member(_) | Op::Members => {
+                Pending::Ready(OpResult::ServerError("not an engine op".into()))
+            }
         }
     }
 

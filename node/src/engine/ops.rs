@@ -56,6 +56,34 @@ pub enum Op {
         delay: i64,
     },
     Stats,
+    /// A membership change of every partition: an admin command for Raft, never an engine op.
+    Member(MemberChange),
+    /// This node's view of every partition's members (an admin command, never an engine op).
+    Members,
+}
+
+/// A replica added or removed, one at a time, in every partition (learner first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    /// The node joins as a learner: it gets the log (or a snapshot) but does not vote.
+    /// `addr` is its peer address (shard 0's peer port).
+    AddLearner {
+        node: u64,
+        addr: std::net::SocketAddr,
+    },
+    /// A learner that has caught up becomes a voter.
+    Promote { node: u64 },
+    /// The node leaves every partition (leadership moves off it first).
+    Remove { node: u64 },
+}
+
+/// One node in `members`: in how many of the answering node's partitions it votes or learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub node: u64,
+    pub addr: Option<std::net::SocketAddr>,
+    pub voter_in: u32,
+    pub learner_in: u32,
 }
 
 impl Op {
@@ -66,7 +94,7 @@ impl Op {
             | Op::Delete { key, .. }
             | Op::Arith { key, .. }
             | Op::Touch { key, .. } => Some(key),
-            Op::FlushAll { .. } | Op::Stats => None,
+            Op::FlushAll { .. } | Op::Stats | Op::Member(_) | Op::Members => None,
         }
     }
 }
@@ -106,6 +134,7 @@ pub enum OpResult {
     /// A delta on a value that would not fit in 64 bits (ma J/D parsing is the parser's).
     Ok,
     Stats(Vec<(&'static str, u64)>),
+    Members(Vec<Member>),
     TooLarge,
     /// Out of space or a poisoned log: the text follows "SERVER_ERROR ".
     ServerError(String),

@@ -251,6 +251,20 @@ pub enum Request<'a> {
     },
     Quit,
     Meta(MetaRequest<'a>),
+    /// Keel's own admin commands for replica membership (not memcached's).
+    Member(MemberCmd),
+}
+
+/// `member_add <id> <ip:port>`, `member_promote <id>`, `member_remove <id>`, `members`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberCmd {
+    Add {
+        node: u64,
+        addr: std::net::SocketAddr,
+    },
+    Promote(u64),
+    Remove(u64),
+    List,
 }
 
 /// The meta commands Keel serves. `me` (meta debug) is not supported and answers `ERROR`.
@@ -448,6 +462,9 @@ fn dispatch<'a>(
         b"flush_all" => want((2..=4).contains(&nt)),
         b"verbosity" => want(nt == 3 || nt == 4),
         b"version" | b"quit" | b"stats" => None,
+        b"member_add" => want(nt == 4),
+        b"member_promote" | b"member_remove" => want(nt == 3),
+        b"members" => want(nt == 2),
         _ => Some(invalid(ClientError::Error, line_next, false)),
     };
     if let Some(err) = err {
@@ -549,6 +566,26 @@ fn dispatch<'a>(
             let group = (nt > 2).then(|| toks.get(1));
             let args = toks.toks[..nt - 1].iter().skip(2).copied().collect();
             done(Request::Stats { group, args }, line_next)
+        }
+        b"member_add" | b"member_promote" | b"member_remove" | b"members" => {
+            let node = std::str::from_utf8(toks.get(1))
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|&n| n > 0);
+            let cmd = match (cmd, node) {
+                (b"members", _) => Some(MemberCmd::List),
+                (b"member_add", Some(node)) => std::str::from_utf8(toks.get(2))
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .map(|addr| MemberCmd::Add { node, addr }),
+                (b"member_promote", Some(node)) => Some(MemberCmd::Promote(node)),
+                (b"member_remove", Some(node)) => Some(MemberCmd::Remove(node)),
+                _ => None,
+            };
+            match cmd {
+                Some(c) => done(Request::Member(c), line_next),
+                None => invalid(ClientError::BadCommandLineFormat, line_next, false),
+            }
         }
         _ => unreachable!("command filtered above"),
     }

@@ -699,6 +699,29 @@ fn table() -> Vec<(&'static [u8], Want)> {
                 args: keys(&[b"on"]),
             }),
         ),
+        // --- Keel's membership admin commands ---
+        (
+            b"member_add 4 127.0.0.1:7401\r\n",
+            ok(Request::Member(MemberCmd::Add {
+                node: 4,
+                addr: "127.0.0.1:7401".parse().unwrap(),
+            })),
+        ),
+        (
+            b"member_promote 4\r\n",
+            ok(Request::Member(MemberCmd::Promote(4))),
+        ),
+        (
+            b"member_remove 2\r\n",
+            ok(Request::Member(MemberCmd::Remove(2))),
+        ),
+        (b"members\r\n", ok(Request::Member(MemberCmd::List))),
+        (b"member_add 4\r\n", e(E::Error)),
+        (b"member_add 4 nowhere\r\n", e(E::BadCommandLineFormat)),
+        (b"member_add 0 127.0.0.1:1\r\n", e(E::BadCommandLineFormat)),
+        (b"member_promote x\r\n", e(E::BadCommandLineFormat)),
+        (b"member_remove 1 2\r\n", e(E::Error)),
+        (b"members all\r\n", e(E::Error)),
         // --- over-long lines: memcached closes, silently, a buffer of more than 2048 bytes
         // without a newline, unless it is a get/gets line. ---
         (leak(rep(b"a", 2048)), Want::Incomplete),

@@ -1,5 +1,6 @@
-//! Engine checkpoints: the value-log seq through which the engine is synced, and each Raft
-//! group's applied index at that point. Recovery rebuilds the engine as of the checkpoint
+//! Engine checkpoints: the value-log seq through which the engine is synced, each Raft
+//! group's applied index at that point, and the peer address of every node this node knows
+//! (members added at run time are not in `--peers`). Recovery rebuilds the engine as of the checkpoint
 //! (ignoring later value-log records) and the Raft log replays from each applied index; the Raft
 //! log drops entries a checkpoint covers.
 //!
@@ -10,21 +11,25 @@
 //!  8  u64 generation  +1 per checkpoint; the valid slot with the highest one wins
 //! 16  u64 value_seq   value-log records up to this seq are part of the checkpoint
 //! 24  u32 groups      n
-//! 28  u32 crc32c      over bytes [0, 28) and [32, 32 + 24 n)
+//! 28  u32 crc32c      over bytes [0, 28) and [32, end)
 //! 32  n x (u64 group, u64 applied index, u64 term of that entry)
+//!     u32 peers m, then m x (u64 node, u8 length, that many bytes of "IP:PORT")   (= end)
 //! ```
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use keel_nvme::{align_up, Device, IoError, Region};
 
-pub const CKPT_MAGIC: u64 = u64::from_le_bytes(*b"KEELCKP1");
+pub const CKPT_MAGIC: u64 = u64::from_le_bytes(*b"KEELCKP2");
 /// One slot; holds 5,460 groups per shard.
 pub const SLOT_BYTES: u64 = 128 << 10;
 /// Both slots.
 pub const AREA_BYTES: u64 = 2 * SLOT_BYTES;
-pub const GROUPS_MAX: usize = (SLOT_BYTES as usize - 32) / GROUP_BYTES;
+pub const GROUPS_MAX: usize = (SLOT_BYTES as usize - 32 - PEERS_BYTES_MAX) / GROUP_BYTES;
 const GROUP_BYTES: usize = 24;
+/// Room kept for the peer list: 512 nodes with the longest IPv6 socket address.
+const PEERS_BYTES_MAX: usize = 4 + 512 * (9 + 47);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -32,17 +37,31 @@ pub struct Checkpoint {
     pub value_seq: u64,
     /// group -> (applied index, its term)
     pub applied: BTreeMap<u64, (u64, u64)>,
+    /// node -> where its shard 0 accepts peers
+    pub peers: BTreeMap<u64, SocketAddr>,
 }
 
-fn crc(b: &[u8], n: usize) -> u32 {
+fn crc(b: &[u8], end: usize) -> u32 {
     let c = crc32c::crc32c(&b[..28]);
-    crc32c::crc32c_append(c, &b[32..32 + GROUP_BYTES * n])
+    crc32c::crc32c_append(c, &b[32..end])
 }
 
 pub fn encode(c: &Checkpoint) -> Vec<u8> {
     assert!(c.applied.len() <= GROUPS_MAX);
     let n = c.applied.len();
-    let mut b = vec![0u8; align_up((32 + GROUP_BYTES * n) as u64) as usize];
+    let mut peers = (c.peers.len() as u32).to_le_bytes().to_vec();
+    for (node, addr) in &c.peers {
+        let a = addr.to_string();
+        peers.extend_from_slice(&node.to_le_bytes());
+        peers.push(a.len() as u8);
+        peers.extend_from_slice(a.as_bytes());
+    }
+    assert!(
+        peers.len() <= PEERS_BYTES_MAX,
+        "too many peers for a checkpoint slot"
+    );
+    let end = 32 + GROUP_BYTES * n + peers.len();
+    let mut b = vec![0u8; align_up(end as u64) as usize];
     b[0..8].copy_from_slice(&CKPT_MAGIC.to_le_bytes());
     b[8..16].copy_from_slice(&c.generation.to_le_bytes());
     b[16..24].copy_from_slice(&c.value_seq.to_le_bytes());
@@ -53,9 +72,28 @@ pub fn encode(c: &Checkpoint) -> Vec<u8> {
         b[at + 8..at + 16].copy_from_slice(&a.to_le_bytes());
         b[at + 16..at + 24].copy_from_slice(&t.to_le_bytes());
     }
-    let sum = crc(&b, n);
+    b[end - peers.len()..end].copy_from_slice(&peers);
+    let sum = crc(&b, end);
     b[28..32].copy_from_slice(&sum.to_le_bytes());
     b
+}
+
+/// The peer list at `at`: the map and the end offset, or None if it does not fit in `b`.
+fn decode_peers(b: &[u8], mut at: usize) -> Option<(BTreeMap<u64, SocketAddr>, usize)> {
+    let m = u32::from_le_bytes(b.get(at..at + 4)?.try_into().unwrap()) as usize;
+    at += 4;
+    let mut peers = BTreeMap::new();
+    for _ in 0..m.min(PEERS_BYTES_MAX) {
+        let node = u64::from_le_bytes(b.get(at..at + 8)?.try_into().unwrap());
+        let len = *b.get(at + 8)? as usize;
+        let addr = std::str::from_utf8(b.get(at + 9..at + 9 + len)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        peers.insert(node, addr);
+        at += 9 + len;
+    }
+    Some((peers, at))
 }
 
 /// `None` for a blank, torn or damaged slot.
@@ -68,10 +106,13 @@ pub fn decode(b: &[u8]) -> Option<Checkpoint> {
     if n > GROUPS_MAX || b.len() < 32 + GROUP_BYTES * n {
         return None;
     }
-    if crc(b, n) != u32::from_le_bytes(b[28..32].try_into().unwrap()) {
+    // A damaged peer count or length only decides which bytes the CRC covers; it fails then.
+    let (peers, end) = decode_peers(b, 32 + GROUP_BYTES * n)?;
+    if crc(b, end) != u32::from_le_bytes(b[28..32].try_into().unwrap()) {
         return None;
     }
     Some(Checkpoint {
+        peers,
         generation: u64_at(8),
         value_seq: u64_at(16),
         applied: (0..n)
@@ -121,10 +162,18 @@ mod tests {
             applied: [(0, (10, 2)), (2, (99, 3)), (64, (1, 1))]
                 .into_iter()
                 .collect(),
+            peers: [
+                (1, "127.0.0.1:7101".parse().unwrap()),
+                (4, "[::1]:7401".parse().unwrap()),
+            ]
+            .into_iter()
+            .collect(),
         };
         let b = encode(&c);
         assert_eq!(decode(&b), Some(c));
-        for bit in 0..(32 + GROUP_BYTES * 3) * 8 {
+        let end = 32 + GROUP_BYTES * 3 + 4 + 9 + 14 + 9 + 10;
+        assert!(b[end..].iter().all(|&x| x == 0), "peers end where expected");
+        for bit in 0..end * 8 {
             let mut bad = b.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(decode(&bad), None, "bit {bit}");

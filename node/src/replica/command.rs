@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{Item, Op, OpResult, StoreMode};
+use crate::engine::{Item, MemberChange, Op, OpResult, StoreMode};
 
 /// Why bytes could not be decoded (a damaged entry or a peer speaking another version).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -196,6 +196,25 @@ fn put_op(w: &mut W, op: &Op) {
             w.i64(*delay);
         }
         Op::Stats => w.u8(7),
+        Op::Member(c) => {
+            w.u8(8);
+            match c {
+                MemberChange::AddLearner { node, addr } => {
+                    w.u8(1);
+                    w.u64(*node);
+                    w.bytes(addr.to_string().as_bytes());
+                }
+                MemberChange::Promote { node } => {
+                    w.u8(2);
+                    w.u64(*node);
+                }
+                MemberChange::Remove { node } => {
+                    w.u8(3);
+                    w.u64(*node);
+                }
+            }
+        }
+        Op::Members => w.u8(9),
     }
 }
 
@@ -246,6 +265,19 @@ fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
         },
         6 => Op::FlushAll { delay: r.i64()? },
         7 => Op::Stats,
+        8 => Op::Member(match r.u8()? {
+            1 => MemberChange::AddLearner {
+                node: r.u64()?,
+                addr: std::str::from_utf8(&r.bytes()?)
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| r.err("bad peer address"))?,
+            },
+            2 => MemberChange::Promote { node: r.u64()? },
+            3 => MemberChange::Remove { node: r.u64()? },
+            _ => return Err(r.err("unknown membership change")),
+        }),
+        9 => Op::Members,
         _ => return Err(r.err("unknown op")),
     })
 }
@@ -270,24 +302,27 @@ pub fn decode_entry(b: &[u8]) -> Result<(u32, Op), DecodeError> {
     Ok((now, op))
 }
 
-/// A request forwarded to the leader: (id, hops, now, op).
-pub fn encode_forward(id: u64, hops: u8, now: u32, op: &Op) -> Vec<u8> {
+/// A request forwarded to the leader of `partition`: (id, hops, now, partition, op). The
+/// partition travels because keyless ops (flush_all, membership changes) go to one group each.
+pub fn encode_forward(id: u64, hops: u8, now: u32, partition: u64, op: &Op) -> Vec<u8> {
     let mut w = W::default();
     w.u64(id);
     w.u8(hops);
     w.u32(now);
+    w.u64(partition);
     put_op(&mut w, op);
     w.0
 }
 
-pub fn decode_forward(b: &[u8]) -> Result<(u64, u8, u32, Op), DecodeError> {
+pub fn decode_forward(b: &[u8]) -> Result<(u64, u8, u32, u64, Op), DecodeError> {
     let mut r = R { b, what: "forward" };
     let id = r.u64()?;
     let hops = r.u8()?;
     let now = r.u32()?;
+    let partition = r.u64()?;
     let op = get_op(&mut r)?;
     r.end()?;
-    Ok((id, hops, now, op))
+    Ok((id, hops, now, partition, op))
 }
 
 fn put_item(w: &mut W, i: &Item) {
@@ -346,9 +381,9 @@ pub fn encode_reply(id: u64, r: &OpResult) -> Vec<u8> {
             w.u8(13);
             w.bytes(m.as_bytes());
         }
-        OpResult::Stats(_) => {
+        OpResult::Stats(_) | OpResult::Members(_) => {
             w.u8(13);
-            w.bytes(b"stats are not forwarded");
+            w.bytes(b"stats and members are not forwarded");
         }
     }
     w.0
@@ -419,6 +454,12 @@ mod tests {
                 exptime: 100,
             },
             Op::FlushAll { delay: 0 },
+            Op::Member(MemberChange::AddLearner {
+                node: 4,
+                addr: "127.0.0.1:7401".parse().unwrap(),
+            }),
+            Op::Member(MemberChange::Promote { node: 4 }),
+            Op::Member(MemberChange::Remove { node: 2 }),
         ]
     }
 
@@ -441,10 +482,13 @@ mod tests {
     #[test]
     fn forwards_and_replies_round_trip() {
         for op in ops() {
-            let b = encode_forward(42, 1, 7, &op);
-            let (id, hops, now, back) = decode_forward(&b).unwrap();
-            assert_eq!((id, hops, now), (42, 1, 7));
+            let b = encode_forward(42, 1, 7, 63, &op);
+            let (id, hops, now, p, back) = decode_forward(&b).unwrap();
+            assert_eq!((id, hops, now, p), (42, 1, 7, 63));
             assert_eq!(format!("{back:?}"), format!("{op:?}"));
+            for cut in 0..b.len() {
+                assert!(decode_forward(&b[..cut]).is_err(), "{op:?} cut at {cut}");
+            }
         }
         let item = Item {
             flags: 1,

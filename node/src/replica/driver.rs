@@ -198,6 +198,11 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
             // Covered by an installed snapshot.
             continue;
         }
+        if e.get_entry_type() == EntryType::EntryConfChange {
+            let res = super::membership::apply_conf_change(r, g, &e);
+            applied(r, g, &e, Some(res));
+            continue;
+        }
         match start_entry(r, p, &e) {
             None | Some(Pending::Ready(_)) if e.data.is_empty() => applied(r, g, &e, None),
             None => applied(r, g, &e, None),
@@ -347,7 +352,8 @@ async fn checkpoint_once(
         .iter()
         .map(|(&p, g)| (p, (g.applied, g.applied_term)))
         .collect();
-    if value_seq == last.value_seq && applied == last.applied {
+    let peers = r.peer_book();
+    if value_seq == last.value_seq && applied == last.applied && peers == last.peers {
         return Ok(last);
     }
     r.engine
@@ -365,6 +371,7 @@ async fn checkpoint_once(
         generation: last.generation + 1,
         value_seq,
         applied,
+        peers,
     };
     checkpoint::store(area, &c)
         .await
@@ -380,7 +387,7 @@ async fn checkpoint_once(
     for (&p, g) in groups.iter() {
         let applied = c.applied[&p].0;
         let mut upto = applied;
-        if r.settings.voters.len() > 1 {
+        if g.raw.raft.prs().iter().count() > 1 {
             let margin = applied.saturating_sub(r.settings.compact_lag_entries);
             if g.raw.raft.state == StateRole::Leader {
                 for (_, pr) in g.raw.raft.prs().iter() {

@@ -24,12 +24,13 @@
 //! A clean shutdown first hands the groups this node leads to other nodes
 //! ([`Replicas::transfer_leaderships`]).
 //!
-//! Not built yet: membership changes (learner first, then promotion); placement is static
-//! (every node replicates every partition).
+//! Replicas are added and removed one at a time, learner first ([membership]). Placement is
+//! static: every member replicates every partition.
 
 pub mod checkpoint;
 pub mod command;
 pub mod driver;
+pub mod membership;
 pub mod snapshot;
 
 use std::cell::{Cell, RefCell};
@@ -66,8 +67,13 @@ pub fn cas_of(partition: u64, index: u64) -> u64 {
 
 pub struct RaftSettings {
     pub node_id: u64,
-    /// Voters of every group (all nodes: placement is static for now).
+    /// Voters of every group this node creates (all nodes: placement is static for now);
+    /// empty for a node that joins a running cluster.
     pub voters: Vec<u64>,
+    /// Where this node's shard 0 accepts peers (None: a single node without peers).
+    pub peer_addr: Option<std::net::SocketAddr>,
+    /// Shards per node (shard s of every node listens on peer port + s).
+    pub shards: u32,
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
@@ -198,13 +204,30 @@ impl Replicas {
                     voters: settings.voters.clone(),
                     ..Default::default()
                 };
-                log.create_group(p, cs)
-                    .map_err(|e| format!("raftlog: cannot create group {p}: {e}"))?;
+                let create = |e| format!("raftlog: cannot create group {p}: {e}");
+                log.create_group(p, cs.clone()).map_err(create)?;
+                if !cs.voters.is_empty() {
+                    let mut meta = SnapshotMetadata {
+                        index: membership::BOOTSTRAP_INDEX,
+                        term: membership::BOOTSTRAP_TERM,
+                        ..Default::default()
+                    };
+                    meta.set_conf_state(cs);
+                    log.apply_snapshot(p, &meta).map_err(create)?;
+                }
             }
             let storage = log
                 .storage(p)
                 .map_err(|e| format!("raftlog: group {p}: {e}"))?;
-            let (applied, applied_term) = applied.get(&p).copied().unwrap_or((0, 0));
+            let (mut applied, mut applied_term) = applied.get(&p).copied().unwrap_or((0, 0));
+            if applied < membership::BOOTSTRAP_INDEX
+                && raft::Storage::first_index(&storage) == Ok(membership::BOOTSTRAP_INDEX + 1)
+                && raft::Storage::term(&storage, membership::BOOTSTRAP_INDEX)
+                    == Ok(membership::BOOTSTRAP_TERM)
+            {
+                // Created, not checkpointed yet: the bootstrap configuration is all there is.
+                (applied, applied_term) = (membership::BOOTSTRAP_INDEX, membership::BOOTSTRAP_TERM);
+            }
             check_applied(&log, &storage, p, applied, applied_term)?;
             let cfg = raft::Config {
                 id: settings.node_id,
@@ -327,7 +350,7 @@ impl Replicas {
             });
         }
         let mut snap = Snapshot::default();
-        snap.set_data(snapshot::encode(&items).into());
+        snap.set_data(snapshot::encode(&self.peer_book(), &items).into());
         let mut meta = SnapshotMetadata {
             index,
             term,
@@ -344,7 +367,7 @@ impl Replicas {
     /// it still leads.
     pub async fn transfer_leaderships(&self, timeout: Duration) -> usize {
         let me = self.settings.node_id;
-        if self.settings.voters.len() < 2 {
+        if self.transport.borrow().is_none() {
             return 0;
         }
         let deadline = Instant::now() + timeout;
@@ -352,15 +375,7 @@ impl Replicas {
             if g.raw.raft.state != StateRole::Leader {
                 continue;
             }
-            let to = g
-                .raw
-                .raft
-                .prs()
-                .iter()
-                .filter(|(&id, _)| id != me)
-                .max_by_key(|(_, pr)| pr.matched)
-                .map(|(&id, _)| id);
-            if let Some(to) = to {
+            if let Some(to) = membership::best_voter(g, me) {
                 g.raw.transfer_leader(to);
             }
         }
@@ -394,10 +409,16 @@ impl Replicas {
             self.wake.notify();
             return;
         }
-        let items = match snapshot::decode(msg.get_snapshot().get_data()) {
-            Ok(items) => items,
+        let (peers, items) = match snapshot::decode(msg.get_snapshot().get_data()) {
+            Ok(d) => d,
             Err(_) => return self.bad_payload(),
         };
+        let known = self.peer_book();
+        for (node, addr) in peers {
+            if !known.contains_key(&node) {
+                self.learn_peer(node, addr);
+            }
+        }
         let now = crate::engine::Engine::<UringDevice>::now();
         if self.engine.install_partition(p, &items, now).is_err() {
             // Out of space or poisoned: leave the group as it is; the leader retries.
@@ -437,24 +458,22 @@ impl Replicas {
 
     /// Starts a client op of this shard. flush_all goes to every group of the shard.
     pub fn submit(self: &Rc<Self>, op: Op, now: u32) -> Pending {
-        self.submit_hops(op, now, 0)
-    }
-
-    fn submit_hops(self: &Rc<Self>, op: Op, now: u32, hops: u8) -> Pending {
         let Some(p) = self.partition_of(&op) else {
             return match op {
-                Op::FlushAll { delay } => self.flush_all(delay, now, hops),
+                Op::FlushAll { delay } => self.flush_all(delay, now),
+                Op::Member(c) => self.member_change(c, now),
+                Op::Members => Pending::Ready(OpResult::Members(self.members())),
                 _ => Pending::Ready(err("op without a key reached Raft")),
             };
         };
-        self.submit_to(p, op, now, hops)
+        self.submit_to(p, op, now, 0)
     }
 
-    fn flush_all(self: &Rc<Self>, delay: i64, now: u32, hops: u8) -> Pending {
+    fn flush_all(self: &Rc<Self>, delay: i64, now: u32) -> Pending {
         let parts: Vec<u64> = self.groups.borrow().keys().copied().collect();
         let pending: Vec<Pending> = parts
             .into_iter()
-            .map(|p| self.submit_to(p, Op::FlushAll { delay }, now, hops))
+            .map(|p| self.submit_to(p, Op::FlushAll { delay }, now, 0))
             .collect();
         Pending::Later(Box::pin(async move {
             let mut out = OpResult::Ok;
@@ -481,9 +500,12 @@ impl Replicas {
             }
             drop(groups);
             if leader != 0 && leader != me && hops < FORWARD_HOPS_MAX {
-                return self.forward(leader, op, now, hops);
+                return self.forward(leader, p, op, now, hops);
             }
-            return self.wait_for_leader(op, now, hops);
+            return self.wait_for_leader(p, op, now, hops);
+        }
+        if let Op::Member(c) = &op {
+            return self.propose_member(g, c);
         }
         if is_read(&op) {
             let index = g.raw.raft.raft_log.last_index();
@@ -522,29 +544,25 @@ impl Replicas {
 
     /// No leader known (an election is running): retry each tick until one is, up to the
     /// request timeout.
-    fn wait_for_leader(self: &Rc<Self>, op: Op, now: u32, hops: u8) -> Pending {
+    fn wait_for_leader(self: &Rc<Self>, p: u64, op: Op, now: u32, hops: u8) -> Pending {
         let this = self.clone();
         let deadline = Instant::now() + self.settings.request_timeout;
         Pending::Later(Box::pin(async move {
-            let p = this.partition_of(&op);
             while Instant::now() < deadline {
                 glommio::timer::sleep(this.settings.tick).await;
-                let known = p.is_none_or(|p| {
-                    this.groups.borrow().get(&p).is_some_and(|g| {
-                        let l = g.raw.raft.leader_id;
-                        l != 0
-                            && (l != this.settings.node_id || g.raw.raft.state == StateRole::Leader)
-                    })
+                let known = this.groups.borrow().get(&p).is_some_and(|g| {
+                    let l = g.raw.raft.leader_id;
+                    l != 0 && (l != this.settings.node_id || g.raw.raft.state == StateRole::Leader)
                 });
                 if known {
-                    return crate::engine::resolve(this.submit_hops(op, now, hops)).await;
+                    return crate::engine::resolve(this.submit_to(p, op, now, hops)).await;
                 }
             }
             err("no leader for this key's partition (is a majority of nodes up?)")
         }))
     }
 
-    fn forward(self: &Rc<Self>, leader: u64, op: Op, now: u32, hops: u8) -> Pending {
+    fn forward(self: &Rc<Self>, leader: u64, p: u64, op: Op, now: u32, hops: u8) -> Pending {
         let Some(t) = self.transport.borrow().clone() else {
             return Pending::Ready(err("no transport to reach the leader"));
         };
@@ -553,7 +571,7 @@ impl Replicas {
         let (tx, rx) = oneshot::channel();
         self.forwards.borrow_mut().insert(id, tx);
         let mut payload = vec![KIND_FORWARD];
-        payload.extend(command::encode_forward(id, hops + 1, now, &op));
+        payload.extend(command::encode_forward(id, hops + 1, now, p, &op));
         t.send(leader, self.shard, payload);
         self.stats.forwarded.set(self.stats.forwarded.get() + 1);
         let this = self.clone();
@@ -602,12 +620,12 @@ impl Replicas {
                 self.wake.notify();
             }
             KIND_FORWARD => {
-                let Ok((id, hops, now, op)) = command::decode_forward(body) else {
+                let Ok((id, hops, now, p, op)) = command::decode_forward(body) else {
                     return self.bad_payload();
                 };
                 let from = m.from_node;
                 let this = self.clone();
-                let pending = self.submit_hops(op, now, hops);
+                let pending = self.submit_to(p, op, now, hops);
                 glommio::spawn_local(async move {
                     let r = crate::engine::resolve(pending).await;
                     let mut payload = vec![KIND_REPLY];

@@ -13,21 +13,33 @@
 //! raftlog. A crash between the checkpoint and that persistence is repaired at start-up (the
 //! checkpoint is ahead of the raftlog: the raftlog is reset to the checkpoint's index and term).
 //!
-//! Data layout: u8 version, u32 item count, then per item: u32 key length, key, u32 flags,
-//! u32 exptime, u64 cas, u8 bits, u32 value length, value (little-endian).
+//! Data layout: u8 version, u32 peer count, then per peer: u64 node, u8 length, "IP:PORT" (the
+//! leader's address book, so a replica that missed a `member_add` learns where the new member
+//! is); u32 item count, then per item: u32 key length, key, u32 flags, u32 exptime, u64 cas,
+//! u8 bits, u32 value length, value (little-endian).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use crate::engine::SnapshotItem;
 
 use super::command::DecodeError;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Bytes of snapshot data per transport frame.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-pub fn encode(items: &[SnapshotItem]) -> Vec<u8> {
+pub fn encode(peers: &BTreeMap<u64, SocketAddr>, items: &[SnapshotItem]) -> Vec<u8> {
     let size: usize = items.iter().map(|i| 25 + i.key.len() + i.value.len()).sum();
-    let mut b = Vec::with_capacity(5 + size);
+    let mut b = Vec::with_capacity(9 + 64 * peers.len() + size);
     b.push(VERSION);
+    b.extend_from_slice(&(peers.len() as u32).to_le_bytes());
+    for (node, addr) in peers {
+        let a = addr.to_string();
+        b.extend_from_slice(&node.to_le_bytes());
+        b.push(a.len() as u8);
+        b.extend_from_slice(a.as_bytes());
+    }
     b.extend_from_slice(&(items.len() as u32).to_le_bytes());
     for i in items {
         b.extend_from_slice(&(i.key.len() as u32).to_le_bytes());
@@ -42,7 +54,9 @@ pub fn encode(items: &[SnapshotItem]) -> Vec<u8> {
     b
 }
 
-pub fn decode(b: &[u8]) -> Result<Vec<SnapshotItem>, DecodeError> {
+pub type Decoded = (BTreeMap<u64, SocketAddr>, Vec<SnapshotItem>);
+
+pub fn decode(b: &[u8]) -> Result<Decoded, DecodeError> {
     let bad = |why| DecodeError {
         what: "snapshot",
         why,
@@ -55,6 +69,17 @@ pub fn decode(b: &[u8]) -> Result<Vec<SnapshotItem>, DecodeError> {
     };
     if take(1)?[0] != VERSION {
         return Err(bad("unknown version"));
+    }
+    let m = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+    let mut peers = BTreeMap::new();
+    for _ in 0..m {
+        let node = u64::from_le_bytes(take(8)?.try_into().unwrap());
+        let len = take(1)?[0] as usize;
+        let addr = std::str::from_utf8(take(len)?)
+            .ok()
+            .and_then(|a| a.parse().ok())
+            .ok_or(bad("bad peer address"))?;
+        peers.insert(node, addr);
     }
     let n = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
     let mut items = Vec::with_capacity(n.min(1 << 20));
@@ -79,7 +104,7 @@ pub fn decode(b: &[u8]) -> Result<Vec<SnapshotItem>, DecodeError> {
     if at != b.len() {
         return Err(bad("trailing bytes"));
     }
-    Ok(items)
+    Ok((peers, items))
 }
 
 /// A chunk frame's body: (group, snapshot index, chunk number, chunk count, bytes).
@@ -165,12 +190,24 @@ mod tests {
                 value: vec![],
             },
         ];
-        let b = encode(&items);
-        assert_eq!(decode(&b).unwrap(), items);
+        let peers: BTreeMap<u64, SocketAddr> = [
+            (1, "127.0.0.1:7101".parse().unwrap()),
+            (4, "[::1]:7401".parse().unwrap()),
+        ]
+        .into_iter()
+        .collect();
+        let b = encode(&peers, &items);
+        assert_eq!(decode(&b).unwrap(), (peers.clone(), items));
         for cut in 0..b.len() {
             assert!(decode(&b[..cut]).is_err(), "cut at {cut}");
         }
-        assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+        let mut long = b.clone();
+        long.push(0);
+        assert!(decode(&long).is_err());
+        assert_eq!(
+            decode(&encode(&BTreeMap::new(), &[])).unwrap(),
+            (BTreeMap::new(), vec![])
+        );
     }
 
     #[test]

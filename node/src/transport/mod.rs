@@ -189,6 +189,8 @@ struct Dest {
 
 struct Inner {
     cfg: TransportConfig,
+    /// `cfg.peers`, plus nodes learned later (a replica added by a membership change).
+    peers: RefCell<HashMap<u64, Vec<SocketAddr>>>,
     local_addr: SocketAddr,
     on_frame: Rc<dyn Fn(Inbound)>,
     stats: StatCells,
@@ -238,6 +240,7 @@ impl Transport {
             h.finish()
         };
         let inner = Rc::new(Inner {
+            peers: RefCell::new(cfg.peers.clone()),
             cfg,
             local_addr,
             on_frame,
@@ -301,6 +304,17 @@ impl Transport {
         self.inner.stats.snapshot()
     }
 
+    /// Adds a peer node (its shards' addresses), or readdresses one not yet sent to. A node
+    /// already sent to keeps its connection's address until this transport restarts.
+    pub fn set_peer(&self, node: u64, addrs: Vec<SocketAddr>) {
+        self.inner.peers.borrow_mut().insert(node, addrs);
+    }
+
+    /// Every peer node and its shards' addresses.
+    pub fn peers(&self) -> HashMap<u64, Vec<SocketAddr>> {
+        self.inner.peers.borrow().clone()
+    }
+
     /// Test instrument only: a seeded fault plan applied in `send` (and to frames received from
     /// partitioned nodes). `None` = no faults, the default; the shipped binary never sets one.
     pub fn set_faults(&self, plan: Option<FaultPlan>) {
@@ -324,7 +338,7 @@ impl Inner {
         if let Some(d) = self.dests.borrow().get(&(node, shard)) {
             return Some(d.clone());
         }
-        let addr = *self.cfg.peers.get(&node)?.get(shard as usize)?;
+        let addr = *self.peers.borrow().get(&node)?.get(shard as usize)?;
         let dest = Rc::new(Dest {
             node,
             shard,
