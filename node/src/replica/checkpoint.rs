@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use keel_nvme::{align_up, Device, IoError, Region};
 
 pub const CKPT_MAGIC: u64 = u64::from_le_bytes(*b"KEELCKP2");
-/// One slot; holds 5,460 groups per shard.
+/// One slot; holds 4,265 groups per shard and 512 peers.
 pub const SLOT_BYTES: u64 = 128 << 10;
 /// Both slots.
 pub const AREA_BYTES: u64 = 2 * SLOT_BYTES;
