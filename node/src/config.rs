@@ -79,6 +79,7 @@ pub struct RaftSection {
     pub stale_reads: bool,
     pub request_timeout_ms: u64,
     pub compact_lag_entries: u64,
+    pub snapshot_inflight_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -314,6 +315,12 @@ impl Profile {
                 "must be at least one election timeout (raft.tick_ms x raft.election_ticks)",
             ));
         }
+        between(
+            "raft.snapshot_inflight_bytes",
+            r.snapshot_inflight_bytes,
+            1 << 20,
+            48 << 20,
+        )?;
         self.peer_map()?;
         let g = &self.gc;
         if !(0.0..=0.95).contains(&g.live_ratio_min) {
@@ -488,6 +495,18 @@ mod tests {
             .validate()
             .unwrap_err()
             .starts_with("node.partitions = 3: must be a power of two"));
+        let mut p = dev();
+        p.raft.snapshot_inflight_bytes = 64 << 20;
+        assert_eq!(
+            p.validate().unwrap_err(),
+            "raft.snapshot_inflight_bytes = 67108864: must be between 1048576 and 50331648"
+        );
+        let mut p = dev();
+        p.node.join = true;
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .starts_with("node.join = true: a node joins a cluster through its peers"));
         let mut p = dev();
         p.io.backend = "spdk".into();
         assert!(p

@@ -264,6 +264,7 @@ async fn run_shard(
         request_timeout: Duration::from_millis(p.raft.request_timeout_ms),
         entries_per_ready_bytes_max: 4 << 20,
         compact_lag_entries: p.raft.compact_lag_entries,
+        snapshot_inflight_bytes: p.raft.snapshot_inflight_bytes,
         shards: n as u32,
         peer_addr: peers.get(&p.node.id).copied(),
     };

@@ -116,10 +116,14 @@ def cluster(_tmp_root):
 @pytest.fixture
 def compacting_cluster(_tmp_root):
     """Checkpoints every 100 ms and keeps only 5 entries for lagging peers: a node that misses
-    a few dozen writes per partition can only catch up from snapshots."""
+    a few dozen writes per partition can only catch up from snapshots. A snapshot stream waits
+    whenever 1 MiB is queued for its peer (one chunk), so multi-chunk snapshots are paced."""
     if not IS_KEEL:
         pytest.skip("keel only")
-    nodes = _start_cluster(_tmp_root, {"checkpoint_interval_ms": 100, "compact_lag_entries": 5})
+    nodes = _start_cluster(
+        _tmp_root,
+        {"checkpoint_interval_ms": 100, "compact_lag_entries": 5, "snapshot_inflight_bytes": 1 << 20},
+    )
     yield nodes
     _stop_cluster(nodes)
 
@@ -288,6 +292,8 @@ def test_node_behind_the_compacted_log_catches_up_from_snapshots(compacting_clus
     _retry_set(c[0], b"first-after-kill", b"x")
     _wait_leaders(c[:2])
     during = _items("missed", 3000)  # ~47 entries per partition, far past the 5 kept
+    # 60 MiB of large values: many partitions' snapshots take several 1 MiB chunks.
+    during.update({b"big-%d" % i: bytes([65 + i % 26]) * (600 << 10) for i in range(100)})
     _set_many(c[0], during)
     # Leaders compact at their next checkpoint (one is taken when state changed): wait for one
     # on each live node that starts after the writes.
@@ -303,6 +309,7 @@ def test_node_behind_the_compacted_log_catches_up_from_snapshots(compacting_clus
     assert _stat(c[2], "keel_raft_snapshots_installed") > 0, "caught up without a snapshot?"
     sent = sum(_stat(n, "keel_raft_snapshots_sent") for n in c[:2])
     assert sent > 0
+    assert sum(_stat(n, "keel_raft_snapshot_pauses") for n in c[:2]) > 0, "no snapshot was paced"
     _check_all(c[2], {**before, **during})
     # It keeps replicating normally after the install.
     after = _items("after", 100)

@@ -72,7 +72,7 @@ fn process(r: &Rc<Replicas>) -> Result<(), String> {
         while g.unpersisted.front().is_some_and(|u| u.lsn <= durable) {
             let u = g.unpersisted.pop_front().expect("checked");
             g.raw.on_persist_ready(u.number);
-            let _ = r.send_raft(p, u.messages);
+            r.send_raft(p, u.messages);
         }
         let mut rounds = 0;
         while g.raw.has_ready() && rounds < READY_ROUNDS_MAX {
@@ -93,7 +93,7 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
     let p = g.partition;
     let mut rd = g.raw.ready();
     // A leader sends its appends before persisting them (Raft thesis 10.2.1).
-    let snapshots_to = r.send_raft(p, rd.take_messages());
+    r.send_raft(p, rd.take_messages());
     let mut lsn = None;
     if !rd.snapshot().is_empty() {
         // The engine installed it and checkpointed before raft-rs saw it (install_snapshot);
@@ -127,11 +127,6 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
     let messages = rd.take_persisted_messages();
     let number = rd.number();
     g.raw.advance_append_async(rd);
-    for to in snapshots_to {
-        // Sent (queued in order on the connection): if it is lost, the follower's next
-        // rejection makes raft-rs send another.
-        g.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
-    }
     match lsn {
         Some(lsn) => g.unpersisted.push_back(Unpersisted {
             lsn,
@@ -140,7 +135,7 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
         }),
         None if g.unpersisted.is_empty() => {
             g.raw.on_persist_ready(number);
-            let _ = r.send_raft(p, messages);
+            r.send_raft(p, messages);
         }
         // Readies are persisted in order: this one completes with the ones before it.
         None => g.unpersisted.push_back(Unpersisted {

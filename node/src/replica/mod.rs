@@ -55,6 +55,9 @@ const KIND_FORWARD: u8 = 2;
 const KIND_REPLY: u8 = 3;
 const KIND_SNAP_CHUNK: u8 = 4;
 
+/// How often a paused snapshot stream looks at its peer's queue again.
+const SNAPSHOT_PACE: Duration = Duration::from_millis(2);
+
 /// A forwarded request may be forwarded once more (the leader moved meanwhile), not more.
 const FORWARD_HOPS_MAX: u8 = 2;
 
@@ -84,6 +87,8 @@ pub struct RaftSettings {
     pub entries_per_ready_bytes_max: u64,
     /// Entries kept behind the applied index for peers that lag; further behind: a snapshot.
     pub compact_lag_entries: u64,
+    /// A snapshot stream sends its next chunk only while fewer bytes wait for the peer.
+    pub snapshot_inflight_bytes: usize,
 }
 
 struct Proposal {
@@ -140,6 +145,8 @@ pub struct RaftStats {
     pub snapshots_built: Cell<u64>,
     pub snapshots_sent: Cell<u64>,
     pub snapshots_installed: Cell<u64>,
+    /// 2 ms waits of snapshot streams for their peer's queue to drain.
+    pub snapshot_pauses: Cell<u64>,
 }
 
 pub struct Replicas {
@@ -666,55 +673,75 @@ impl Replicas {
             .set(self.stats.bad_payloads.get() + 1);
     }
 
-    /// Sends raft-rs messages of group `p`. Returns the peers a snapshot went to (the caller
-    /// reports them to raft-rs once the Ready is advanced).
-    pub fn send_raft(&self, p: u64, msgs: Vec<Message>) -> Vec<u64> {
-        let mut snapshots_to = Vec::new();
+    /// Sends raft-rs messages of group `p`. A snapshot is streamed by a task of its own.
+    pub fn send_raft(self: &Rc<Self>, p: u64, msgs: Vec<Message>) {
         if msgs.is_empty() {
-            return snapshots_to;
+            return;
         }
-        let t = self.transport.borrow();
-        let Some(t) = t.as_ref() else {
+        let Some(t) = self.transport.borrow().clone() else {
             // A single node: raft-rs has no one to send to.
-            return snapshots_to;
+            return;
         };
-        for mut m in msgs {
+        for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                // The data goes ahead in chunk frames on the same connection; the message
-                // itself carries the metadata.
-                let data = m.mut_snapshot().take_data();
-                let index = m.get_snapshot().get_metadata().index;
-                let chunks: Vec<&[u8]> = if data.is_empty() {
-                    vec![&[][..]]
-                } else {
-                    data.chunks(snapshot::CHUNK_BYTES).collect()
-                };
-                for (no, c) in chunks.iter().enumerate() {
-                    let mut payload = vec![KIND_SNAP_CHUNK];
-                    payload.extend(snapshot::encode_chunk(
-                        p,
-                        index,
-                        no as u32,
-                        chunks.len() as u32,
-                        c,
-                    ));
-                    t.send(m.to, self.shard, payload);
-                }
                 self.built.borrow_mut().remove(&p);
-                self.stats
-                    .snapshots_sent
-                    .set(self.stats.snapshots_sent.get() + 1);
-                snapshots_to.push(m.to);
-            }
-            let mut payload = Vec::with_capacity(9 + protobuf::Message::compute_size(&m) as usize);
-            payload.push(KIND_RAFT);
-            payload.extend_from_slice(&p.to_le_bytes());
-            if protobuf::Message::write_to_vec(&m, &mut payload).is_err() {
+                let (this, t) = (self.clone(), t.clone());
+                glommio::spawn_local(async move { this.stream_snapshot(&t, p, m).await }).detach();
                 continue;
             }
+            t.send(m.to, self.shard, raft_payload(p, &m));
+        }
+    }
+
+    /// Sends a snapshot's data as chunk frames ahead of the MsgSnapshot (which then carries only
+    /// the metadata) on the same connection, each chunk once the queue to that peer is below
+    /// `raft.snapshot_inflight_bytes`, so a partition of any size fits through the bounded queue;
+    /// then tells raft-rs it went out (until then raft-rs sends that peer nothing else).
+    async fn stream_snapshot(self: Rc<Self>, t: &Transport, p: u64, mut m: Message) {
+        // Spawned from inside the driver, which holds the groups: let it finish first.
+        futures_lite::future::yield_now().await;
+        let data = m.mut_snapshot().take_data();
+        let index = m.get_snapshot().get_metadata().index;
+        let chunks: Vec<&[u8]> = if data.is_empty() {
+            vec![&[][..]]
+        } else {
+            data.chunks(snapshot::CHUNK_BYTES).collect()
+        };
+        let mut status = raft::SnapshotStatus::Finish;
+        'chunks: for (no, c) in chunks.iter().enumerate() {
+            let mut stalled = Duration::ZERO;
+            while t.queued_bytes(m.to, self.shard) >= self.settings.snapshot_inflight_bytes {
+                self.stats
+                    .snapshot_pauses
+                    .set(self.stats.snapshot_pauses.get() + 1);
+                if stalled >= self.settings.request_timeout {
+                    // The peer takes nothing (down or cut off): raft-rs retries later.
+                    status = raft::SnapshotStatus::Failure;
+                    break 'chunks;
+                }
+                glommio::timer::sleep(SNAPSHOT_PACE).await;
+                stalled += SNAPSHOT_PACE;
+            }
+            let mut payload = vec![KIND_SNAP_CHUNK];
+            payload.extend(snapshot::encode_chunk(
+                p,
+                index,
+                no as u32,
+                chunks.len() as u32,
+                c,
+            ));
             t.send(m.to, self.shard, payload);
         }
-        snapshots_to
+        if status == raft::SnapshotStatus::Finish {
+            t.send(m.to, self.shard, raft_payload(p, &m));
+            self.stats
+                .snapshots_sent
+                .set(self.stats.snapshots_sent.get() + 1);
+        }
+        if let Some(g) = self.groups.borrow_mut().get_mut(&p) {
+            g.raw.report_snapshot(m.to, status);
+        }
+        self.wake.notify();
     }
 
     pub fn stat_values(&self) -> Vec<(&'static str, u64)> {
@@ -754,6 +781,7 @@ impl Replicas {
             ("keel_raft_snapshots_built", s.snapshots_built.get()),
             ("keel_raft_snapshots_sent", s.snapshots_sent.get()),
             ("keel_raft_snapshots_installed", s.snapshots_installed.get()),
+            ("keel_raft_snapshot_pauses", s.snapshot_pauses.get()),
             ("keel_raftlog_flushes", l.flushes),
             ("keel_raftlog_bytes_written", l.bytes_written),
             ("keel_raftlog_durable_lsn", self.log.durable_lsn()),
@@ -825,6 +853,15 @@ fn check_applied(
             .map_err(|e| format!("group {p}: raftlog: {e}"))?;
     }
     Ok(())
+}
+
+/// A raft-rs message as a transport payload: kind, group, protobuf.
+fn raft_payload(p: u64, m: &Message) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(9 + protobuf::Message::compute_size(m) as usize);
+    payload.push(KIND_RAFT);
+    payload.extend_from_slice(&p.to_le_bytes());
+    protobuf::Message::write_to_vec(m, &mut payload).expect("a raft-rs message encodes");
+    payload
 }
 
 fn later(rx: oneshot::Receiver<OpResult>) -> Pending {

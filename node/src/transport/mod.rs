@@ -310,6 +310,16 @@ impl Transport {
         self.inner.peers.borrow_mut().insert(node, addrs);
     }
 
+    /// Payload plus header bytes waiting to be written to shard `to_shard` of `to_node` (a
+    /// sender of bulk data paces itself on this rather than overflowing the queue).
+    pub fn queued_bytes(&self, to_node: u64, to_shard: u32) -> usize {
+        self.inner
+            .dests
+            .borrow()
+            .get(&(to_node, to_shard))
+            .map_or(0, |d| d.queued_bytes.get())
+    }
+
     /// Every peer node and its shards' addresses.
     pub fn peers(&self) -> HashMap<u64, Vec<SocketAddr>> {
         self.inner.peers.borrow().clone()
