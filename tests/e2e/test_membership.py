@@ -160,3 +160,37 @@ def test_a_node_without_peers_cannot_change_members(keel_node):
     )
     # Its own partitions list it as their only voter.
     assert _members(keel_node) == {1: (PARTITIONS, 0)}
+
+
+def test_a_node_with_another_core_count_is_reported(_tmp_root):
+    """Partitions map to shards by the core count, so every node must run the same number of
+    cores; a node that does not gets messages for partitions its shards do not own, and says
+    so in its log and in `keel_raft_misrouted` instead of silently never electing a leader."""
+    ports = [_free_port_pair() for _ in range(2)]
+    peers = ",".join(f"{i + 1}={HOST}:{p}" for i, p in enumerate(ports))
+    nodes = [
+        ClusterNode(Path(tempfile.mkdtemp(prefix=f"keel-e2e-cores{i + 1}-", dir=_tmp_root)), i + 1, peers)
+        for i in range(2)
+    ]
+    one_core = nodes[1].command
+
+    def command() -> list[str]:
+        cmd = one_core()
+        cmd[cmd.index("--cores") + 1] = "0"
+        return cmd
+
+    nodes[1].command = command
+    try:
+        for n in nodes:
+            n.start()
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+        while True:
+            with nodes[0].connect() as c:
+                if int(c.stats()["keel_raft_misrouted"]) > 0:
+                    break
+            assert time.monotonic() < deadline, "no misrouted message reported"
+            time.sleep(0.1)  # bounded poll of an observable counter
+        assert "every node must run the same number of cores" in nodes[0].log_text()
+    finally:
+        for n in nodes:
+            n.stop()

@@ -147,6 +147,8 @@ pub struct RaftStats {
     pub snapshots_installed: Cell<u64>,
     /// 2 ms waits of snapshot streams for their peer's queue to drain.
     pub snapshot_pauses: Cell<u64>,
+    /// Messages of a partition this shard does not own (nodes with different core counts).
+    pub misrouted: Cell<u64>,
 }
 
 pub struct Replicas {
@@ -620,9 +622,12 @@ impl Replicas {
                     msg.mut_snapshot().set_data(data.into());
                     return self.install_snapshot(p, msg);
                 }
-                if let Some(g) = self.groups.borrow_mut().get_mut(&p) {
+                match self.groups.borrow_mut().get_mut(&p) {
                     // Stale or misdirected messages are refused by raft-rs itself.
-                    let _ = g.raw.step(msg);
+                    Some(g) => {
+                        let _ = g.raw.step(msg);
+                    }
+                    None => return self.misrouted(m.from_node, p),
                 }
                 self.wake.notify();
             }
@@ -664,6 +669,21 @@ impl Replicas {
                 }
             }
             _ => self.bad_payload(),
+        }
+    }
+
+    /// A peer sent a message of partition `p`, which this shard does not own: the nodes map
+    /// partitions to shards differently, which happens when they run different numbers of
+    /// cores. Said once per shard; counted always.
+    fn misrouted(&self, from: u64, p: u64) {
+        let n = self.stats.misrouted.get();
+        self.stats.misrouted.set(n + 1);
+        if n == 0 {
+            eprintln!(
+                "keel-node: shard {}: node {from} sent a message of partition {p}, which this \
+                 shard does not own: every node must run the same number of cores (node.cores)",
+                self.shard
+            );
         }
     }
 
@@ -782,6 +802,7 @@ impl Replicas {
             ("keel_raft_snapshots_sent", s.snapshots_sent.get()),
             ("keel_raft_snapshots_installed", s.snapshots_installed.get()),
             ("keel_raft_snapshot_pauses", s.snapshot_pauses.get()),
+            ("keel_raft_misrouted", s.misrouted.get()),
             ("keel_raftlog_flushes", l.flushes),
             ("keel_raftlog_bytes_written", l.bytes_written),
             ("keel_raftlog_durable_lsn", self.log.durable_lsn()),
