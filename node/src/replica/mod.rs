@@ -373,12 +373,9 @@ impl Replicas {
     /// Hands every group this node leads to its most up-to-date follower (raft-rs leader
     /// transfer, Raft thesis 3.10) and waits, at most `timeout`, until it leads none: before a
     /// clean shutdown, so clients do not wait out an election timeout. Returns how many groups
-    /// it still leads.
+    /// it still leads that have another voter.
     pub async fn transfer_leaderships(&self, timeout: Duration) -> usize {
         let me = self.settings.node_id;
-        if self.transport.borrow().is_none() {
-            return 0;
-        }
         let deadline = Instant::now() + timeout;
         for g in self.groups.borrow_mut().values_mut() {
             if g.raw.raft.state != StateRole::Leader {
@@ -394,7 +391,9 @@ impl Replicas {
                 .groups
                 .borrow()
                 .values()
-                .filter(|g| g.raw.raft.state == StateRole::Leader)
+                .filter(|g| {
+                    g.raw.raft.state == StateRole::Leader && membership::best_voter(g, me).is_some()
+                })
                 .count();
             if leading == 0 || Instant::now() >= deadline {
                 return leading;
