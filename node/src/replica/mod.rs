@@ -284,7 +284,7 @@ impl Replicas {
             wake: Signal::default(),
             durable_wait: Cell::new(0),
             forwards: RefCell::new(HashMap::new()),
-            next_forward: Cell::new(0),
+            next_forward: Cell::new(forward_ids_start()),
             stats: RaftStats::default(),
             built: RefCell::new(HashMap::new()),
             building: RefCell::new(HashSet::new()),
@@ -507,8 +507,13 @@ impl Replicas {
                 return self.engine.start(op, Stamp::read(now));
             }
             drop(groups);
-            if leader != 0 && leader != me && hops < FORWARD_HOPS_MAX {
-                return self.forward(leader, p, op, now, hops);
+            if leader != 0 && leader != me {
+                if hops < FORWARD_HOPS_MAX {
+                    return self.forward(leader, p, op, now, hops);
+                }
+                return Pending::Ready(err(
+                    "the leader moved while the request was forwarded; retry",
+                ));
             }
             return self.wait_for_leader(p, op, now, hops);
         }
@@ -556,8 +561,9 @@ impl Replicas {
         let this = self.clone();
         let deadline = Instant::now() + self.settings.request_timeout;
         Pending::Later(Box::pin(async move {
+            // Looks first, then each tick: the requests of a pipeline are polled one after
+            // another, and those behind the first must not each sleep a tick more.
             while Instant::now() < deadline {
-                glommio::timer::sleep(this.settings.tick).await;
                 let known = this.groups.borrow().get(&p).is_some_and(|g| {
                     let l = g.raw.raft.leader_id;
                     l != 0 && (l != this.settings.node_id || g.raw.raft.state == StateRole::Leader)
@@ -565,6 +571,7 @@ impl Replicas {
                 if known {
                     return crate::engine::resolve(this.submit_to(p, op, now, hops)).await;
                 }
+                glommio::timer::sleep(this.settings.tick).await;
             }
             err("no leader for this key's partition (is a majority of nodes up?)")
         }))
@@ -575,7 +582,7 @@ impl Replicas {
             return Pending::Ready(err("no transport to reach the leader"));
         };
         let id = self.next_forward.get();
-        self.next_forward.set(id + 1);
+        self.next_forward.set(id.wrapping_add(1));
         let (tx, rx) = oneshot::channel();
         self.forwards.borrow_mut().insert(id, tx);
         let mut payload = vec![KIND_FORWARD];
@@ -873,6 +880,20 @@ fn check_applied(
             .map_err(|e| format!("group {p}: raftlog: {e}"))?;
     }
     Ok(())
+}
+
+/// Where this process starts numbering its forwarded requests: random, so a reply the leader
+/// sends for a request of this node's previous run (a forward in flight at a crash) cannot be
+/// taken for a new request that happens to reuse its number.
+fn forward_ids_start() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// A raft-rs message as a transport payload: kind, group, protobuf.
