@@ -65,6 +65,16 @@ const READY_ROUNDS_MAX: usize = 4;
 /// One pass over every group: persisted readies, new readies, applies, waiting reads.
 fn process(r: &Rc<Replicas>) -> Result<(), String> {
     let durable = r.log.durable_lsn();
+    // A Ready taken must be persisted, and an append into a raftlog with no free segment left
+    // may fail: with none free, readies wait (raft-rs keeps their entries in memory, and no
+    // acknowledgement goes out for them) until a checkpoint compacts the log and wakes us.
+    let room = r.log.stats().segments_free > 0;
+    if !room {
+        r.stats
+            .log_full_stalls
+            .set(r.stats.log_full_stalls.get() + 1);
+        r.checkpoint_now.set(true);
+    }
     let parts: Vec<u64> = r.groups.borrow().keys().copied().collect();
     for p in parts {
         let mut groups = r.groups.borrow_mut();
@@ -75,11 +85,11 @@ fn process(r: &Rc<Replicas>) -> Result<(), String> {
             r.send_raft(p, u.messages);
         }
         let mut rounds = 0;
-        while g.raw.has_ready() && rounds < READY_ROUNDS_MAX {
+        while room && g.raw.has_ready() && rounds < READY_ROUNDS_MAX {
             rounds += 1;
             handle_ready(r, g)?;
         }
-        if g.raw.has_ready() {
+        if room && g.raw.has_ready() {
             // More next pass, after the other groups had theirs.
             r.wake.notify();
         }
@@ -291,16 +301,25 @@ pub async fn run_checkpoints(
     mut last: Checkpoint,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let mut due = Instant::now() + r.settings.checkpoint_interval;
+    let mut last_at = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let now = Instant::now();
+        // A raftlog more than half full frees space sooner (each checkpoint compacts).
+        let interval = match raftlog_tight(&r) {
+            true => r
+                .settings
+                .checkpoint_interval
+                .min(TIGHT_CHECKPOINT_INTERVAL),
+            false => r.settings.checkpoint_interval,
+        };
+        let due = last_at + interval;
         if !stopping && now < due && !r.checkpoint_now.get() {
-            // Short naps so a shutdown is noticed quickly.
+            // Short naps so a shutdown or a filling raftlog is noticed quickly.
             glommio::timer::sleep((due - now).min(STOP_POLL)).await;
             continue;
         }
-        due = now + r.settings.checkpoint_interval;
+        last_at = now;
         if stopping {
             let still = r.transfer_leaderships(LEADER_TRANSFER_TIMEOUT).await;
             if still > 0 {
@@ -331,6 +350,16 @@ const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often the checkpoint task looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// The checkpoint interval while the raftlog is more than half full.
+const TIGHT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// More than half the raftlog's segments are in use: checkpoints come more often and keep no
+/// entries for lagging peers (they catch up from snapshots), so the log cannot fill up.
+fn raftlog_tight(r: &Replicas) -> bool {
+    let s = r.log.stats();
+    s.segments_free * 2 < s.segments_in_use + s.segments_free
+}
 
 async fn checkpoint_once(
     r: &Rc<Replicas>,
@@ -379,10 +408,11 @@ async fn checkpoint_once(
     // within that margin, a follower (which may lead later) keeps the margin. A peer further
     // behind catches up from a snapshot.
     let groups = r.groups.borrow();
+    let tight = raftlog_tight(r);
     for (&p, g) in groups.iter() {
         let applied = c.applied[&p].0;
         let mut upto = applied;
-        if g.raw.raft.prs().iter().count() > 1 {
+        if g.raw.raft.prs().iter().count() > 1 && !tight {
             let margin = applied.saturating_sub(r.settings.compact_lag_entries);
             if g.raw.raft.state == StateRole::Leader {
                 for (_, pr) in g.raw.raft.prs().iter() {
@@ -403,5 +433,7 @@ async fn checkpoint_once(
                 .map_err(|e| format!("checkpoint: raftlog compaction of group {p}: {e}"))?;
         }
     }
+    // Readies may be waiting for the space this freed.
+    r.wake.notify();
     Ok(c)
 }

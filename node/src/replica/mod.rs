@@ -55,6 +55,10 @@ const KIND_FORWARD: u8 = 2;
 const KIND_REPLY: u8 = 3;
 const KIND_SNAP_CHUNK: u8 = 4;
 
+/// A leader refuses new writes while fewer raftlog segments than this are free: what is already
+/// proposed, and its followers' copies, still fit.
+const RAFTLOG_FREE_SEGMENTS_MIN: usize = 2;
+
 /// How often a paused snapshot stream looks at its peer's queue again.
 const SNAPSHOT_PACE: Duration = Duration::from_millis(2);
 
@@ -149,6 +153,10 @@ pub struct RaftStats {
     pub snapshot_pauses: Cell<u64>,
     /// Messages of a partition this shard does not own (nodes with different core counts).
     pub misrouted: Cell<u64>,
+    /// Writes refused because the raftlog had too few free segments.
+    pub log_full: Cell<u64>,
+    /// Driver passes that left readies waiting because the raftlog had no free segment.
+    pub log_full_stalls: Cell<u64>,
 }
 
 pub struct Replicas {
@@ -540,6 +548,11 @@ impl Replicas {
             self.wake.notify();
             return later(rx);
         }
+        if self.log.stats().segments_free < RAFTLOG_FREE_SEGMENTS_MIN {
+            // Checkpoints compact it within ~100 ms; until then new writes wait outside.
+            self.stats.log_full.set(self.stats.log_full.get() + 1);
+            return Pending::Ready(err("the Raft log is full until the next checkpoint; retry"));
+        }
         let data = command::encode_entry(now, &op);
         if let Err(e) = g.raw.propose(vec![], data) {
             return Pending::Ready(err(&format!("proposal refused: {e}")));
@@ -809,6 +822,8 @@ impl Replicas {
             ("keel_raft_snapshots_installed", s.snapshots_installed.get()),
             ("keel_raft_snapshot_pauses", s.snapshot_pauses.get()),
             ("keel_raft_misrouted", s.misrouted.get()),
+            ("keel_raft_log_full_refusals", s.log_full.get()),
+            ("keel_raft_log_full_stalls", s.log_full_stalls.get()),
             ("keel_raftlog_flushes", l.flushes),
             ("keel_raftlog_bytes_written", l.bytes_written),
             ("keel_raftlog_durable_lsn", self.log.durable_lsn()),
