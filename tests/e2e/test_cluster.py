@@ -83,16 +83,36 @@ class ClusterNode(Server):
         self.proc.send_signal(signal.SIGCONT)
 
 
-def _start_cluster(tmp_root: Path, raft_overrides: dict | None = None) -> list[ClusterNode]:
-    ports = [_free_port_pair() for _ in range(3)]
-    peers = ",".join(f"{i + 1}={HOST}:{p}" for i, p in enumerate(ports))
+def _peer_ports() -> dict[int, int]:
+    """Node id -> the peer port of its shard 0, for nodes 1, 2 and 3."""
+    return {i: _free_port_pair() for i in (1, 2, 3)}
+
+
+def _new_cluster(
+    tmp_root: Path, raft_overrides: dict | None = None, peers: dict[int, str] | None = None
+) -> list[ClusterNode]:
+    """Three nodes, not started. `peers` gives each node's --peers (default: every node at its
+    own peer port, the same list for all)."""
+    if peers is None:
+        direct = ",".join(f"{i}={HOST}:{p}" for i, p in _peer_ports().items())
+        peers = {i: direct for i in (1, 2, 3)}
     nodes = []
-    for i in range(3):
-        wd = Path(tempfile.mkdtemp(prefix=f"keel-e2e-node{i + 1}-", dir=tmp_root))
-        nodes.append(ClusterNode(wd, i + 1, peers, raft_overrides))
+    for i in (1, 2, 3):
+        wd = Path(tempfile.mkdtemp(prefix=f"keel-e2e-node{i}-", dir=tmp_root))
+        nodes.append(ClusterNode(wd, i, peers[i], raft_overrides))
+    return nodes
+
+
+def _start_nodes(nodes: list[ClusterNode]) -> None:
+    """Starts every node and waits until every partition has a leader."""
     for n in nodes:
         n.start()
     _wait_leaders(nodes)
+
+
+def _start_cluster(tmp_root: Path, raft_overrides: dict | None = None) -> list[ClusterNode]:
+    nodes = _new_cluster(tmp_root, raft_overrides)
+    _start_nodes(nodes)
     return nodes
 
 
