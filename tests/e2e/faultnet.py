@@ -48,9 +48,10 @@ DELAYED_BYTES_MAX = 16 << 20
 # A frame held back for reordering goes out after the next frame, or after this long.
 REORDER_HOLD_S = 0.2
 CONNECT_TIMEOUT_S = 2.0
-# A write the receiving node does not take within this long closes the pipe (the sender then
-# reconnects), so a stopped node cannot make the proxy buffer without bound.
-WRITE_TIMEOUT_S = 5.0
+# Bounds the wait for a hello, for the rest of a frame whose header came, and for the receiving
+# node to take a write; past it the pipe closes (the sender reconnects), so a stopped node cannot
+# make the proxy buffer without bound.
+IO_TIMEOUT_S = 5.0
 # A pipe with no frame for this long is closed; the sender reconnects when it next sends.
 IDLE_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -76,7 +77,7 @@ class Plan:
             p = getattr(self, name)
             assert 0.0 <= p <= 1.0, f"{name} = {p}: must be a probability"
         lo, hi = self.delay_ms
-        assert 0.0 <= lo <= hi <= 10_000, f"delay_ms = {self.delay_ms}: must be 0 <= lo <= hi <= 10 s"
+        assert 0.0 <= lo <= hi <= 10_000, f"delay_ms = {self.delay_ms}: need 0 <= lo <= hi <= 10000"
 
 
 CLEAN = Plan()
@@ -225,7 +226,9 @@ class FaultNet:
                 s.close()
             raise
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"faultnet-{seed}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"faultnet-{seed}", daemon=True
+        )
         self._thread.start()
         self._stopped = False
         listening = asyncio.run_coroutine_threadsafe(self._listen(socks), self._loop)
@@ -332,12 +335,13 @@ class FaultNet:
         counters = self._counters[link]
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                up_reader, up_writer = await asyncio.open_connection(HOST, self.node_ports[b] + to_shard)
+                up = await asyncio.open_connection(HOST, self.node_ports[b] + to_shard)
         except (OSError, TimeoutError):
             # The receiving node is down: refuse, as it would, so the sender backs off.
             with self._lock:
                 counters.refused += 1
             return
+        up_reader, up_writer = up
         pipe = _Pipe(asyncio.get_running_loop(), up_writer)
         self._pipes.add(pipe)
         # The receiving node never writes; its end closing (a crash) ends the pipe.
@@ -348,7 +352,7 @@ class FaultNet:
         try:
             with self._lock:
                 counters.connections += 1
-            async with asyncio.timeout(WRITE_TIMEOUT_S):
+            async with asyncio.timeout(IO_TIMEOUT_S):
                 hello = await reader.readexactly(HELLO_BYTES)
             from_node = int.from_bytes(hello[8:16], "little")
             from_shard = int.from_bytes(hello[16:20], "little")
@@ -363,11 +367,11 @@ class FaultNet:
                 async with asyncio.timeout(IDLE_TIMEOUT_S):
                     header = await reader.readexactly(FRAME_HEADER_BYTES)
                 length = int.from_bytes(header[:4], "little")
-                assert length <= FRAME_BYTES_MAX, f"frame length {length}: the proxy lost the framing"
-                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                assert length <= FRAME_BYTES_MAX, f"frame length {length}: framing lost"
+                async with asyncio.timeout(IO_TIMEOUT_S):
                     frame = header + await reader.readexactly(length)
                 self._route(link, pipe, rng, frame)
-                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                async with asyncio.timeout(IO_TIMEOUT_S):
                     await up_writer.drain()
         finally:
             watch.cancel()
@@ -375,7 +379,8 @@ class FaultNet:
             self._pipes.discard(pipe)
 
     async def _watch(self, up_reader: asyncio.StreamReader) -> None:
-        """Returns when the receiving node closes its end (it never sends anything)."""
+        """Returns when the receiving node closes its end (it never sends anything). Runs as long
+        as its pipe: the pipe cancels it when it ends."""
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT_S):

@@ -144,6 +144,22 @@ def _check_reads(node: ClusterNode, acked: dict[bytes, bytes]) -> int:
     return sum(1 for g in got.values() if g != "error")
 
 
+def _check_healed(node: ClusterNode, acked: dict[bytes, bytes]) -> None:
+    """Once the network is clean, every node is up and every partition has a leader, every acked
+    key reads back: an error fails too. One get at a time (a pipeline waiting for leaders meets
+    the known bug in test_cluster.py). A key that fails is read once more, so the report tells a
+    passing failure from a lasting one."""
+    wrong = {}
+    with node.connect(timeout_s=REPLY_TIMEOUT_S) as c:
+        for k, v in acked.items():
+            got = _gets(c, [k])[k]
+            if got != v:
+                wrong[k] = (got, _gets(c, [k])[k])
+    some = sorted(wrong.items())[:5]
+    what = f"{len(wrong)} of {len(acked)} acked keys read wrong (first read, second read)"
+    assert not wrong, f"node {node.node_id}: {what}: {some}"
+
+
 def _check_unknown(node: ClusterNode, unknown: dict[bytes, bytes]) -> None:
     """A write with an unknown outcome left its key absent or holding the one value written."""
     with node.connect(timeout_s=REPLY_TIMEOUT_S) as c:
@@ -303,7 +319,8 @@ def test_random_network_faults_keep_acked_writes_and_converge(start_faulty_clust
         started = time.monotonic()
         # Each step changes the network or the processes (or not), then sends requests through
         # that state. The first step always makes the network lossy, so every seed injects faults.
-        event = "lossy" if step == 0 else rng.choice(["none", "lossy", "partition", "crash", "repair"])
+        events = ["none", "lossy", "partition", "crash", "repair"]
+        event = "lossy" if step == 0 else rng.choice(events)
         if event in ("partition", "crash") and (down is not None or cut):
             event = "repair"
         detail = ""
@@ -365,7 +382,7 @@ def test_random_network_faults_keep_acked_writes_and_converge(start_faulty_clust
         _retry_set(nodes[i % 3], k, v)
     acked.update(final)
     for n in nodes:
-        _check_all(n, acked)
+        _check_healed(n, acked)
     _check_unknown(nodes[0], unknown)
     _wait_converged(nodes)
     print(f"seed {seed}: final checks took {time.monotonic() - started:.1f} s")
