@@ -6,8 +6,9 @@ elect new leaders for its partitions and keep serving; restart it and it catches
 that was acknowledged reads back from every node, and all replicas converge to the same state:
 the `keel_digest` stat (a hash of every item's key, CAS, flags, expiry and length in the node's
 own engine, not forwarded) is equal on the three nodes. The CAS comes from the Raft index that
-wrote the item, so equal digests mean equal data. One test reproduces a known bug (a pipeline
-sent to a node that just started fails with "no leader") and is marked xfail(strict=True).
+wrote the item, so equal digests mean equal data. Two tests reproduce known bugs of the wait for
+a leader (a pipeline sent to a node that just started fails with "no leader"; flush_all without
+a majority never answers) and are marked xfail(strict=True).
 
 Every wait is a bounded retry on an observable event (a reply, equal digests), never a sleep
 standing in for one.
@@ -374,3 +375,33 @@ def test_restarted_node_answers_a_pipeline_once_it_knows_the_leaders(cluster):
     failed = [r for r in replies if r.startswith(b"SERVER_ERROR")]
     assert not failed, f"{len(failed)} of {len(items)} gets failed, e.g. {failed[0]!r}"
     _check_all(cluster[0], items)
+
+
+@pytest.mark.xfail(
+    raises=TimeoutError,
+    strict=True,
+    reason="bug: flush_all waiting for a leader retries as a new flush_all of every partition, "
+    "with a new deadline each time, so it never answers while a majority is down",
+)
+def test_flush_all_without_a_majority_answers_within_the_request_timeout(cluster):
+    """Found while checking the wait for a leader (replica/mod.rs `wait_for_leader`). A request
+    for a partition with no leader retries each tick, until request_timeout_ms (5 s) from when it
+    began. For flush_all, which goes to every partition, the retry resubmits the whole flush_all
+    (`submit_hops` of an op without a key), whose partitions without a leader wait again with a
+    deadline of their own: the client gets no answer for as long as the majority is down, and
+    when it is back the pile of retries proposes the flush again and again (190 890 proposals
+    after 30 s without a majority, in one run)."""
+    _set_many(cluster[0], _items("flushed", 50))
+    cluster[1].kill()
+    cluster[2].kill()
+    # With check_quorum the lone node steps down once it has not heard from a majority for an
+    # election timeout; from then on no partition has a leader.
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while _stat(cluster[0], "keel_raft_leading") > 0:
+        assert time.monotonic() < deadline, "the lone node still leads"
+        time.sleep(0.1)  # bounded poll of an observable counter
+    with cluster[0].connect() as c:
+        c.send(b"flush_all\r\n")
+        # request_timeout_ms, plus room for a busy machine.
+        reply = c.read_line(timeout_s=12)
+    assert reply.startswith(b"SERVER_ERROR"), reply
