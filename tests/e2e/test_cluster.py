@@ -6,7 +6,9 @@ elect new leaders for its partitions and keep serving; restart it and it catches
 that was acknowledged reads back from every node, and all replicas converge to the same state:
 the `keel_digest` stat (a hash of every item's key, CAS, flags, expiry and length in the node's
 own engine, not forwarded) is equal on the three nodes. The CAS comes from the Raft index that
-wrote the item, so equal digests mean equal data.
+wrote the item, so equal digests mean equal data. Two tests guard bugs of the wait for a leader
+that the fault-injecting network found (a pipeline sent to a node that just started failed with
+"no leader"; flush_all without a majority never answered).
 
 Every wait is a bounded retry on an observable event (a reply, equal digests), never a sleep
 standing in for one.
@@ -83,16 +85,36 @@ class ClusterNode(Server):
         self.proc.send_signal(signal.SIGCONT)
 
 
-def _start_cluster(tmp_root: Path, raft_overrides: dict | None = None) -> list[ClusterNode]:
-    ports = [_free_port_pair() for _ in range(3)]
-    peers = ",".join(f"{i + 1}={HOST}:{p}" for i, p in enumerate(ports))
+def _peer_ports() -> dict[int, int]:
+    """Node id -> the peer port of its shard 0, for nodes 1, 2 and 3."""
+    return {i: _free_port_pair() for i in (1, 2, 3)}
+
+
+def _new_cluster(
+    tmp_root: Path, raft_overrides: dict | None = None, peers: dict[int, str] | None = None
+) -> list[ClusterNode]:
+    """Three nodes, not started. `peers` gives each node's --peers (default: every node at its
+    own peer port, the same list for all)."""
+    if peers is None:
+        direct = ",".join(f"{i}={HOST}:{p}" for i, p in _peer_ports().items())
+        peers = {i: direct for i in (1, 2, 3)}
     nodes = []
-    for i in range(3):
-        wd = Path(tempfile.mkdtemp(prefix=f"keel-e2e-node{i + 1}-", dir=tmp_root))
-        nodes.append(ClusterNode(wd, i + 1, peers, raft_overrides))
+    for i in (1, 2, 3):
+        wd = Path(tempfile.mkdtemp(prefix=f"keel-e2e-node{i}-", dir=tmp_root))
+        nodes.append(ClusterNode(wd, i, peers[i], raft_overrides))
+    return nodes
+
+
+def _start_nodes(nodes: list[ClusterNode]) -> None:
+    """Starts every node and waits until every partition has a leader."""
     for n in nodes:
         n.start()
     _wait_leaders(nodes)
+
+
+def _start_cluster(tmp_root: Path, raft_overrides: dict | None = None) -> list[ClusterNode]:
+    nodes = _new_cluster(tmp_root, raft_overrides)
+    _start_nodes(nodes)
     return nodes
 
 
@@ -333,3 +355,48 @@ def test_clean_stop_hands_leadership_over_first(cluster):
     _check_all(cluster[2], after)
     cluster[0].start()
     _wait_converged(cluster)
+
+
+def test_restarted_node_answers_a_pipeline_once_it_knows_the_leaders(cluster):
+    """Found with the fault-injecting network (test_cluster_faults.py). A node that has just
+    started knows no leader yet, so each request of a pipeline parsed then waits for one
+    (replica/mod.rs `wait_for_leader`, deadline request_timeout_ms from the parse). The wait
+    sleeps a tick (100 ms) before it first looks, and the connection polls the requests in order,
+    so the k-th request looks no earlier than k ticks after the parse: past the 50th, requests
+    fail with "no leader for this key's partition" although every partition has had a leader for
+    seconds. After a clean stop the other two lead every partition at once, so no request here
+    has a reason to fail."""
+    items = _items("pipelined", 200)
+    _set_many(cluster[1], items)
+    cluster[0].stop()
+    cluster[0].start()
+    with cluster[0].connect(timeout_s=30) as c:
+        c.send(b"".join(b"get %s\r\nmn\r\n" % k for k in items))
+        replies = [c.read_until(b"MN\r\n", timeout_s=30) for _ in items]
+    failed = [r for r in replies if r.startswith(b"SERVER_ERROR")]
+    assert not failed, f"{len(failed)} of {len(items)} gets failed, e.g. {failed[0]!r}"
+    _check_all(cluster[0], items)
+
+
+def test_flush_all_without_a_majority_answers_within_the_request_timeout(cluster):
+    """Found while checking the wait for a leader (replica/mod.rs `wait_for_leader`). A request
+    for a partition with no leader retries each tick, until request_timeout_ms (5 s) from when it
+    began. For flush_all, which goes to every partition, the retry resubmits the whole flush_all
+    (`submit_hops` of an op without a key), whose partitions without a leader wait again with a
+    deadline of their own: the client gets no answer for as long as the majority is down, and
+    when it is back the pile of retries proposes the flush again and again (190 890 proposals
+    after 30 s without a majority, in one run)."""
+    _set_many(cluster[0], _items("flushed", 50))
+    cluster[1].kill()
+    cluster[2].kill()
+    # With check_quorum the lone node steps down once it has not heard from a majority for an
+    # election timeout; from then on no partition has a leader.
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while _stat(cluster[0], "keel_raft_leading") > 0:
+        assert time.monotonic() < deadline, "the lone node still leads"
+        time.sleep(0.1)  # bounded poll of an observable counter
+    with cluster[0].connect() as c:
+        c.send(b"flush_all\r\n")
+        # request_timeout_ms, plus room for a busy machine.
+        reply = c.read_line(timeout_s=12)
+    assert reply.startswith(b"SERVER_ERROR"), reply

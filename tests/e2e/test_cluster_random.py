@@ -23,8 +23,9 @@ from test_cluster import _check_all, _items, _retry_set, _wait_converged, _wait_
 pytestmark = pytest.mark.keel_only
 
 
-def _seeds() -> list[int]:
-    spec = os.environ.get("KEEL_CLUSTER_SEEDS", "1,2")
+def seeds_from_env(name: str, default: str) -> list[int]:
+    """Seeds from env `name`: a comma-separated list of numbers and ranges like `1-100`."""
+    spec = os.environ.get(name, default)
     out: list[int] = []
     for part in spec.split(","):
         if "-" in part:
@@ -38,7 +39,7 @@ def _seeds() -> list[int]:
 STEPS = int(os.environ.get("KEEL_CLUSTER_STEPS", "12"))
 
 
-@pytest.mark.parametrize("seed", _seeds())
+@pytest.mark.parametrize("seed", seeds_from_env("KEEL_CLUSTER_SEEDS", "1,2"))
 def test_random_faults_keep_acked_writes_and_converge(cluster, seed):
     rng = random.Random(seed)
     acked: dict[bytes, bytes] = {}
