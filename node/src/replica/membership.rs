@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry};
 
-use super::{err, later, Group, Proposal, Replicas};
+use super::{err, Group, Replicas};
 use crate::engine::{Member, MemberChange, Op, OpResult, Pending};
 
 /// The first entry index of a group created with members: its initial configuration is a
@@ -142,15 +142,7 @@ impl Replicas {
         if let Err(e) = g.raw.propose_conf_change(context, cc) {
             return Pending::Ready(err(&format!("membership change refused: {e}")));
         }
-        self.stats.proposals.set(self.stats.proposals.get() + 1);
-        let (tx, rx) = futures::channel::oneshot::channel();
-        g.proposals.push_back(Proposal {
-            index: g.raw.raft.raft_log.last_index(),
-            term: g.raw.raft.term,
-            reply: tx,
-        });
-        self.wake.notify();
-        later(rx)
+        self.track_proposal(g)
     }
 
     /// Every node in a configuration of this shard's partitions, with how many it votes or

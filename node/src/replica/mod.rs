@@ -557,6 +557,12 @@ impl Replicas {
         if let Err(e) = g.raw.propose(vec![], data) {
             return Pending::Ready(err(&format!("proposal refused: {e}")));
         }
+        self.track_proposal(g)
+    }
+
+    /// The entry just proposed in `g` (its last): answered when it is applied at this index
+    /// and term, or failed if another leader's entry takes its place.
+    fn track_proposal(&self, g: &mut Group) -> Pending {
         self.stats.proposals.set(self.stats.proposals.get() + 1);
         let (tx, rx) = oneshot::channel();
         g.proposals.push_back(Proposal {
