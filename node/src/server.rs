@@ -139,6 +139,8 @@ pub fn run(p: Profile) -> Result<(), String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
+    // Held until the process ends: no second node may open this device meanwhile.
+    let _lock = keel_nvme::lock_device(&p.device.path)?;
     let geo = prepare_device(&p)?;
     let n = p.node.cores.len();
     let stop = shutdown_on_signal(n)?;

@@ -12,6 +12,7 @@
 //! SPDK: the `spdk` backend described in DESIGN.md is not built here, because these hosts have no
 //! NVMe controller to hand to SPDK. A second implementation of [`Device`] is where it would go.
 
+mod lock;
 mod preflight;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -20,6 +21,7 @@ mod uring;
 use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
+pub use lock::{lock_device, DeviceLock};
 pub use preflight::{preflight, PreflightError};
 pub use uring::UringDevice;
 

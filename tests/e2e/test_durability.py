@@ -20,8 +20,11 @@ import hashlib
 import mmap
 import os
 import random
+import subprocess
 
 import pytest
+
+from conftest import free_port
 
 pytestmark = pytest.mark.keel_only
 
@@ -290,3 +293,17 @@ def test_restart_after_graceful_stop_keeps_everything(keel_node):
         c.send(b"mg g:ttl t v\r\n")
         line = c.read_line()
         assert line.startswith(b"VA 1 t") and 990 <= int(line.split(b"t")[1]) <= 1000, line
+
+
+def test_a_second_node_on_the_same_data_file_is_refused(keel_node):
+    """Two processes on one data file would write over each other (and SO_REUSEPORT would even
+    let them share the port): the second exits at once, naming the file, and the first is intact."""
+    with keel_node.connect() as c:
+        assert c.set("lock:k", b"v") == b"STORED\r\n"
+    cmd = keel_node.command()
+    cmd[cmd.index("--listen") + 1] = f"127.0.0.1:{free_port()}"
+    second = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert second.returncode == 1, second
+    assert b"is in use by another process" in second.stderr, second.stderr
+    with keel_node.connect() as c:
+        assert c.get("lock:k") == b"v"
