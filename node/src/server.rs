@@ -285,11 +285,6 @@ async fn run_shard(
     .map_err(|e| format!("shard {id}: {e}"))?;
     if !peers.is_empty() {
         let at = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip(), a.port() + id as u16);
-        let shard_addrs = |a: std::net::SocketAddr| {
-            (0..n as u16)
-                .map(|s| std::net::SocketAddr::new(a.ip(), a.port() + s))
-                .collect::<Vec<_>>()
-        };
         let cfg = TransportConfig {
             node_id: p.node.id,
             shard: id as u32,
@@ -297,7 +292,7 @@ async fn run_shard(
             peers: peers
                 .iter()
                 .filter(|(&k, _)| k != p.node.id)
-                .map(|(&k, &a)| (k, shard_addrs(a)))
+                .map(|(&k, &a)| (k, crate::transport::shard_addrs(a, n as u32)))
                 .collect(),
             frame_bytes_max: 2 * p.engine.value_len_max + (1 << 20),
             queue_bytes_max: 64 << 20,

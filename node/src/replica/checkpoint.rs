@@ -49,13 +49,7 @@ fn crc(b: &[u8], end: usize) -> u32 {
 pub fn encode(c: &Checkpoint) -> Vec<u8> {
     assert!(c.applied.len() <= GROUPS_MAX);
     let n = c.applied.len();
-    let mut peers = (c.peers.len() as u32).to_le_bytes().to_vec();
-    for (node, addr) in &c.peers {
-        let a = addr.to_string();
-        peers.extend_from_slice(&node.to_le_bytes());
-        peers.push(a.len() as u8);
-        peers.extend_from_slice(a.as_bytes());
-    }
+    let peers = encode_peers(&c.peers);
     assert!(
         peers.len() <= PEERS_BYTES_MAX,
         "too many peers for a checkpoint slot"
@@ -78,8 +72,21 @@ pub fn encode(c: &Checkpoint) -> Vec<u8> {
     b
 }
 
-/// The peer list at `at`: the map and the end offset, or None if it does not fit in `b`.
-fn decode_peers(b: &[u8], mut at: usize) -> Option<(BTreeMap<u64, SocketAddr>, usize)> {
+/// A peer address book as bytes (checkpoints and snapshots carry it): u32 count, then per
+/// peer u64 node, u8 length, "IP:PORT".
+pub fn encode_peers(peers: &BTreeMap<u64, SocketAddr>) -> Vec<u8> {
+    let mut b = (peers.len() as u32).to_le_bytes().to_vec();
+    for (node, addr) in peers {
+        let a = addr.to_string();
+        b.extend_from_slice(&node.to_le_bytes());
+        b.push(a.len() as u8);
+        b.extend_from_slice(a.as_bytes());
+    }
+    b
+}
+
+/// The address book at `at`: the map and its end offset, or None if it does not fit in `b`.
+pub fn decode_peers(b: &[u8], mut at: usize) -> Option<(BTreeMap<u64, SocketAddr>, usize)> {
     let m = u32::from_le_bytes(b.get(at..at + 4)?.try_into().unwrap()) as usize;
     at += 4;
     let mut peers = BTreeMap::new();

@@ -209,10 +209,10 @@ impl Replicas {
             return;
         }
         if let Some(t) = self.transport.borrow().as_ref() {
-            let addrs = (0..self.settings.shards as u16)
-                .map(|s| SocketAddr::new(addr.ip(), addr.port() + s))
-                .collect();
-            t.set_peer(node, addrs);
+            t.set_peer(
+                node,
+                crate::transport::shard_addrs(addr, self.settings.shards),
+            );
         }
     }
 }

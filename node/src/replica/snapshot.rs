@@ -33,13 +33,7 @@ pub fn encode(peers: &BTreeMap<u64, SocketAddr>, items: &[SnapshotItem]) -> Vec<
     let size: usize = items.iter().map(|i| 25 + i.key.len() + i.value.len()).sum();
     let mut b = Vec::with_capacity(9 + 64 * peers.len() + size);
     b.push(VERSION);
-    b.extend_from_slice(&(peers.len() as u32).to_le_bytes());
-    for (node, addr) in peers {
-        let a = addr.to_string();
-        b.extend_from_slice(&node.to_le_bytes());
-        b.push(a.len() as u8);
-        b.extend_from_slice(a.as_bytes());
-    }
+    b.extend_from_slice(&super::checkpoint::encode_peers(peers));
     b.extend_from_slice(&(items.len() as u32).to_le_bytes());
     for i in items {
         b.extend_from_slice(&(i.key.len() as u32).to_le_bytes());
@@ -61,26 +55,18 @@ pub fn decode(b: &[u8]) -> Result<Decoded, DecodeError> {
         what: "snapshot",
         why,
     };
-    let mut at = 0usize;
+    match b.first() {
+        None => return Err(bad("truncated")),
+        Some(&v) if v != VERSION => return Err(bad("unknown version")),
+        Some(_) => {}
+    }
+    let (peers, mut at) =
+        super::checkpoint::decode_peers(b, 1).ok_or(bad("truncated or bad peer list"))?;
     let mut take = |n: usize| -> Result<&[u8], DecodeError> {
         let s = b.get(at..at + n).ok_or(bad("truncated"))?;
         at += n;
         Ok(s)
     };
-    if take(1)?[0] != VERSION {
-        return Err(bad("unknown version"));
-    }
-    let m = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-    let mut peers = BTreeMap::new();
-    for _ in 0..m {
-        let node = u64::from_le_bytes(take(8)?.try_into().unwrap());
-        let len = take(1)?[0] as usize;
-        let addr = std::str::from_utf8(take(len)?)
-            .ok()
-            .and_then(|a| a.parse().ok())
-            .ok_or(bad("bad peer address"))?;
-        peers.insert(node, addr);
-    }
     let n = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
     let mut items = Vec::with_capacity(n.min(1 << 20));
     for _ in 0..n {

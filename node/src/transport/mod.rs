@@ -38,6 +38,13 @@ use faults::Faults;
 pub use faults::{FaultPlan, Verdict};
 pub use wire::{FRAME_HEADER_BYTES, HELLO_BYTES};
 
+/// The peer addresses of a node's `shards` shards: shard s listens on the port of shard 0 + s.
+pub fn shard_addrs(shard0: SocketAddr, shards: u32) -> Vec<SocketAddr> {
+    (0..shards as u16)
+        .map(|s| SocketAddr::new(shard0.ip(), shard0.port() + s))
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub node_id: u64,
