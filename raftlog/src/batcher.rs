@@ -127,9 +127,19 @@ impl Batcher {
     }
 
     /// When to flush: `None` when nothing is pending, `Some(ZERO)` now, `Some(d)` after `d`.
-    pub fn flush_due(&self, now: Instant) -> Option<Duration> {
+    ///
+    /// `flushes_in_flight` is how many batches are on the device now. With none, whatever is
+    /// pending goes at once: an idle device gains nothing from waiting, and a lone write would
+    /// pay the whole delay for no batching. While batches are in flight the next one fills, and
+    /// goes when `batch_bytes_max` bytes are pending (a further flush beside the others) or its
+    /// oldest record is `flush_delay` old (the longest a record waits behind a slow device), or
+    /// when the flushes in flight complete (the caller asks again then).
+    pub fn flush_due(&self, now: Instant, flushes_in_flight: usize) -> Option<Duration> {
         let oldest = self.oldest_pending?;
-        if !self.sealed.is_empty() || self.pending_bytes >= self.batch_bytes_max {
+        if flushes_in_flight == 0
+            || !self.sealed.is_empty()
+            || self.pending_bytes >= self.batch_bytes_max
+        {
             return Some(Duration::ZERO);
         }
         Some((oldest + self.flush_delay).saturating_duration_since(now))
@@ -208,31 +218,63 @@ mod tests {
     #[test]
     fn nothing_pending_means_no_flush() {
         let b = batcher();
-        assert_eq!(b.flush_due(Instant::now()), None);
+        assert_eq!(b.flush_due(Instant::now(), 0), None);
         let mut b = b;
         assert!(b.take_batch().is_none());
     }
 
     #[test]
-    fn flushes_when_4_kib_are_pending() {
+    fn an_idle_device_takes_a_lone_record_at_once() {
+        let mut b = batcher();
+        let t0 = Instant::now();
+        assert!(b.push(&rec(1, 10), t0), "the first record wakes the flusher");
+        assert_eq!(
+            b.flush_due(t0, 0),
+            Some(Duration::ZERO),
+            "nothing on the device: no reason to wait for more"
+        );
+        assert_eq!(
+            b.flush_due(t0, 1),
+            Some(Duration::from_millis(5)),
+            "behind a flush in flight the record waits for company, 5 ms at most"
+        );
+        let c = b.take_batch().unwrap();
+        assert_eq!(c.end_lsn, 1);
+        // The next record arrives while that batch is on the device: it waits; once the device
+        // is idle again (the flusher asks with 0 in flight) it goes.
+        b.push(&rec(2, 10), t0 + Duration::from_millis(1));
+        assert_eq!(
+            b.flush_due(t0 + Duration::from_millis(2), 1),
+            Some(Duration::from_millis(4))
+        );
+        assert_eq!(
+            b.flush_due(t0 + Duration::from_millis(2), 0),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(b.take_batch().unwrap().end_lsn, 2);
+        assert_eq!(b.flush_due(t0, 0), None, "nothing pending, nothing to flush");
+    }
+
+    #[test]
+    fn while_a_flush_is_in_flight_4_kib_start_another() {
         let mut b = batcher();
         let t0 = Instant::now();
         assert!(b.push(&rec(1, 1000), t0), "first record wakes the flusher");
-        assert_eq!(b.flush_due(t0), Some(Duration::from_millis(5)));
+        assert_eq!(b.flush_due(t0, 1), Some(Duration::from_millis(5)));
         assert!(!b.push(&rec(2, 1000), t0));
         assert!(!b.push(&rec(3, 1000), t0));
-        assert!(b.flush_due(t0).unwrap() > Duration::ZERO);
+        assert!(b.flush_due(t0, 1).unwrap() > Duration::ZERO);
         assert!(
             b.push(&rec(4, 1000), t0),
             "crossing 4 KiB wakes the flusher"
         );
-        assert_eq!(b.flush_due(t0), Some(Duration::ZERO));
+        assert_eq!(b.flush_due(t0, 1), Some(Duration::ZERO));
         let c = b.take_batch().unwrap();
         assert!(c.opens_segment);
         assert_eq!(c.offset, 0);
         assert_eq!(c.end_lsn, 4);
         assert_eq!(c.bytes.len() as u64 % BLOCK_BYTES, 0);
-        assert_eq!(b.flush_due(t0), None);
+        assert_eq!(b.flush_due(t0, 1), None);
         // The next record starts on a fresh block after the padded batch.
         b.push(&rec(5, 10), t0);
         let c2 = b.take_batch().unwrap();
@@ -241,27 +283,27 @@ mod tests {
     }
 
     #[test]
-    fn flushes_when_the_oldest_is_5_ms_old() {
+    fn while_a_flush_is_in_flight_the_oldest_waits_at_most_5_ms() {
         let mut b = batcher();
         let t0 = Instant::now();
         b.push(&rec(1, 10), t0);
         b.push(&rec(2, 10), t0 + Duration::from_millis(3));
         assert_eq!(
-            b.flush_due(t0 + Duration::from_millis(4)),
+            b.flush_due(t0 + Duration::from_millis(4), 1),
             Some(Duration::from_millis(1)),
             "the delay counts from the oldest record, not the newest"
         );
         assert_eq!(
-            b.flush_due(t0 + Duration::from_millis(5)),
+            b.flush_due(t0 + Duration::from_millis(5), 1),
             Some(Duration::ZERO)
         );
         assert_eq!(
-            b.flush_due(t0 + Duration::from_millis(9)),
+            b.flush_due(t0 + Duration::from_millis(9), 1),
             Some(Duration::ZERO)
         );
         let c = b.take_batch().unwrap();
         assert_eq!(c.end_lsn, 2);
-        assert_eq!(b.flush_due(t0 + Duration::from_millis(20)), None);
+        assert_eq!(b.flush_due(t0 + Duration::from_millis(20), 1), None);
     }
 
     #[test]
@@ -277,7 +319,7 @@ mod tests {
         };
         b.start_segment(SEG, &h);
         b.push(&rec(2, 10), t0);
-        assert_eq!(b.flush_due(t0), Some(Duration::ZERO));
+        assert_eq!(b.flush_due(t0, 1), Some(Duration::ZERO));
         assert!(
             b.next_opens_segment(),
             "segment 1's first chunk carries its header"
@@ -289,6 +331,6 @@ mod tests {
         let second = b.take_batch().unwrap();
         assert_eq!((second.offset, second.end_lsn), (SEG, 2));
         assert!(second.opens_segment);
-        assert_eq!(b.flush_due(t0), None);
+        assert_eq!(b.flush_due(t0, 1), None);
     }
 }

@@ -4,8 +4,10 @@
 //! and snapshot point in memory, answers raft-rs's [`raft::Storage`] from there
 //! ([`GroupStorage`]), and makes every change durable in one shared log on the shard's device
 //! region: CRC32C-framed records with a shard-wide LSN, in fixed-size segments, written by group
-//! commit (a batch goes out when `batch_bytes_max` bytes are pending or the oldest record is
-//! `flush_delay` old; several batches may be on the device at once). On open it recovers every
+//! commit (with no batch on the device, whatever is pending goes at once; while batches are in
+//! flight the next one fills and goes when `batch_bytes_max` bytes are pending, when its oldest
+//! record is `flush_delay` old, or when the device is idle again; several batches may be on the
+//! device at once). On open it recovers every
 //! group, cutting the log at the torn tail of a crash and refusing real corruption. Segments are
 //! reused once every group has compacted past the entries they hold.
 //!

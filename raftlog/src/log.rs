@@ -356,7 +356,10 @@ impl<D: Device + 'static> RaftLog<D> {
             if let Some(p) = self.poisoned() {
                 return RaftLogError::Poisoned(p);
             }
-            let due = self.inner.borrow().batcher.flush_due(Instant::now());
+            let due = {
+                let inner = self.inner.borrow();
+                inner.batcher.flush_due(Instant::now(), inner.in_flight.len())
+            };
             match due {
                 None => self.flush_signal.wait().await,
                 Some(d) if d > Duration::ZERO => {

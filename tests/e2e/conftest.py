@@ -92,11 +92,57 @@ def pytest_collection_modifyitems(config, items):
 # Sockets
 
 
-def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1 (closed again; a tiny race is accepted)."""
+# Ports are handed out by one allocator for the whole test session: blocks of consecutive ports,
+# each block starting after the last one handed out, so no two servers (or a node's shard ports,
+# PORT + s, and another server's port) can ever be given overlapping ports. Asking the kernel for
+# a free port per server cannot promise that: it checks one port at a time and forgets it, and
+# CI once failed when node 3's peer ports p, p+1 covered node 2's client port. The blocks lie
+# below the ephemeral range, so a node restarted by a test finds its ports free again (an
+# ephemeral port may meanwhile be lent to some outgoing connection). Each block is checked
+# free with a bind before it is handed out, for processes outside this session.
+_PORT_LOW = 10000
+_port_next: int | None = None
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _PORT_LOW + 1000)
+
+
+def port_block(count: int = 1) -> int:
+    """The first of `count` consecutive ports on HOST, all free now and none handed out before
+    in this session (until the range below the ephemeral ports wraps around)."""
+    global _port_next
+    assert 1 <= count <= 64, count
+    high = _ephemeral_low()
+    if _port_next is None:
+        # A random start, so two sessions on one machine rarely walk the same ports.
+        _port_next = _PORT_LOW + int.from_bytes(os.urandom(2), "little") % (high - _PORT_LOW)
+    for _ in range((high - _PORT_LOW) // count + 1):
+        if _port_next + count > high:
+            _port_next = _PORT_LOW
+        base = _port_next
+        _port_next += count
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports in {_PORT_LOW}..{high}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """One port from the session's allocator (see `port_block`)."""
+    return port_block(1)
 
 
 class Conn:

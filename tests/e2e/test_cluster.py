@@ -16,19 +16,16 @@ standing in for one.
 
 from __future__ import annotations
 
-import os
-import random
 import re
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import HOST, IS_KEEL, KEEL_PROFILE, Server
+from conftest import HOST, IS_KEEL, KEEL_PROFILE, Server, port_block
 
 pytestmark = pytest.mark.keel_only
 
@@ -38,23 +35,9 @@ CONVERGE_TIMEOUT_S = 30.0
 
 
 def _free_port_pair() -> int:
-    """A port p with p .. p+SHARDS-1 free (shard s of a node takes peer port p+s), below the
-    kernel's ephemeral range: a node restarted by a test must find its ports free, and an
-    ephemeral port is handed to other nodes' outgoing connections while it is down."""
-    low, _high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    rng = random.Random()
-    for _ in range(500):
-        p = rng.randrange(10000, low - SHARDS)
-        ok = True
-        for s in range(SHARDS):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((HOST, p + s))
-                except OSError:
-                    ok = False
-        if ok:
-            return p
-    raise RuntimeError("no free pair of ports below the ephemeral range")
+    """A base port p with p .. p+SHARDS-1 free and reserved (shard s of a node takes peer port
+    p+s); see conftest.port_block."""
+    return port_block(SHARDS)
 
 
 class ClusterNode(Server):
