@@ -42,6 +42,8 @@ pub struct Batcher {
     /// End of the active segment (region offset); 0 before the first segment.
     seg_end: u64,
     pending_bytes: usize,
+    /// When the oldest record that must reach the device soon was pushed. Records pushed with
+    /// `urgent = false` do not set it: they ride with the next batch.
     oldest_pending: Option<Instant>,
 }
 
@@ -93,8 +95,10 @@ impl Batcher {
     }
 
     /// Adds a record. Returns true when the flush task should look again (first pending record,
-    /// the batch just filled, or a segment was sealed).
-    pub fn push(&mut self, r: &Record, now: Instant) -> bool {
+    /// the batch just filled, or a segment was sealed). A record that is not `urgent` starts no
+    /// flush and no delay of its own: it goes out with the next batch that something urgent (or
+    /// `hurry`) starts.
+    pub fn push(&mut self, r: &Record, now: Instant, urgent: bool) -> bool {
         let len = format::record_bytes(&r.rec);
         assert!(len as u64 <= self.room(), "caller checks room() first");
         let pos = self.pos;
@@ -117,6 +121,9 @@ impl Batcher {
         self.pos += len as u64;
         let was_below = self.pending_bytes < self.batch_bytes_max;
         self.pending_bytes += len;
+        if !urgent {
+            return false;
+        }
         let first = self.oldest_pending.is_none();
         if first {
             self.oldest_pending = Some(now);
@@ -124,6 +131,17 @@ impl Batcher {
         first
             || !self.sealed.is_empty()
             || (was_below && self.pending_bytes >= self.batch_bytes_max)
+    }
+
+    /// Makes records pushed without `urgent` due as if they were (someone waits for them).
+    /// Returns true when there was such a record to hurry.
+    pub fn hurry(&mut self, now: Instant) -> bool {
+        let lazy = !self.sealed.is_empty() || self.open.as_ref().is_some_and(|o| o.has_record);
+        if lazy && self.oldest_pending.is_none() {
+            self.oldest_pending = Some(now);
+            return true;
+        }
+        false
     }
 
     /// When to flush: `None` when nothing is pending, `Some(ZERO)` now, `Some(d)` after `d`.
@@ -227,7 +245,10 @@ mod tests {
     fn an_idle_device_takes_a_lone_record_at_once() {
         let mut b = batcher();
         let t0 = Instant::now();
-        assert!(b.push(&rec(1, 10), t0), "the first record wakes the flusher");
+        assert!(
+            b.push(&rec(1, 10), t0, true),
+            "the first record wakes the flusher"
+        );
         assert_eq!(
             b.flush_due(t0, 0),
             Some(Duration::ZERO),
@@ -242,7 +263,7 @@ mod tests {
         assert_eq!(c.end_lsn, 1);
         // The next record arrives while that batch is on the device: it waits; once the device
         // is idle again (the flusher asks with 0 in flight) it goes.
-        b.push(&rec(2, 10), t0 + Duration::from_millis(1));
+        b.push(&rec(2, 10), t0 + Duration::from_millis(1), true);
         assert_eq!(
             b.flush_due(t0 + Duration::from_millis(2), 1),
             Some(Duration::from_millis(4))
@@ -252,20 +273,48 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(b.take_batch().unwrap().end_lsn, 2);
-        assert_eq!(b.flush_due(t0, 0), None, "nothing pending, nothing to flush");
+        assert_eq!(
+            b.flush_due(t0, 0),
+            None,
+            "nothing pending, nothing to flush"
+        );
+    }
+
+    #[test]
+    fn a_record_that_is_not_urgent_rides_with_the_next_batch() {
+        let mut b = batcher();
+        let t0 = Instant::now();
+        assert!(!b.push(&rec(1, 10), t0, false), "no flush for it alone");
+        assert_eq!(b.flush_due(t0, 0), None);
+        assert!(b.take_batch().is_none());
+        assert!(b.push(&rec(2, 10), t0, true));
+        assert_eq!(b.flush_due(t0, 0), Some(Duration::ZERO));
+        let c = b.take_batch().unwrap();
+        assert_eq!(c.end_lsn, 2, "the lazy record went out with the urgent one");
+        assert_eq!(b.flush_due(t0, 0), None);
+        // Someone waiting for a lazy record hurries it.
+        b.push(&rec(3, 10), t0, false);
+        assert!(!b.hurry(t0 + Duration::from_millis(1)) || b.flush_due(t0, 0).is_some());
+        assert_eq!(b.flush_due(t0, 0), Some(Duration::ZERO));
+        assert_eq!(b.take_batch().unwrap().end_lsn, 3);
+        assert!(!b.hurry(t0), "nothing left to hurry");
+        assert_eq!(b.flush_due(t0, 0), None);
     }
 
     #[test]
     fn while_a_flush_is_in_flight_4_kib_start_another() {
         let mut b = batcher();
         let t0 = Instant::now();
-        assert!(b.push(&rec(1, 1000), t0), "first record wakes the flusher");
+        assert!(
+            b.push(&rec(1, 1000), t0, true),
+            "first record wakes the flusher"
+        );
         assert_eq!(b.flush_due(t0, 1), Some(Duration::from_millis(5)));
-        assert!(!b.push(&rec(2, 1000), t0));
-        assert!(!b.push(&rec(3, 1000), t0));
+        assert!(!b.push(&rec(2, 1000), t0, true));
+        assert!(!b.push(&rec(3, 1000), t0, true));
         assert!(b.flush_due(t0, 1).unwrap() > Duration::ZERO);
         assert!(
-            b.push(&rec(4, 1000), t0),
+            b.push(&rec(4, 1000), t0, true),
             "crossing 4 KiB wakes the flusher"
         );
         assert_eq!(b.flush_due(t0, 1), Some(Duration::ZERO));
@@ -276,7 +325,7 @@ mod tests {
         assert_eq!(c.bytes.len() as u64 % BLOCK_BYTES, 0);
         assert_eq!(b.flush_due(t0, 1), None);
         // The next record starts on a fresh block after the padded batch.
-        b.push(&rec(5, 10), t0);
+        b.push(&rec(5, 10), t0, true);
         let c2 = b.take_batch().unwrap();
         assert_eq!(c2.offset, c.offset + c.bytes.len() as u64);
         assert!(!c2.opens_segment);
@@ -286,8 +335,8 @@ mod tests {
     fn while_a_flush_is_in_flight_the_oldest_waits_at_most_5_ms() {
         let mut b = batcher();
         let t0 = Instant::now();
-        b.push(&rec(1, 10), t0);
-        b.push(&rec(2, 10), t0 + Duration::from_millis(3));
+        b.push(&rec(1, 10), t0, true);
+        b.push(&rec(2, 10), t0 + Duration::from_millis(3), true);
         assert_eq!(
             b.flush_due(t0 + Duration::from_millis(4), 1),
             Some(Duration::from_millis(1)),
@@ -310,7 +359,7 @@ mod tests {
     fn a_segment_switch_seals_the_chunk_and_flushes_now() {
         let mut b = batcher();
         let t0 = Instant::now();
-        b.push(&rec(1, 10), t0);
+        b.push(&rec(1, 10), t0, true);
         let h = SegHeader {
             seq: 2,
             first_lsn: 2,
@@ -318,7 +367,7 @@ mod tests {
             oldest_seq: 1,
         };
         b.start_segment(SEG, &h);
-        b.push(&rec(2, 10), t0);
+        b.push(&rec(2, 10), t0, true);
         assert_eq!(b.flush_due(t0, 1), Some(Duration::ZERO));
         assert!(
             b.next_opens_segment(),

@@ -38,6 +38,16 @@ use std::time::Duration;
 use keel_nvme::IoError;
 
 pub use log::{DurableWait, RaftLog, Signal, SignalWait, SnapshotProvider};
+
+/// How soon a record must reach the device (see [`RaftLog::set_hard_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Due like every record: flushed at once on an idle device, within the batching bounds
+    /// otherwise.
+    Now,
+    /// Written with the next batch something else starts, or when its LSN is waited for.
+    WithNext,
+}
 pub use storage::GroupStorage;
 
 /// Log sequence number of a record: +1 per record across the whole shard log, starting at 1.

@@ -15,7 +15,7 @@ use crate::batcher::{Batcher, Chunk};
 use crate::format::{self, Rec, Record, SegHeader, SEG_HEADER_BYTES};
 use crate::state::Groups;
 use crate::storage::GroupStorage;
-use crate::{Config, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN};
+use crate::{Config, Flush, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES_MIN};
 
 /// Builds a snapshot of `group` for raft-rs: (group, request_index, to).
 pub type SnapshotProvider = Rc<dyn Fn(u64, u64, u64) -> raft::Result<Snapshot>>;
@@ -234,8 +234,19 @@ impl<D: Device + 'static> RaftLog<D> {
         Ok(lsn)
     }
 
-    pub fn set_hard_state(&self, group: u64, hs: &HardState) -> Result<Lsn, RaftLogError> {
-        self.simple(group, Rec::HardState(hs.clone()))
+    /// Records a hard state. `Flush::Now` makes it due like any record (a vote or a term must
+    /// be durable before the messages that depend on it go out). `Flush::WithNext` writes it
+    /// with the next batch something else starts, or when someone waits for its LSN: for a
+    /// change of the commit index alone, which Raft may lose in a crash (a restarted node learns
+    /// the commit again; the node raises it to the checkpoint's applied index on start), so a
+    /// lone write costs one flush, not two.
+    pub fn set_hard_state(
+        &self,
+        group: u64,
+        hs: &HardState,
+        flush: Flush,
+    ) -> Result<Lsn, RaftLogError> {
+        self.simple_with(group, Rec::HardState(hs.clone()), flush)
     }
 
     pub fn set_conf_state(&self, group: u64, cs: &ConfState) -> Result<Lsn, RaftLogError> {
@@ -313,6 +324,16 @@ impl<D: Device + 'static> RaftLog<D> {
         Ok(inner.next_lsn - 1)
     }
 
+    /// The group's hard state as last recorded (in memory; durable once its LSN is).
+    pub fn hard_state(&self, group: u64) -> Option<HardState> {
+        self.inner
+            .borrow()
+            .groups
+            .map
+            .get(&group)
+            .map(|g| g.hs.clone())
+    }
+
     pub fn durable_lsn(&self) -> Lsn {
         self.durable_lsn.get()
     }
@@ -322,7 +343,11 @@ impl<D: Device + 'static> RaftLog<D> {
     }
 
     /// Resolves once `lsn` is durable; Err once the log is poisoned and `lsn` is not durable.
+    /// Records written `Flush::WithNext` that it waits for are made due now.
     pub fn durable(&self, lsn: Lsn) -> DurableWait<'_, D> {
+        if lsn > self.durable_lsn.get() && self.inner.borrow_mut().batcher.hurry(Instant::now()) {
+            self.flush_signal.notify();
+        }
         DurableWait { log: self, lsn }
     }
 
@@ -358,7 +383,9 @@ impl<D: Device + 'static> RaftLog<D> {
             }
             let due = {
                 let inner = self.inner.borrow();
-                inner.batcher.flush_due(Instant::now(), inner.in_flight.len())
+                inner
+                    .batcher
+                    .flush_due(Instant::now(), inner.in_flight.len())
             };
             match due {
                 None => self.flush_signal.wait().await,
@@ -474,13 +501,17 @@ impl<D: Device + 'static> RaftLog<D> {
 
     /// A one-record mutation of an existing group.
     fn simple(&self, group: u64, rec: Rec) -> Result<Lsn, RaftLogError> {
+        self.simple_with(group, rec, Flush::Now)
+    }
+
+    fn simple_with(&self, group: u64, rec: Rec, flush: Flush) -> Result<Lsn, RaftLogError> {
         self.check_poisoned()?;
         let mut inner = self.inner.borrow_mut();
         if !inner.groups.map.contains_key(&group) {
             return Err(RaftLogError::UnknownGroup(group));
         }
         self.plan(&inner, [format::record_bytes(&rec)], false)?;
-        let lsn = self.place(&mut inner, group, rec);
+        let lsn = self.place_with(&mut inner, group, rec, flush);
         free_dead_prefix(&mut inner);
         Ok(lsn)
     }
@@ -527,6 +558,10 @@ impl<D: Device + 'static> RaftLog<D> {
 
     /// Puts a record in the current batch and applies it to memory. `plan` said it fits.
     fn place(&self, inner: &mut Inner, group: u64, rec: Rec) -> Lsn {
+        self.place_with(inner, group, rec, Flush::Now)
+    }
+
+    fn place_with(&self, inner: &mut Inner, group: u64, rec: Rec, flush: Flush) -> Lsn {
         let len = format::record_bytes(&rec) as u64;
         if inner.switch_needed || inner.chain.is_empty() || inner.batcher.room() < len {
             self.open_segment(inner);
@@ -535,7 +570,7 @@ impl<D: Device + 'static> RaftLog<D> {
         let lsn = inner.next_lsn;
         inner.next_lsn += 1;
         let r = Record { lsn, group, rec };
-        let wake = inner.batcher.push(&r, Instant::now());
+        let wake = inner.batcher.push(&r, Instant::now(), flush == Flush::Now);
         inner
             .groups
             .apply(&r, seg, false)
@@ -588,7 +623,7 @@ impl<D: Device + 'static> RaftLog<D> {
             .collect();
         inner.next_lsn += states.len() as u64;
         for r in &states {
-            inner.batcher.push(r, now);
+            inner.batcher.push(r, now, true);
         }
         self.records.set(self.records.get() + states.len() as u64);
         self.flush_signal.notify();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use keel_nvme::Region;
 use keel_nvme::UringDevice;
+use keel_raftlog::Flush;
 use raft::eraftpb::{Entry, EntryType};
 use raft::{StateRole, Storage};
 
@@ -128,11 +129,23 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
         );
     }
     if let Some(hs) = rd.hs() {
-        lsn = Some(
-            r.log
-                .set_hard_state(p, hs)
-                .map_err(|e| format!("raftlog hard state, group {p}: {e}"))?,
-        );
+        // A new term or vote must be durable before the messages that follow it (Raft §5.1,
+        // §5.2: a node votes once per term). A new commit index alone need not be: after a
+        // crash the node learns it again, and starts no lower than its checkpoint's applied
+        // index (check_applied). So it rides with the next flush and the Ready does not wait
+        // for it: a lone write costs one fdatasync, not two.
+        let lazy = r
+            .log
+            .hard_state(p)
+            .is_some_and(|old| old.term == hs.term && old.vote == hs.vote);
+        let flush = if lazy { Flush::WithNext } else { Flush::Now };
+        let hs_lsn = r
+            .log
+            .set_hard_state(p, hs, flush)
+            .map_err(|e| format!("raftlog hard state, group {p}: {e}"))?;
+        if !lazy {
+            lsn = Some(hs_lsn);
+        }
     }
     let messages = rd.take_persisted_messages();
     let number = rd.number();

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use keel_nvme::UringDevice;
-use keel_raftlog::{GroupStorage, RaftLog};
+use keel_raftlog::{Flush, GroupStorage, RaftLog};
 use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 
@@ -897,7 +897,7 @@ fn check_applied(
     let mut hs = storage.initial_state().map_err(fail)?.hard_state;
     if applied > hs.commit {
         hs.commit = applied;
-        log.set_hard_state(p, &hs)
+        log.set_hard_state(p, &hs, Flush::Now)
             .map_err(|e| format!("group {p}: raftlog: {e}"))?;
     }
     Ok(())

@@ -23,26 +23,20 @@ enum Op {
         count: u8,
         len: u16,
     },
-    HardState {
-        g: u64,
-        commit: u8,
-    },
+    /// A hard state; `lazy` writes it `Flush::WithNext` (it rides with a later batch).
+    HardState { g: u64, commit: u8, lazy: bool },
     /// Compact group `g` to a fraction of the way from its compacted index to its last index.
-    Compact {
-        g: u64,
-        frac: u8,
-    },
+    Compact { g: u64, frac: u8 },
     /// Let the flusher and the device make progress.
-    Pause {
-        micros: u16,
-    },
+    Pause { micros: u16 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..3u64, 0..4u8, 1..5u8, 1..3000u16)
             .prop_map(|(g, back, count, len)| Op::Append { g, back, count, len }),
-        1 => (0..3u64, any::<u8>()).prop_map(|(g, commit)| Op::HardState { g, commit }),
+        1 => (0..3u64, any::<u8>(), any::<bool>())
+            .prop_map(|(g, commit, lazy)| Op::HardState { g, commit, lazy }),
         2 => (0..3u64, any::<u8>()).prop_map(|(g, frac)| Op::Compact { g, frac }),
         2 => (0..800u16).prop_map(|micros| Op::Pause { micros }),
     ]
@@ -134,13 +128,14 @@ async fn play(ops: Vec<Op>, seed: u64) {
                 );
                 continue;
             }
-            Op::HardState { g, commit } => {
+            Op::HardState { g, commit, lazy } => {
                 let hs = HardState {
                     term,
                     commit: commit as u64,
                     ..Default::default()
                 };
-                match log.set_hard_state(g, &hs) {
+                let flush = if lazy { Flush::WithNext } else { Flush::Now };
+                match log.set_hard_state(g, &hs, flush) {
                     Ok(_) => {}
                     Err(RaftLogError::Full { .. }) => continue,
                     Err(e) => panic!("hard state: {e}"),

@@ -16,7 +16,7 @@ use keel_nvme::Region;
 use raft::eraftpb::{ConfState, Entry};
 use raft::Storage;
 
-use crate::{Config, RaftLog, RaftLogError};
+use crate::{Config, Flush, RaftLog, RaftLogError};
 
 pub const SEG: u64 = 64 << 10;
 

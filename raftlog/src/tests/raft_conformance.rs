@@ -38,7 +38,7 @@ async fn handle_ready(node: &mut Node, log: &RaftLog<SimDevice>) -> Vec<Entry> {
     committed.extend(ready.take_committed_entries());
     log.append(1, ready.entries()).unwrap();
     if let Some(hs) = ready.hs() {
-        log.set_hard_state(1, hs).unwrap();
+        log.set_hard_state(1, hs, Flush::Now).unwrap();
     }
     let number = ready.number();
     node.advance_append_async(ready);

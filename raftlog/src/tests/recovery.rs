@@ -25,7 +25,7 @@ fn entries_hard_state_and_conf_state_survive_reopen() {
             commit: 15,
             ..Default::default()
         };
-        log.set_hard_state(7, &hs).unwrap();
+        log.set_hard_state(7, &hs, Flush::Now).unwrap();
         log.set_conf_state(7, &conf(&[1, 2, 3, 4])).unwrap();
         let mut meta = SnapshotMetadata {
             index: 40,
@@ -335,6 +335,7 @@ fn roll_after_full_compaction_leaves_one_segment_and_ignores_old_damage() {
                 commit: 50,
                 ..Default::default()
             },
+            Flush::Now,
         )
         .unwrap();
         log.compact(1, 50).unwrap();
