@@ -147,6 +147,16 @@ impl std::fmt::Display for Bad {
     }
 }
 
+/// `record_bytes` of an entry, without building the `Rec`.
+pub fn entry_record_bytes(e: &Entry) -> usize {
+    REC_HEADER_BYTES + 12 + e.data.len() + e.context.len()
+}
+
+/// `record_bytes` of a group's state record, without building the `Rec`.
+pub fn state_record_bytes(conf: &ConfState) -> usize {
+    REC_HEADER_BYTES + 24 + conf_bytes(conf)
+}
+
 fn conf_bytes(c: &ConfState) -> usize {
     20 + 8 * (c.voters.len() + c.learners.len() + c.voters_outgoing.len() + c.learners_next.len())
 }
@@ -193,11 +203,11 @@ fn get_conf(p: &[u8]) -> Result<ConfState, Bad> {
 pub fn record_bytes(rec: &Rec) -> usize {
     REC_HEADER_BYTES
         + match rec {
-            Rec::Entry(e) => 12 + e.data.len() + e.context.len(),
+            Rec::Entry(e) => return entry_record_bytes(e),
             Rec::HardState(_) => 8,
             Rec::ConfState(c) | Rec::Create(c) | Rec::Snapshot { conf: c, .. } => conf_bytes(c),
             Rec::Compact { .. } => 0,
-            Rec::State { conf, .. } => 24 + conf_bytes(conf),
+            Rec::State { conf, .. } => return state_record_bytes(conf),
         }
 }
 

@@ -221,9 +221,7 @@ impl<D: Device + 'static> RaftLog<D> {
                 });
             }
         }
-        let sizes = entries
-            .iter()
-            .map(|e| format::record_bytes(&Rec::Entry(e.clone())));
+        let sizes = entries.iter().map(format::entry_record_bytes);
         self.plan(&inner, sizes, true)?;
         let mut lsn = 0;
         for e in entries {
@@ -652,14 +650,7 @@ fn state_set_bytes(groups: &Groups) -> u64 {
     groups
         .map
         .values()
-        .map(|g| {
-            format::record_bytes(&Rec::State {
-                hs: g.hs.clone(),
-                conf: g.conf.clone(),
-                compacted_index: 0,
-                compacted_term: 0,
-            }) as u64
-        })
+        .map(|g| format::state_record_bytes(&g.conf) as u64)
         .sum()
 }
 

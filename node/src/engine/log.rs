@@ -332,7 +332,10 @@ impl<D: Device> ValueLog<D> {
         w.oldest_pending?;
         let mut chunks = std::mem::take(&mut w.sealed);
         let full = w.buf.len() / BLOCK_BYTES as usize * BLOCK_BYTES as usize;
-        let tail = w.buf[full..].to_vec();
+        // The next buffer starts as large as this one grew: a steady load appends into it
+        // without growing it again (a realloc copied the whole batch each time it doubled).
+        let mut tail = Vec::with_capacity(w.buf.capacity());
+        tail.extend_from_slice(&w.buf[full..]);
         let buf = std::mem::replace(&mut w.buf, tail);
         chunks.push((w.buf_start, buf));
         w.in_flight = chunks.iter().map(|(at, b)| (*at, b.len() as u64)).collect();
