@@ -14,7 +14,13 @@ pub struct DecodeError {
     pub why: &'static str,
 }
 
-const VERSION: u8 = 1;
+/// Entry versions: 1 holds one op (written before batching; still read from old logs), 2 a
+/// batch of ops.
+const VERSION_ONE: u8 = 1;
+const VERSION_BATCH: u8 = 2;
+
+/// The most ops one entry carries (each gets its own CAS unique: see `replica::cas_of`).
+pub const ENTRY_OPS_MAX: usize = 256;
 
 #[derive(Default)]
 struct W(Vec<u8>);
@@ -282,24 +288,43 @@ fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
     })
 }
 
-/// A Raft entry's data: version, the proposer's unix time, the op.
-pub fn encode_entry(now: u32, op: &Op) -> Vec<u8> {
+/// A Raft entry's data: version 2, the proposer's unix time, the number of ops (u16, 1 to
+/// `ENTRY_OPS_MAX`), the ops in the order they are applied.
+pub fn encode_entry<'a>(now: u32, ops: impl ExactSizeIterator<Item = &'a Op>) -> Vec<u8> {
+    let n = ops.len();
+    assert!((1..=ENTRY_OPS_MAX).contains(&n), "{n} ops in one entry");
     let mut w = W::default();
-    w.u8(VERSION);
+    w.u8(VERSION_BATCH);
     w.u32(now);
-    put_op(&mut w, op);
+    w.0.extend_from_slice(&(n as u16).to_le_bytes());
+    for op in ops {
+        put_op(&mut w, op);
+    }
     w.0
 }
 
-pub fn decode_entry(b: &[u8]) -> Result<(u32, Op), DecodeError> {
+/// The proposer's time and the ops of an entry (version 1 or 2).
+pub fn decode_entry(b: &[u8]) -> Result<(u32, Vec<Op>), DecodeError> {
     let mut r = R { b, what: "entry" };
-    if r.u8()? != VERSION {
-        return Err(r.err("unknown version"));
-    }
+    let version = r.u8()?;
     let now = r.u32()?;
-    let op = get_op(&mut r)?;
+    let ops = match version {
+        VERSION_ONE => vec![get_op(&mut r)?],
+        VERSION_BATCH => {
+            let n = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
+            if n == 0 || n > ENTRY_OPS_MAX {
+                return Err(r.err("op count out of range"));
+            }
+            let mut ops = Vec::with_capacity(n);
+            for _ in 0..n {
+                ops.push(get_op(&mut r)?);
+            }
+            ops
+        }
+        _ => return Err(r.err("unknown version")),
+    };
     r.end()?;
-    Ok((now, op))
+    Ok((now, ops))
 }
 
 /// A request forwarded to the leader of `partition`: (id, hops, now, partition, op). The
@@ -465,17 +490,44 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_every_truncation_is_refused() {
-        for op in ops() {
-            let b = encode_entry(1_800_000_000, &op);
+        let all = ops();
+        let batches: Vec<&[Op]> = (0..all.len())
+            .map(|i| &all[i..i + 1])
+            .chain([&all[..]])
+            .collect();
+        for batch in batches {
+            let b = encode_entry(1_800_000_000, batch.iter());
             let (now, back) = decode_entry(&b).unwrap();
             assert_eq!(now, 1_800_000_000);
-            assert_eq!(format!("{back:?}"), format!("{op:?}"));
+            assert_eq!(format!("{back:?}"), format!("{batch:?}"));
             for cut in 0..b.len() {
-                assert!(decode_entry(&b[..cut]).is_err(), "{op:?} cut at {cut}");
+                assert!(decode_entry(&b[..cut]).is_err(), "{batch:?} cut at {cut}");
             }
             let mut long = b.clone();
             long.push(0);
             assert!(decode_entry(&long).is_err());
+        }
+    }
+
+    #[test]
+    fn version_1_entries_written_before_batching_still_decode() {
+        for op in ops() {
+            let mut w = W::default();
+            w.u8(VERSION_ONE);
+            w.u32(7);
+            put_op(&mut w, &op);
+            let (now, back) = decode_entry(&w.0).unwrap();
+            assert_eq!(now, 7);
+            assert_eq!(format!("{back:?}"), format!("{:?}", [op]));
+        }
+    }
+
+    #[test]
+    fn an_entry_with_no_ops_or_too_many_is_refused() {
+        for n in [0u16, ENTRY_OPS_MAX as u16 + 1] {
+            let mut b = vec![VERSION_BATCH, 0, 0, 0, 0];
+            b.extend_from_slice(&n.to_le_bytes());
+            assert!(decode_entry(&b).is_err(), "{n} ops");
         }
     }
 

@@ -65,6 +65,8 @@ const READY_ROUNDS_MAX: usize = 4;
 
 /// One pass over every group: persisted readies, new readies, applies, waiting reads.
 fn process(r: &Rc<Replicas>) -> Result<(), String> {
+    // Writes that arrived since the last pass become one entry per partition.
+    r.flush_batches();
     let durable = r.log.durable_lsn();
     // A Ready taken must be persisted, and an append into a raftlog with no free segment left
     // may fail: with none free, readies wait (raft-rs keeps their entries in memory, and no
@@ -178,10 +180,10 @@ fn fail_pending(r: &Replicas, g: &mut Group) {
     for p in g.proposals.drain(..) {
         r.stats
             .leader_changes_failed
-            .set(r.stats.leader_changes_failed.get() + 1);
-        let _ = p
-            .reply
-            .send(err("leadership changed before the write committed; retry"));
+            .set(r.stats.leader_changes_failed.get() + p.replies.len() as u64);
+        for reply in p.replies {
+            let _ = reply.send(err("leadership changed before the write committed; retry"));
+        }
     }
     for read in g.reads.drain(..) {
         let _ = read
@@ -218,24 +220,26 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
         }
         if e.get_entry_type() == EntryType::EntryConfChange {
             let res = super::membership::apply_conf_change(r, g, &e);
-            applied(r, g, &e, Some(res));
+            applied(r, g, &e, Outcome::Results(vec![res]));
             continue;
         }
         match start_entry(r, p, &e) {
-            None | Some(Pending::Ready(_)) if e.data.is_empty() => applied(r, g, &e, None),
-            None => applied(r, g, &e, None),
-            Some(Pending::Ready(res)) => applied(r, g, &e, Some(res)),
-            Some(Pending::Later(f)) => {
+            Started::Done(outcome) => applied(r, g, &e, outcome),
+            Started::Later(pending) => {
                 g.applying = true;
                 drop(groups);
                 let rr = r.clone();
                 glommio::spawn_local(async move {
-                    let res = f.await;
+                    // In entry order: an op that waits holds the ones after it.
+                    let mut res = Vec::with_capacity(pending.len());
+                    for p in pending {
+                        res.push(crate::engine::resolve(p).await);
+                    }
                     {
                         let mut groups = rr.groups.borrow_mut();
                         let g = groups.get_mut(&p).expect("groups are fixed");
                         g.applying = false;
-                        applied(&rr, g, &e, Some(res));
+                        applied(&rr, g, &e, Outcome::Results(res));
                     }
                     drain_apply(&rr, p);
                     rr.wake.notify();
@@ -247,27 +251,57 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
     }
 }
 
-/// Starts one committed entry on the engine. `None` for entries without an op (the empty entry
-/// a new leader appends, configuration changes).
-fn start_entry(r: &Replicas, p: u64, e: &Entry) -> Option<Pending> {
-    if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
-        return None;
-    }
-    Some(match command::decode_entry(&e.data) {
-        Ok((now, op)) => r.engine.start(
-            op,
-            Stamp {
-                now,
-                cas: cas_of(p, e.index),
-                partition: p,
-            },
-        ),
-        // Every replica refuses the same bytes the same way, so state stays identical.
-        Err(why) => Pending::Ready(err(&format!("entry {}: {why}", e.index))),
-    })
+/// What applying an entry gave its proposer: a result per op, one failure for them all, or
+/// nothing (an entry without ops).
+enum Outcome {
+    Results(Vec<OpResult>),
+    Failed(String),
+    NoOp,
 }
 
-fn applied(r: &Replicas, g: &mut Group, e: &Entry, res: Option<OpResult>) {
+enum Started {
+    Done(Outcome),
+    /// Some op waits for a disk read: the results of every op, resolved in order.
+    Later(Vec<Pending>),
+}
+
+/// Starts the ops of one committed entry on the engine, in order; the `i`-th op writes CAS
+/// `cas_of(p, index, i)`. Entries without an op: the empty entry a new leader appends.
+fn start_entry(r: &Replicas, p: u64, e: &Entry) -> Started {
+    if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+        return Started::Done(Outcome::NoOp);
+    }
+    let (now, ops) = match command::decode_entry(&e.data) {
+        Ok(x) => x,
+        // Every replica refuses the same bytes the same way, so state stays identical.
+        Err(why) => return Started::Done(Outcome::Failed(format!("entry {}: {why}", e.index))),
+    };
+    let pending: Vec<Pending> = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let stamp = Stamp {
+                now,
+                cas: cas_of(p, e.index, i),
+                partition: p,
+            };
+            r.engine.start(op, stamp)
+        })
+        .collect();
+    if pending.iter().any(|p| matches!(p, Pending::Later(_))) {
+        return Started::Later(pending);
+    }
+    let res = pending
+        .into_iter()
+        .map(|p| match p {
+            Pending::Ready(r) => r,
+            Pending::Later(_) => unreachable!("checked above"),
+        })
+        .collect();
+    Started::Done(Outcome::Results(res))
+}
+
+fn applied(r: &Replicas, g: &mut Group, e: &Entry, outcome: Outcome) {
     debug_assert!(e.index > g.applied || e.index == 0);
     g.applied = e.index;
     g.applied_term = e.term;
@@ -277,18 +311,26 @@ fn applied(r: &Replicas, g: &mut Group, e: &Entry, res: Option<OpResult>) {
     // Proposals older than this index were overwritten by another leader's entries.
     while g.proposals.front().is_some_and(|p| p.index < e.index) {
         let p = g.proposals.pop_front().expect("checked");
-        let _ = p
-            .reply
-            .send(err("the write was lost to a leader change; retry"));
+        for reply in p.replies {
+            let _ = reply.send(err("the write was lost to a leader change; retry"));
+        }
     }
     if g.proposals.front().is_some_and(|p| p.index == e.index) {
         let p = g.proposals.pop_front().expect("checked");
-        let reply = if p.term == e.term {
-            res.unwrap_or_else(|| err("entry without an op"))
-        } else {
-            err("the write was lost to a leader change; retry")
+        if p.term != e.term {
+            for reply in p.replies {
+                let _ = reply.send(err("the write was lost to a leader change; retry"));
+            }
+            return;
+        }
+        let (mut results, why) = match outcome {
+            Outcome::Results(res) => (res.into_iter(), "entry without an op".to_string()),
+            Outcome::Failed(why) => (Vec::new().into_iter(), why),
+            Outcome::NoOp => (Vec::new().into_iter(), "entry without an op".to_string()),
         };
-        let _ = p.reply.send(reply);
+        for reply in p.replies {
+            let _ = reply.send(results.next().unwrap_or_else(|| err(&why)));
+        }
     }
 }
 

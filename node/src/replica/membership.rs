@@ -18,9 +18,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
+use futures::channel::oneshot;
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry};
 
-use super::{err, Group, Replicas};
+use super::{err, later, Group, Replicas};
 use crate::engine::{Member, MemberChange, Op, OpResult, Pending};
 
 /// The first entry index of a group created with members: its initial configuration is a
@@ -142,7 +143,9 @@ impl Replicas {
         if let Err(e) = g.raw.propose_conf_change(context, cc) {
             return Pending::Ready(err(&format!("membership change refused: {e}")));
         }
-        self.track_proposal(g)
+        let (tx, rx) = oneshot::channel();
+        self.track_proposal(g, vec![tx]);
+        later(rx)
     }
 
     /// Every node in a configuration of this shard's partitions, with how many it votes or

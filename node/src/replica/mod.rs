@@ -45,7 +45,7 @@ use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata}
 use raft::{RawNode, StateRole};
 
 use crate::engine::log::Signal;
-use crate::engine::{Engine, LocalFuture, Op, OpResult, Pending, Stamp};
+use crate::engine::{Engine, LocalFuture, Op, OpResult, Pending, Stamp, StoreMode};
 use crate::shard::partition_of;
 use crate::transport::{Inbound, Transport};
 
@@ -65,11 +65,41 @@ const SNAPSHOT_PACE: Duration = Duration::from_millis(2);
 /// A forwarded request may be forwarded once more (the leader moved meanwhile), not more.
 const FORWARD_HOPS_MAX: u8 = 2;
 
-/// The CAS unique of the item an entry writes: the entry's index, with the partition in the low
-/// 16 bits so CAS values never repeat across partitions. Every replica computes the same one.
-pub fn cas_of(partition: u64, index: u64) -> u64 {
+/// The CAS unique of the item the `op`-th op of an entry writes: the entry's index, then the op's
+/// place in the entry (8 bits), then the partition (16 bits), so CAS values never repeat across
+/// partitions or within an entry, and grow with the index. Every replica computes the same one.
+/// (Entries written before batching had `index << 16 | partition`: always lower than this for
+/// the same index, so CAS values still only grow.)
+pub fn cas_of(partition: u64, index: u64, op: usize) -> u64 {
+    const _: () = assert!(command::ENTRY_OPS_MAX <= 1 << 8);
     debug_assert!(partition < 1 << 16);
-    (index << 16) | partition
+    debug_assert!(op < command::ENTRY_OPS_MAX);
+    (index << 24) | ((op as u64) << 16) | partition
+}
+
+/// Writes of one partition that arrive together (one client read, or several connections in one
+/// executor turn) share one Raft entry, up to these bounds: one proposal, one log record, one
+/// apply pass for the lot.
+const BATCH_BYTES_MAX: usize = 64 * 1024;
+
+/// Ops that may share an entry: writes that never read the item's old value, so they always
+/// apply at once (no disk read can leave an entry half applied while a checkpoint is taken)
+/// and applying one twice leaves the same state (replay after a crash is safe).
+fn batchable(op: &Op) -> bool {
+    match op {
+        Op::Store { mode, .. } => !matches!(mode, StoreMode::Append | StoreMode::Prepend),
+        Op::Delete { invalidate, .. } => invalidate.is_none(),
+        _ => false,
+    }
+}
+
+/// The bytes an op adds to an entry, near enough for `BATCH_BYTES_MAX`.
+fn op_bytes(op: &Op) -> usize {
+    let key = op.key().map_or(0, |k| k.len());
+    match op {
+        Op::Store { data, .. } => 32 + key + data.len(),
+        _ => 32 + key,
+    }
 }
 
 pub struct RaftSettings {
@@ -95,10 +125,21 @@ pub struct RaftSettings {
     pub snapshot_inflight_bytes: usize,
 }
 
+/// A proposed entry: one reply per op, in the entry's order.
 struct Proposal {
     index: u64,
     term: u64,
-    reply: oneshot::Sender<OpResult>,
+    replies: Vec<oneshot::Sender<OpResult>>,
+}
+
+/// Writes waiting to be proposed as one entry (see `BATCH_BYTES_MAX`).
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    replies: Vec<oneshot::Sender<OpResult>>,
+    bytes: usize,
+    /// The latest proposer time among the ops (the entry carries one).
+    now: u32,
 }
 
 struct Read {
@@ -121,6 +162,8 @@ pub struct Group {
     pub partition: u64,
     pub raw: RawNode<GroupStorage<UringDevice>>,
     proposals: VecDeque<Proposal>,
+    /// Writes for the next entry, proposed when the driver runs (or sooner: see `flush_batch`).
+    batch: Batch,
     reads: VecDeque<Read>,
     unpersisted: VecDeque<Unpersisted>,
     /// Committed entries not yet applied (behind one whose apply waits for a disk read).
@@ -138,7 +181,10 @@ pub struct Group {
 
 #[derive(Default)]
 pub struct RaftStats {
+    /// Entries proposed (a batch of writes is one).
     pub proposals: Cell<u64>,
+    /// Ops in the entries proposed.
+    pub proposed_ops: Cell<u64>,
     pub applied_entries: Cell<u64>,
     pub forwarded: Cell<u64>,
     pub lease_reads: Cell<u64>,
@@ -182,6 +228,8 @@ pub struct Replicas {
     incoming: RefCell<HashMap<u64, snapshot::Incoming>>,
     /// Asks the checkpoint task for a checkpoint now (a snapshot was installed).
     pub checkpoint_now: Cell<bool>,
+    /// Partitions whose group holds a batch not yet proposed.
+    batched: RefCell<Vec<u64>>,
 }
 
 fn err(msg: &str) -> OpResult {
@@ -271,6 +319,7 @@ impl Replicas {
                     partition: p,
                     raw,
                     proposals: VecDeque::new(),
+                    batch: Batch::default(),
                     reads: VecDeque::new(),
                     unpersisted: VecDeque::new(),
                     to_apply: VecDeque::new(),
@@ -298,6 +347,7 @@ impl Replicas {
             building: RefCell::new(HashSet::new()),
             incoming: RefCell::new(HashMap::new()),
             checkpoint_now: Cell::new(false),
+            batched: RefCell::new(Vec::new()),
         });
         // Weak: the raftlog (held by the replicas) must not keep the replicas alive.
         let weak = Rc::downgrade(&r);
@@ -525,6 +575,11 @@ impl Replicas {
             }
             return self.wait_for_leader(p, op, now, hops);
         }
+        if !batchable(&op) {
+            // It must follow the writes that came before it: a read sees them, a
+            // read-modify-write applies after them.
+            self.flush_batch(g);
+        }
         if let Op::Member(c) = &op {
             return self.propose_member(g, c);
         }
@@ -553,25 +608,77 @@ impl Replicas {
             self.stats.log_full.set(self.stats.log_full.get() + 1);
             return Pending::Ready(err("the Raft log is full until the next checkpoint; retry"));
         }
-        let data = command::encode_entry(now, &op);
-        if let Err(e) = g.raw.propose(vec![], data) {
-            return Pending::Ready(err(&format!("proposal refused: {e}")));
+        if !batchable(&op) {
+            // Alone in its entry, after the batch proposed above.
+            let data = command::encode_entry(now, std::iter::once(&op));
+            if let Err(e) = g.raw.propose(vec![], data) {
+                return Pending::Ready(err(&format!("proposal refused: {e}")));
+            }
+            let (tx, rx) = oneshot::channel();
+            self.track_proposal(g, vec![tx]);
+            return later(rx);
         }
-        self.track_proposal(g)
+        let bytes = op_bytes(&op);
+        if !g.batch.ops.is_empty()
+            && (g.batch.bytes + bytes > BATCH_BYTES_MAX
+                || g.batch.ops.len() == command::ENTRY_OPS_MAX)
+        {
+            self.flush_batch(g);
+        }
+        if g.batch.ops.is_empty() {
+            self.batched.borrow_mut().push(p);
+        }
+        let (tx, rx) = oneshot::channel();
+        g.batch.ops.push(op);
+        g.batch.replies.push(tx);
+        g.batch.bytes += bytes;
+        g.batch.now = g.batch.now.max(now);
+        self.wake.notify();
+        later(rx)
     }
 
-    /// The entry just proposed in `g` (its last): answered when it is applied at this index
-    /// and term, or failed if another leader's entry takes its place.
-    fn track_proposal(&self, g: &mut Group) -> Pending {
+    /// Proposes the group's batched writes as one entry (the driver does so for every batched
+    /// group before it takes readies; a read or a non-batchable write does so first).
+    fn flush_batch(&self, g: &mut Group) {
+        if g.batch.ops.is_empty() {
+            return;
+        }
+        let b = std::mem::take(&mut g.batch);
+        let data = command::encode_entry(b.now, b.ops.iter());
+        if let Err(e) = g.raw.propose(vec![], data) {
+            let why = format!("proposal refused: {e}");
+            for reply in b.replies {
+                let _ = reply.send(err(&why));
+            }
+            return;
+        }
+        self.track_proposal(g, b.replies);
+    }
+
+    /// Proposes every batch waiting (called by the driver before it takes readies).
+    pub(super) fn flush_batches(&self) {
+        let parts = std::mem::take(&mut *self.batched.borrow_mut());
+        let mut groups = self.groups.borrow_mut();
+        for p in parts {
+            if let Some(g) = groups.get_mut(&p) {
+                self.flush_batch(g);
+            }
+        }
+    }
+
+    /// The entry just proposed in `g` (its last): its ops are answered when it is applied at
+    /// this index and term, or failed if another leader's entry takes its place.
+    fn track_proposal(&self, g: &mut Group, replies: Vec<oneshot::Sender<OpResult>>) {
         self.stats.proposals.set(self.stats.proposals.get() + 1);
-        let (tx, rx) = oneshot::channel();
+        self.stats
+            .proposed_ops
+            .set(self.stats.proposed_ops.get() + replies.len() as u64);
         g.proposals.push_back(Proposal {
             index: g.raw.raft.raft_log.last_index(),
             term: g.raw.raft.term,
-            reply: tx,
+            replies,
         });
         self.wake.notify();
-        later(rx)
     }
 
     /// No leader known (an election is running): retry each tick until one is, up to the
@@ -813,6 +920,7 @@ impl Replicas {
             ("keel_raft_groups", groups.len() as u64),
             ("keel_raft_leading", leading),
             ("keel_raft_proposals", s.proposals.get()),
+            ("keel_raft_proposed_ops", s.proposed_ops.get()),
             ("keel_raft_applied_entries", s.applied_entries.get()),
             ("keel_raft_forwarded", s.forwarded.get()),
             ("keel_raft_lease_reads", s.lease_reads.get()),
@@ -932,4 +1040,71 @@ fn later(rx: oneshot::Receiver<OpResult>) -> Pending {
             .unwrap_or_else(|_| err("the request was dropped (leader changed?); retry"))
     });
     Pending::Later(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(mode: StoreMode) -> Op {
+        Op::Store {
+            mode,
+            key: b"k".to_vec(),
+            flags: 0,
+            exptime: 0,
+            cas: 0,
+            data: b"v".to_vec(),
+            invalidate: false,
+        }
+    }
+
+    #[test]
+    fn only_writes_that_never_read_the_old_value_share_an_entry() {
+        // A shared entry must apply at once and be safe to apply twice (see `batchable`).
+        for mode in [StoreMode::Set, StoreMode::Add, StoreMode::Replace] {
+            assert!(batchable(&store(mode)), "{mode:?}");
+        }
+        let delete = |invalidate| Op::Delete {
+            key: b"k".to_vec(),
+            cas: 0,
+            invalidate,
+        };
+        assert!(batchable(&delete(None)));
+        for op in [
+            store(StoreMode::Append),
+            store(StoreMode::Prepend),
+            delete(Some(None)),
+            Op::Arith {
+                key: b"n".to_vec(),
+                incr: true,
+                delta: 1,
+                cas: 0,
+                vivify: None,
+                touch: None,
+            },
+            Op::Touch {
+                key: b"k".to_vec(),
+                exptime: 1,
+            },
+            Op::FlushAll { delay: 0 },
+            Op::Members,
+        ] {
+            assert!(!batchable(&op), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn cas_uniques_differ_per_op_and_grow_with_the_index() {
+        let mut seen = HashSet::new();
+        for index in [1u64, 2, 1 << 30] {
+            for op in [0, 1, command::ENTRY_OPS_MAX - 1] {
+                for p in [0u64, 63, (1 << 16) - 1] {
+                    assert!(seen.insert(cas_of(p, index, op)));
+                }
+            }
+        }
+        assert!(cas_of(0, 2, 0) > cas_of(65535, 1, command::ENTRY_OPS_MAX - 1));
+        // Above what entries written before batching got for the same index.
+        assert!(cas_of(0, 5, 0) > (5 << 16) | 65535);
+    }
 }
