@@ -2,6 +2,7 @@
 //! in CLOCK order (a FIFO that gives referenced entries a second pass).
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3Builder;
@@ -13,8 +14,9 @@ struct Slot {
 }
 
 pub struct Cache {
-    map: HashMap<Box<[u8]>, Slot, Xxh3Builder>,
-    clock: VecDeque<(Box<[u8]>, u64)>,
+    /// The map and the clock share each key's one allocation.
+    map: HashMap<Rc<[u8]>, Slot, Xxh3Builder>,
+    clock: VecDeque<(Rc<[u8]>, u64)>,
     bytes: usize,
     bytes_max: usize,
     pub hits: u64,
@@ -56,8 +58,13 @@ impl Cache {
             return;
         }
         let cost = value.len() + key.len();
+        // An overwrite (the common case under a write load) reuses the key already held.
+        let key: Rc<[u8]> = match self.map.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => key.into(),
+        };
         if let Some(old) = self.map.insert(
-            key.into(),
+            key.clone(),
             Slot {
                 cas,
                 value,
@@ -67,7 +74,7 @@ impl Cache {
             self.bytes -= old.value.len() + key.len();
         }
         self.bytes += cost;
-        self.clock.push_back((key.into(), cas));
+        self.clock.push_back((key, cas));
         self.evict();
     }
 
@@ -92,7 +99,7 @@ impl Cache {
             let Some((key, cas)) = self.clock.pop_front() else {
                 break;
             };
-            let Some(slot) = self.map.get_mut(&key) else {
+            let Some(slot) = self.map.get_mut(&*key) else {
                 continue;
             };
             if slot.cas != cas {
@@ -104,13 +111,13 @@ impl Cache {
                 continue;
             }
             self.bytes -= slot.value.len() + key.len();
-            self.map.remove(&key);
+            self.map.remove(&*key);
         }
         // Overwrites leave stale clock entries behind; keep the queue proportional to the map.
         if self.clock.len() > 2 * self.map.len() + 1024 {
             let map = &self.map;
             self.clock
-                .retain(|(k, c)| map.get(k).is_some_and(|s| s.cas == *c));
+                .retain(|(k, c)| map.get(&**k).is_some_and(|s| s.cas == *c));
         }
     }
 }

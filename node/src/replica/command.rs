@@ -290,10 +290,15 @@ fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
 
 /// A Raft entry's data: version 2, the proposer's unix time, the number of ops (u16, 1 to
 /// `ENTRY_OPS_MAX`), the ops in the order they are applied.
-pub fn encode_entry<'a>(now: u32, ops: impl ExactSizeIterator<Item = &'a Op>) -> Vec<u8> {
+/// `bytes_hint`: about how many bytes the ops take (the buffer is allocated once).
+pub fn encode_entry<'a>(
+    now: u32,
+    ops: impl ExactSizeIterator<Item = &'a Op>,
+    bytes_hint: usize,
+) -> Vec<u8> {
     let n = ops.len();
     assert!((1..=ENTRY_OPS_MAX).contains(&n), "{n} ops in one entry");
-    let mut w = W::default();
+    let mut w = W(Vec::with_capacity(7 + bytes_hint));
     w.u8(VERSION_BATCH);
     w.u32(now);
     w.0.extend_from_slice(&(n as u16).to_le_bytes());
@@ -496,7 +501,7 @@ mod tests {
             .chain([&all[..]])
             .collect();
         for batch in batches {
-            let b = encode_entry(1_800_000_000, batch.iter());
+            let b = encode_entry(1_800_000_000, batch.iter(), 0);
             let (now, back) = decode_entry(&b).unwrap();
             assert_eq!(now, 1_800_000_000);
             assert_eq!(format!("{back:?}"), format!("{batch:?}"));

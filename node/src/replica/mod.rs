@@ -610,7 +610,7 @@ impl Replicas {
         }
         if !batchable(&op) {
             // Alone in its entry, after the batch proposed above.
-            let data = command::encode_entry(now, std::iter::once(&op));
+            let data = command::encode_entry(now, std::iter::once(&op), op_bytes(&op));
             if let Err(e) = g.raw.propose(vec![], data) {
                 return Pending::Ready(err(&format!("proposal refused: {e}")));
             }
@@ -644,7 +644,7 @@ impl Replicas {
             return;
         }
         let b = std::mem::take(&mut g.batch);
-        let data = command::encode_entry(b.now, b.ops.iter());
+        let data = command::encode_entry(b.now, b.ops.iter(), b.bytes);
         if let Err(e) = g.raw.propose(vec![], data) {
             let why = format!("proposal refused: {e}");
             for reply in b.replies {
