@@ -209,6 +209,9 @@ CASES: list[tuple[str, list]] = [
     ("mg_key_too_long", one(b"mg " + KEY251 + b" v\r\n", b"CLIENT_ERROR bad command line format\r\n")),
     # ---- malformed input
     ("unknown_command", one(b"foo bar\r\n", b"ERROR\r\n")),
+    # An HTTP request line closes the connection (test_http_request_closes_connection), but only
+    # for commands outside memcached's g/s/a/c/i/d/t groups; inside one it is plain ERROR.
+    ("http_inside_command_group", one(b"sxx / HTTP/1.1\r\ngxx HTTP/1.0\r\n", b"ERROR\r\nERROR\r\n")),
     ("commands_are_case_sensitive", one(b"GET a\r\n", b"ERROR\r\n")),
     ("empty_line", one(b"\r\n", b"ERROR\r\n")),
     ("get_key_too_long", one(b"get " + KEY251 + b"\r\n", b"CLIENT_ERROR bad command line format\r\n")),
@@ -294,6 +297,19 @@ def test_quit_closes_connection(server):
     # The server itself is fine.
     with server.connect() as c:
         assert c.call(b"version\r\n").startswith(b"VERSION ")
+
+
+def test_http_request_closes_connection(server):
+    """An HTTP client on the memcached port is closed without a reply (Keel answered ERROR and
+    kept reading the headers as commands); replies to earlier commands are still sent."""
+    for line in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"foo bar HTTP/1.0\r\n"):
+        with server.connect() as c:
+            c.send(line)
+            assert c.read_to_eof() == b""
+    with server.connect() as c:
+        assert c.call(b"version\r\n").startswith(b"VERSION ")
+        c.send(b"POST /x HTTP/1.1\r\nversion\r\n")
+        assert c.read_to_eof() == b""
 
 
 def test_quit_after_pipelined_commands(server):

@@ -103,6 +103,9 @@ pub enum ClientError {
     ObjectTooLarge,
     /// memcached closes without replying; the line exists for a caller that wants to say why.
     LineTooLong,
+    /// An unknown command whose last token starts `HTTP/` (an HTTP client on the memcached
+    /// port): memcached closes without replying; the line is what it would say otherwise.
+    HttpRequest,
     InvalidExptime,
     /// incr/decr with a delta that is not a u64.
     InvalidDeltaArgument,
@@ -130,12 +133,13 @@ pub enum ClientError {
 
 impl ClientError {
     /// All variants, so tests can check every reply line.
-    pub const ALL: [ClientError; 21] = [
+    pub const ALL: [ClientError; 22] = [
         Self::Error,
         Self::BadCommandLineFormat,
         Self::BadDataChunk,
         Self::ObjectTooLarge,
         Self::LineTooLong,
+        Self::HttpRequest,
         Self::InvalidExptime,
         Self::InvalidDeltaArgument,
         Self::DeleteUsage,
@@ -162,6 +166,7 @@ impl ClientError {
             Self::BadDataChunk => b"CLIENT_ERROR bad data chunk\r\n",
             Self::ObjectTooLarge => b"SERVER_ERROR object too large for cache\r\n",
             Self::LineTooLong => b"CLIENT_ERROR line too long\r\n",
+            Self::HttpRequest => b"ERROR\r\n",
             Self::InvalidExptime => b"CLIENT_ERROR invalid exptime argument\r\n",
             Self::InvalidDeltaArgument => b"CLIENT_ERROR invalid numeric delta argument\r\n",
             Self::DeleteUsage => {
@@ -465,7 +470,7 @@ fn dispatch<'a>(
         b"member_add" => want(nt == 4),
         b"member_promote" | b"member_remove" => want(nt == 3),
         b"members" => want(nt == 2),
-        _ => Some(invalid(ClientError::Error, line_next, false)),
+        _ => Some(unknown_command(toks, line_next)),
     };
     if let Some(err) = err {
         return err;
@@ -589,6 +594,28 @@ fn dispatch<'a>(
         }
         _ => unreachable!("command filtered above"),
     }
+}
+
+/// memcached answers `ERROR` to a command it does not know, except that a line whose last token
+/// starts `HTTP/` is an HTTP client and is closed without a word. The check sits in memcached's
+/// final `else`, so it applies only to commands whose first byte opens none of its groups
+/// (`get...`, `set`/`stats`..., `add`/`append`, `cas`, `incr`, `delete`/`decr`, `touch`).
+fn unknown_command<'a>(toks: &Tokens<'a>, line_next: usize) -> Parse<'a> {
+    let grouped = matches!(
+        toks.get(0)[0],
+        b'g' | b's' | b'a' | b'c' | b'i' | b'd' | b't'
+    );
+    if !grouped && toks.get(toks.ntokens - 2).starts_with(b"HTTP/") {
+        return Parse::Invalid {
+            err: ClientError::HttpRequest,
+            consumed: line_next,
+            swallow: 0,
+            close: true,
+            silent: true,
+            unlink_key: None,
+        };
+    }
+    invalid(ClientError::Error, line_next, false)
 }
 
 fn parse_get<'a>(

@@ -103,6 +103,17 @@ fn ec(err: ClientError, consumed: usize) -> Want {
         unlink: None,
     }
 }
+/// memcached closes the connection without a word: an HTTP request on the memcached port.
+fn http() -> Want {
+    Want::Err {
+        err: ClientError::HttpRequest,
+        consumed: None,
+        swallow: 0,
+        silent: true,
+        close: true,
+        unlink: None,
+    }
+}
 fn too_long() -> Want {
     Want::Err {
         err: ClientError::LineTooLong,
@@ -257,6 +268,22 @@ fn table() -> Vec<(&'static [u8], Want)> {
         (b"\x00\r\n", e(E::Error)),
         (b"foo\r\n", e(E::Error)),
         (b"GET a\r\n", e(E::Error)),
+        // --- an HTTP client: an unknown command whose last token starts "HTTP/" closes the
+        // connection silently, but only for first bytes that open none of memcached's command
+        // groups (g, s, a, c, i, d, t answer ERROR in their group).
+        (b"GET / HTTP/1.1\r\n", http()),
+        (b"GET / HTTP/1.0\n", http()),
+        (b"foo bar HTTP/1.0 \r\n", http()),
+        (b"HTTP/1.1\r\n", http()),
+        (b"quitx HTTP/\r\n", http()),
+        (b"sxx HTTP/1.1\r\n", e(E::Error)),
+        (b"gxx / HTTP/1.1\r\n", e(E::Error)),
+        (b"set a HTTP/1.1\r\n", e(E::Error)),
+        (b"x HTTP/1.1\r\n", e(E::Error)),
+        (b"mx HTTP/1.1\r\n", e(E::Error)),
+        (b"foo HTTP/1.1 bar\r\n", e(E::Error)),
+        (b"foo http/1.1\r\n", e(E::Error)),
+        (b"foo xHTTP/1.1\r\n", e(E::Error)),
         (b"get\ta\r\n", e(E::Error)),
         (b"version\tx\r\n", e(E::Error)),
         (b"version\rversion\r\n", e(E::Error)),
