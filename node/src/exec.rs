@@ -67,7 +67,7 @@ impl<'a> Round<'a> {
             shard,
             Op::Delete {
                 key: key.to_vec(),
-                cas: 0,
+                cas: None,
                 invalidate: None,
             },
         );
@@ -125,7 +125,9 @@ impl<'a> Round<'a> {
                             key: k.to_vec(),
                             touch: *touch,
                             vivify: None,
+                            recache: None,
                             want_value: true,
+                            bump: true,
                         },
                     )
                 })
@@ -139,13 +141,14 @@ impl<'a> Round<'a> {
                 data,
                 ..
             } => {
+                // `cas` compares even with 0, which matches nothing (memcached: EXISTS).
                 let (mode, cas) = match cmd {
-                    StoreCmd::Set => (StoreMode::Set, 0),
-                    StoreCmd::Add => (StoreMode::Add, 0),
-                    StoreCmd::Replace => (StoreMode::Replace, 0),
-                    StoreCmd::Append => (StoreMode::Append, 0),
-                    StoreCmd::Prepend => (StoreMode::Prepend, 0),
-                    StoreCmd::Cas => (StoreMode::Set, *cas),
+                    StoreCmd::Set => (StoreMode::Set, None),
+                    StoreCmd::Add => (StoreMode::Add, None),
+                    StoreCmd::Replace => (StoreMode::Replace, None),
+                    StoreCmd::Append => (StoreMode::Append, None),
+                    StoreCmd::Prepend => (StoreMode::Prepend, None),
+                    StoreCmd::Cas => (StoreMode::Set, Some(*cas)),
                 };
                 let op = Op::Store {
                     mode,
@@ -162,7 +165,7 @@ impl<'a> Round<'a> {
                 shard,
                 Op::Delete {
                     key: key.to_vec(),
-                    cas: 0,
+                    cas: None,
                     invalidate: None,
                 },
             )],

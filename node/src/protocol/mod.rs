@@ -12,6 +12,7 @@
 //! way memcached truncates them, `noreply` silencing errors, and the data block of an oversized
 //! or rejected `set`/`ms` swallowed so the connection lives on.
 
+pub mod base64;
 mod meta;
 pub mod reply;
 #[cfg(test)]
@@ -118,6 +119,8 @@ pub enum ClientError {
     DuplicateFlag,
     /// md and ma fold every flag error into this line.
     InvalidOrDuplicateFlag,
+    /// `b` on a key that is not base64 (mg, ms).
+    KeyDecode,
     BadToken,
     OpaqueTooLong,
     /// mg's wording.
@@ -133,7 +136,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// All variants, so tests can check every reply line.
-    pub const ALL: [ClientError; 22] = [
+    pub const ALL: [ClientError; 23] = [
         Self::Error,
         Self::BadCommandLineFormat,
         Self::BadDataChunk,
@@ -147,6 +150,7 @@ impl ClientError {
         Self::InvalidFlag,
         Self::DuplicateFlag,
         Self::InvalidOrDuplicateFlag,
+        Self::KeyDecode,
         Self::BadToken,
         Self::OpaqueTooLong,
         Self::OptionsFlagsAreTooLong,
@@ -178,6 +182,7 @@ impl ClientError {
             Self::InvalidFlag => b"CLIENT_ERROR invalid flag\r\n",
             Self::DuplicateFlag => b"CLIENT_ERROR duplicate flag\r\n",
             Self::InvalidOrDuplicateFlag => b"CLIENT_ERROR invalid or duplicate flag\r\n",
+            Self::KeyDecode => b"CLIENT_ERROR error decoding key\r\n",
             Self::BadToken => b"CLIENT_ERROR bad token in command line format\r\n",
             Self::OpaqueTooLong => b"CLIENT_ERROR opaque token too long\r\n",
             Self::OptionsFlagsAreTooLong => b"CLIENT_ERROR options flags are too long\r\n",
@@ -272,7 +277,7 @@ pub enum MemberCmd {
     List,
 }
 
-/// The meta commands Keel serves. `me` (meta debug) is not supported and answers `ERROR`.
+/// The meta commands Keel serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetaCmd {
     Get,
@@ -280,6 +285,8 @@ pub enum MetaCmd {
     Delete,
     Arith,
     Noop,
+    /// `me`: one line of an item's metadata, for people debugging a cache.
+    Debug,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +297,18 @@ pub struct MetaRequest<'a> {
     pub flags: MetaFlags<'a>,
     /// The data block of `ms`, without its "\r\n"; empty otherwise.
     pub data: &'a [u8],
+}
+
+impl MetaRequest<'_> {
+    /// The key the request names: the token itself, or its decoding under `b` (the parser has
+    /// checked that it decodes).
+    pub fn key_bytes(&self) -> Vec<u8> {
+        if self.flags.base64 {
+            base64::decode(self.key).expect("the parser checked the base64 key")
+        } else {
+            self.key.to_vec()
+        }
+    }
 }
 
 /// Parses the request at the front of `buf`.
@@ -447,6 +466,7 @@ fn dispatch<'a>(
             b'd' => MetaCmd::Delete,
             b'a' => MetaCmd::Arith,
             b'n' => MetaCmd::Noop,
+            b'e' => MetaCmd::Debug,
             _ => return invalid(ClientError::Error, line_next, false),
         };
         return meta::parse_meta(meta, &toks.toks[..nt - 1], nt, buf, line_next, limits);
