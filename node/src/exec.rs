@@ -67,7 +67,7 @@ impl<'a> Round<'a> {
             shard,
             Op::Delete {
                 key: key.to_vec(),
-                cas: 0,
+                cas: None,
                 invalidate: None,
             },
         );
@@ -125,7 +125,9 @@ impl<'a> Round<'a> {
                             key: k.to_vec(),
                             touch: *touch,
                             vivify: None,
+                            recache: None,
                             want_value: true,
+                            bump: true,
                         },
                     )
                 })
@@ -139,13 +141,14 @@ impl<'a> Round<'a> {
                 data,
                 ..
             } => {
+                // `cas` compares even with 0, which matches nothing (memcached: EXISTS).
                 let (mode, cas) = match cmd {
-                    StoreCmd::Set => (StoreMode::Set, 0),
-                    StoreCmd::Add => (StoreMode::Add, 0),
-                    StoreCmd::Replace => (StoreMode::Replace, 0),
-                    StoreCmd::Append => (StoreMode::Append, 0),
-                    StoreCmd::Prepend => (StoreMode::Prepend, 0),
-                    StoreCmd::Cas => (StoreMode::Set, *cas),
+                    StoreCmd::Set => (StoreMode::Set, None),
+                    StoreCmd::Add => (StoreMode::Add, None),
+                    StoreCmd::Replace => (StoreMode::Replace, None),
+                    StoreCmd::Append => (StoreMode::Append, None),
+                    StoreCmd::Prepend => (StoreMode::Prepend, None),
+                    StoreCmd::Cas => (StoreMode::Set, Some(*cas)),
                 };
                 let op = Op::Store {
                     mode,
@@ -162,7 +165,7 @@ impl<'a> Round<'a> {
                 shard,
                 Op::Delete {
                     key: key.to_vec(),
-                    cas: 0,
+                    cas: None,
                     invalidate: None,
                 },
             )],
@@ -304,29 +307,7 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
     let c = &shard.counters;
     match req {
         Request::Get { keys, cas, touch } => {
-            for (key, r) in keys.iter().zip(results) {
-                Counters::add(&c.cmd_get, 1);
-                if touch.is_some() {
-                    Counters::add(&c.cmd_touch, 1);
-                }
-                match r {
-                    OpResult::Hit(item) => {
-                        Counters::add(&c.get_hits, 1);
-                        if touch.is_some() {
-                            Counters::add(&c.touch_hits, 1);
-                        }
-                        reply::value(out, key, item.flags, &item.value, cas.then_some(item.cas));
-                    }
-                    OpResult::ServerError(m) => server_error(out, &m),
-                    _ => {
-                        Counters::add(&c.get_misses, 1);
-                        if touch.is_some() {
-                            Counters::add(&c.touch_misses, 1);
-                        }
-                    }
-                }
-            }
-            out.extend_from_slice(b"END\r\n");
+            render_get(c, keys, *cas, touch.is_some(), results, out)
         }
         Request::Store { cmd, noreply, .. } => {
             let r = &results[0];
@@ -404,6 +385,42 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
             None => out.extend_from_slice(b"OK\r\n"),
         },
     }
+}
+
+/// get/gets/gat/gats: a VALUE per hit in key order, then END. A failed key (a storage failure,
+/// no leader) ends the reply at its SERVER_ERROR line with no END, as memcached's failed get
+/// does; the VALUEs before it stand.
+fn render_get(
+    c: &Counters,
+    keys: &[&[u8]],
+    cas: bool,
+    touch: bool,
+    results: Vec<OpResult>,
+    out: &mut Vec<u8>,
+) {
+    for (key, r) in keys.iter().zip(results) {
+        Counters::add(&c.cmd_get, 1);
+        if touch {
+            Counters::add(&c.cmd_touch, 1);
+        }
+        match r {
+            OpResult::Hit(item) => {
+                Counters::add(&c.get_hits, 1);
+                if touch {
+                    Counters::add(&c.touch_hits, 1);
+                }
+                reply::value(out, key, item.flags, &item.value, cas.then_some(item.cas));
+            }
+            OpResult::ServerError(m) => return server_error(out, &m),
+            _ => {
+                Counters::add(&c.get_misses, 1);
+                if touch {
+                    Counters::add(&c.touch_misses, 1);
+                }
+            }
+        }
+    }
+    out.extend_from_slice(b"END\r\n");
 }
 
 /// `MEMBER <id> <peer addr or -> voter <partitions> learner <partitions>` per node, as the
@@ -488,4 +505,59 @@ fn rusage() -> (u64, u64) {
     let tick = 100u64; // USER_HZ on Linux
     let get = |i: usize| f.get(i).copied().unwrap_or(0) * 1_000_000 / tick;
     (get(11), get(12))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::Item;
+
+    fn hit(v: &[u8]) -> OpResult {
+        OpResult::Hit(Item {
+            flags: 3,
+            exptime: 0,
+            cas: 9,
+            value: Arc::from(v),
+            value_len: v.len() as u32,
+            stale: false,
+            win: false,
+            already_won: false,
+            fetched: false,
+            idle_s: 0,
+        })
+    }
+
+    /// A new user saw `SERVER_ERROR ...` followed by `END` for a failed get; memcached 1.6.18
+    /// ends a failed get at the error line, so a client reading its reply would take that END
+    /// as the answer to its next request.
+    #[test]
+    fn a_failed_get_ends_at_its_error_line() {
+        let c = Counters::default();
+        let mut out = Vec::new();
+        let results = vec![
+            hit(b"x"),
+            OpResult::ServerError("no leader; retry".into()),
+            hit(b"y"),
+        ];
+        render_get(&c, &[b"a", b"b", b"c"], false, false, results, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "VALUE a 3 1\r\nx\r\nSERVER_ERROR no leader; retry\r\n"
+        );
+        let mut out = Vec::new();
+        render_get(
+            &c,
+            &[b"a", b"b"],
+            true,
+            false,
+            vec![hit(b"x"), OpResult::Miss],
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "VALUE a 3 1 9\r\nx\r\nEND\r\n"
+        );
+    }
 }

@@ -1,22 +1,33 @@
-//! The meta commands (mg, ms, md, ma, mn) on top of the engine ops: which op a request becomes,
+//! The meta commands (mg, ms, md, ma, mn, me) on top of the engine ops: which op a request becomes,
 //! and how its result is written. Parsing and byte formats live in `protocol`.
 
-use crate::engine::{Item, Op, OpResult, StoreMode};
-use crate::protocol::reply::{self, ArithView, ItemView, MetaStatus};
-use crate::protocol::{MetaCmd, MetaMode, MetaRequest, ReturnFlag};
+use crate::engine::{format, Item, Op, OpResult, StoreMode};
+use crate::protocol::reply::{self, ArithView, DebugView, ItemView, MetaStatus};
+use crate::protocol::{MetaCmd, MetaMode, MetaRequest};
 use crate::shard::{Counters, Shard};
 
 /// The op for `m`, `None` for `mn` (no key, nothing to do).
 pub fn to_op(m: &MetaRequest<'_>) -> Result<Option<Op>, OpResult> {
     let f = &m.flags;
-    let key = m.key.to_vec();
+    let key = m.key_bytes();
     Ok(Some(match m.cmd {
         MetaCmd::Noop => return Ok(None),
         MetaCmd::Get => Op::Get {
             key,
             touch: f.ttl,
             vivify: f.vivify_ttl,
-            want_value: f.value || f.returns.contains(ReturnFlag::Size),
+            recache: f.recache_ttl,
+            want_value: f.value,
+            bump: !f.no_lru_bump,
+        },
+        // memcached's `me` looks without counting as a fetch.
+        MetaCmd::Debug => Op::Get {
+            key,
+            touch: None,
+            vivify: None,
+            recache: None,
+            want_value: false,
+            bump: false,
         },
         MetaCmd::Set => {
             let mode = match f.mode {
@@ -34,14 +45,14 @@ pub fn to_op(m: &MetaRequest<'_>) -> Result<Option<Op>, OpResult> {
                 key,
                 flags: f.client_flags.unwrap_or(0),
                 exptime: f.ttl.unwrap_or(0),
-                cas: f.compare_cas.unwrap_or(0),
+                cas: f.compare_cas,
                 data: m.data.to_vec(),
                 invalidate: f.invalidate,
             }
         }
         MetaCmd::Delete => Op::Delete {
             key,
-            cas: f.compare_cas.unwrap_or(0),
+            cas: f.compare_cas,
             invalidate: f.invalidate.then_some(f.ttl),
         },
         MetaCmd::Arith => Op::Arith {
@@ -70,13 +81,12 @@ fn view<'a>(key: &'a [u8], item: &'a Item, now: u32) -> ItemView<'a> {
         ttl_remaining: ttl_remaining(item.exptime, now),
         cas: item.cas,
         value: &item.value,
-        size: item.value.len(),
+        size: item.value_len as usize,
         win: item.win,
         stale: item.stale,
         already_won: item.already_won,
-        // Keel does not track per-item access history: `h` reads 0 and `l` reads 0.
-        fetched: false,
-        last_access_s: 0,
+        fetched: item.fetched,
+        last_access_s: u64::from(item.idle_s),
     }
 }
 
@@ -117,6 +127,25 @@ pub fn render(
     }
     match m.cmd {
         MetaCmd::Noop => {}
+        MetaCmd::Debug => match &r {
+            OpResult::Hit(item) => {
+                // memcached's `exp` is now - exptime (so minus the seconds left), -1 for none.
+                let exp = match item.exptime {
+                    0 => -1,
+                    e => i64::from(now) - i64::from(e),
+                };
+                let d = DebugView {
+                    key: m.key,
+                    exp,
+                    last_access_s: u64::from(item.idle_s),
+                    cas: item.cas,
+                    fetched: item.fetched,
+                    size: format::record_bytes(m.key_bytes().len(), item.value_len as usize) as u64,
+                };
+                reply::meta_debug(out, m, Some(&d));
+            }
+            _ => reply::meta_debug(out, m, None),
+        },
         MetaCmd::Get => {
             Counters::add(&c.cmd_get, 1);
             match &r {

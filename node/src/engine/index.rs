@@ -15,16 +15,52 @@ pub struct IndexEntry {
     pub flags: u32,
     /// Absolute unix seconds; 0 = never.
     pub exptime: u32,
-    /// [`STALE`] and [`WIN_SENT`].
+    /// [`STALE`], [`WIN_SENT`] and [`FETCHED`].
     pub bits: u8,
+    /// When the item was written or last read ([`Atime`]); with [`FETCHED`] this answers
+    /// mg's `l` and `h`. Fits in the padding the fields above leave.
+    pub atime: Atime,
 }
 
 const _: () = assert!(std::mem::size_of::<IndexEntry>() <= 32);
 
-/// Invalidated by `md ... I` or `ms ... I`: served with the X flag until rewritten.
+/// Invalidated by `md ... I` or `ms ... I`: served with the X flag until rewritten. The only
+/// bit that is persisted (record header byte 43, snapshots).
 pub const STALE: u8 = 1;
 /// A client was handed the win token (W) for this item; others get Z. Not persisted.
 pub const WIN_SENT: u8 = 2;
+/// The item was read since it was written (memcached's ITEM_FETCHED, mg's `h`). Not persisted:
+/// like memcached's LRU state it is the answering replica's own, and a restart forgets it.
+pub const FETCHED: u8 = 4;
+
+/// Unix seconds modulo 2^24, the three bytes an index entry has left: ages up to 2^23 s (97
+/// days) read exactly, older ones modulo 2^24 s. Access times are per replica and in memory
+/// only; recovery and snapshots start them at the record's write time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Atime([u8; 3]);
+
+impl Atime {
+    const MASK: u32 = (1 << 24) - 1;
+
+    pub fn at(unix_s: u32) -> Atime {
+        let b = unix_s.to_le_bytes();
+        Atime([b[0], b[1], b[2]])
+    }
+
+    /// Seconds from this time to `now` (0 if `now` is earlier: clocks of replicas differ).
+    pub fn age_s(self, now: u32) -> u32 {
+        let [a, b, c] = self.0;
+        let then = u32::from_le_bytes([a, b, c, 0]);
+        let age = now.wrapping_sub(then) & Self::MASK;
+        // An age in the upper half is a time a little in the future (a leader's clock ahead of
+        // this replica's), not one 100+ days ago.
+        if age > Self::MASK / 2 {
+            0
+        } else {
+            age
+        }
+    }
+}
 
 pub type Index = HashMap<Box<[u8]>, IndexEntry, Xxh3Builder>;
 
@@ -70,6 +106,18 @@ mod tests {
         assert_eq!(absolute_exptime(now as i64 + 5, now), Some(now + 5));
         assert_eq!(absolute_exptime(i64::MAX, now), Some(u32::MAX));
     }
+
+    #[test]
+    fn atime_ages_across_the_wrap() {
+        let now = 1_800_000_000;
+        assert_eq!(Atime::at(now).age_s(now), 0);
+        assert_eq!(Atime::at(now - 75).age_s(now), 75);
+        // The 24-bit counter wraps between the two times.
+        let wrap = (now | 0xff_ffff) + 1;
+        assert_eq!(Atime::at(wrap - 10).age_s(wrap + 5), 15);
+        // A time slightly ahead (another replica's clock) reads as 0.
+        assert_eq!(Atime::at(now + 3).age_s(now), 0);
+    }
 }
 
 /// Measures the index's memory per key (run: `cargo test --release -p keel-node
@@ -100,6 +148,7 @@ fn index_memory_per_key() {
             flags: 0,
             exptime: 0,
             bits: 0,
+            atime: Atime::at(0),
         };
         index.insert(key.into_bytes().into_boxed_slice(), e);
     }

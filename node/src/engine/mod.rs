@@ -28,7 +28,7 @@ use keel_nvme::{Device, IoError, Region};
 
 use cache::Cache;
 use format::Kind;
-use index::{absolute_exptime, Index, IndexEntry, STALE, WIN_SENT};
+use index::{absolute_exptime, Atime, Index, IndexEntry, FETCHED, STALE, WIN_SENT};
 use log::{LogConfig, LogError, NewRecord, ValueLog};
 pub use ops::{Item, Member, MemberChange, Op, OpResult, StoreMode};
 
@@ -214,8 +214,10 @@ impl<D: Device + 'static> Engine<D> {
                 key,
                 touch,
                 vivify,
+                recache,
                 want_value,
-            } => self.get(key, touch, vivify, want_value, now),
+                bump,
+            } => self.get(key, touch, vivify, recache, want_value, bump, now),
             Op::Store {
                 mode,
                 key,
@@ -267,15 +269,26 @@ impl<D: Device + 'static> Engine<D> {
         Some(e)
     }
 
-    fn item(e: &IndexEntry, value: Arc<[u8]>) -> Item {
+    fn item(e: &IndexEntry, value: Arc<[u8]>, now: u32) -> Item {
         Item {
             flags: e.flags,
             exptime: e.exptime,
             cas: e.cas,
             value,
+            value_len: e.value_len,
             stale: e.bits & STALE != 0,
             win: false,
             already_won: false,
+            fetched: e.bits & FETCHED != 0,
+            idle_s: e.atime.age_s(now),
+        }
+    }
+
+    /// A read of `key` (memcached's item bump): the item counts as fetched and accessed now.
+    fn bump(&self, key: &[u8], now: u32) {
+        if let Some(slot) = self.index.borrow_mut().get_mut(key) {
+            slot.bits |= FETCHED;
+            slot.atime = Atime::at(now);
         }
     }
 
@@ -286,7 +299,8 @@ impl<D: Device + 'static> Engine<D> {
         })
     }
 
-    /// Puts a new version of `key` in the log, the index and the cache.
+    /// Puts a new version of `key` in the log, the index and the cache. `bits` are the new
+    /// entry's; only [`STALE`] reaches the record.
     fn put(
         &self,
         key: &[u8],
@@ -306,7 +320,7 @@ impl<D: Device + 'static> Engine<D> {
             exptime,
             time: now,
             cas: Some(cas),
-            bits,
+            bits: bits & STALE,
         })?;
         let e = IndexEntry {
             offset: a.offset,
@@ -315,6 +329,7 @@ impl<D: Device + 'static> Engine<D> {
             flags,
             exptime,
             bits,
+            atime: Atime::at(now),
         };
         if let Some(old) = self.index.borrow_mut().insert(key.into(), e) {
             self.log.release(
@@ -349,17 +364,15 @@ impl<D: Device + 'static> Engine<D> {
         Ok(a.seq)
     }
 
-    /// Rewrites the metadata of an existing item (TTL, stale bit) without moving its value.
-    /// `bits`: new persisted bits, or `None` to keep the entry's.
+    /// Rewrites the TTL of an existing item without moving its value; its bits are kept.
     fn retouch(
         &self,
         key: &[u8],
         e: &mut IndexEntry,
         exptime: u32,
-        bits: Option<u8>,
         now: u32,
     ) -> Result<u64, OpResult> {
-        let bits = bits.unwrap_or(e.bits & STALE);
+        let bits = e.bits;
         let a = self.append(&NewRecord {
             kind: Kind::Touch,
             key,
@@ -368,7 +381,7 @@ impl<D: Device + 'static> Engine<D> {
             exptime,
             time: now,
             cas: Some(e.cas),
-            bits,
+            bits: bits & STALE,
         })?;
         e.exptime = exptime;
         e.bits = bits;
@@ -435,12 +448,15 @@ impl<D: Device + 'static> Engine<D> {
         None
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn get(
         self: &Rc<Self>,
         key: Vec<u8>,
         touch: Option<i64>,
         vivify: Option<i64>,
+        recache: Option<i64>,
         want_value: bool,
+        bump: bool,
         now: u32,
     ) -> Pending {
         let Some(mut e) = self.live(&key, now) else {
@@ -450,8 +466,11 @@ impl<D: Device + 'static> Engine<D> {
             let exptime = absolute_exptime(ttl, now).unwrap_or(now);
             return match self.put(&key, Arc::from(&[][..]), 0, exptime, WIN_SENT, now) {
                 Ok((_, e)) => {
-                    let mut item = Self::item(&e, Arc::from(&[][..]));
+                    let mut item = Self::item(&e, Arc::from(&[][..]), now);
                     item.win = true;
+                    if bump {
+                        self.bump(&key, now);
+                    }
                     Pending::Ready(OpResult::Hit(item))
                 }
                 Err(r) => Pending::Ready(r),
@@ -460,7 +479,7 @@ impl<D: Device + 'static> Engine<D> {
         if let Some(t) = touch {
             match absolute_exptime(t, now) {
                 Some(exp) => {
-                    if let Err(r) = self.retouch(&key, &mut e, exp, None, now) {
+                    if let Err(r) = self.retouch(&key, &mut e, exp, now) {
                         return Pending::Ready(r);
                     }
                 }
@@ -472,16 +491,26 @@ impl<D: Device + 'static> Engine<D> {
                 }
             }
         }
-        let mut item = Self::item(&e, Arc::from(&[][..]));
-        // memcached's recache protocol: the first reader of a stale item wins the token (W),
-        // and while a token is out (stale, or vivified by mg N) every other reader sees Z.
+        let mut item = Self::item(&e, Arc::from(&[][..]), now);
+        // memcached's recache protocol: while a win token is out (sent for a stale item, for
+        // one vivified by mg N, or for one close to expiry under mg R) every reader sees Z;
+        // otherwise the first reader of a stale item, or of one that expires within R's TTL,
+        // wins the token (W).
         if e.bits & WIN_SENT != 0 {
             item.already_won = true;
-        } else if item.stale {
-            item.win = true;
+        } else {
+            let recache_due = recache.is_some_and(|r| {
+                e.exptime != 0 && absolute_exptime(r, now).is_some_and(|r| e.exptime < r)
+            });
+            item.win = item.stale || recache_due;
+        }
+        if item.win {
             if let Some(slot) = self.index.borrow_mut().get_mut(&key[..]) {
                 slot.bits |= WIN_SENT;
             }
+        }
+        if bump {
+            self.bump(&key, now);
         }
         if !want_value {
             return Pending::Ready(OpResult::Hit(item));
@@ -510,31 +539,35 @@ impl<D: Device + 'static> Engine<D> {
         key: Vec<u8>,
         flags: u32,
         exptime: i64,
-        cas: u64,
+        cas: Option<u64>,
         data: Vec<u8>,
         invalidate: bool,
         now: u32,
     ) -> Pending {
         let cur = self.live(&key, now);
-        match (mode, &cur) {
-            (StoreMode::Add, Some(_)) => return Pending::Ready(OpResult::NotStored),
-            (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
-                return Pending::Ready(OpResult::NotStored)
+        // The item a stale value replaces (ms I with an older CAS): it keeps that item's TTL
+        // and win token, as memcached's CAS_STALE store does.
+        let mut stale_of = None;
+        match (mode, cas, &cur) {
+            // memcached's NREAD_CAS: needs the item; 0 matches no CAS unique.
+            (StoreMode::Set | StoreMode::Replace, Some(_), None) => {
+                return Pending::Ready(OpResult::NotFound)
             }
-            _ => {}
-        }
-        let mut bits = 0;
-        if cas != 0 {
-            let Some(e) = &cur else {
-                return Pending::Ready(OpResult::NotFound);
-            };
-            if e.cas != cas {
-                if invalidate && cas < e.cas {
-                    bits = STALE;
+            (StoreMode::Set | StoreMode::Replace, Some(c), Some(e)) if c == 0 || c != e.cas => {
+                if invalidate && c != 0 && c < e.cas {
+                    stale_of = Some(*e);
                 } else {
                     return Pending::Ready(OpResult::Exists);
                 }
             }
+            (StoreMode::Add, _, Some(_)) => return Pending::Ready(OpResult::NotStored),
+            (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, _, None) => {
+                return Pending::Ready(OpResult::NotStored)
+            }
+            (StoreMode::Append | StoreMode::Prepend, Some(c), Some(e)) if c != 0 && c != e.cas => {
+                return Pending::Ready(OpResult::Exists)
+            }
+            _ => {}
         }
         let (value, flags, exptime): (Arc<[u8]>, u32, Option<u32>) = match (mode, cur) {
             (StoreMode::Append | StoreMode::Prepend, Some(e)) => {
@@ -575,9 +608,14 @@ impl<D: Device + 'static> Engine<D> {
                 if data.len() > self.log.value_len_max {
                     return Pending::Ready(OpResult::TooLarge);
                 }
-                (data.into(), flags, absolute_exptime(exptime, now))
+                let exptime = match &stale_of {
+                    Some(e) => Some(e.exptime),
+                    None => absolute_exptime(exptime, now),
+                };
+                (data.into(), flags, exptime)
             }
         };
+        let bits = stale_of.map_or(0, |e| STALE | (e.bits & WIN_SENT));
         let Some(exptime) = exptime else {
             // Already expired on arrival: memcached answers STORED and the item is gone.
             return match self.remove(&key, now) {
@@ -635,23 +673,46 @@ impl<D: Device + 'static> Engine<D> {
     fn delete(
         self: &Rc<Self>,
         key: Vec<u8>,
-        cas: u64,
+        cas: Option<u64>,
         invalidate: Option<Option<i64>>,
         now: u32,
     ) -> Pending {
-        let Some(mut e) = self.live(&key, now) else {
+        let Some(e) = self.live(&key, now) else {
             return Pending::Ready(OpResult::NotFound);
         };
-        if cas != 0 && cas != e.cas {
+        if cas.is_some_and(|c| c != e.cas) {
             return Pending::Ready(OpResult::Exists);
         }
         let r = match invalidate {
             Some(ttl) => {
+                // memcached's md I marks the item stale, takes back the win token (the next
+                // reader wins) and gives the item a new CAS, so a recache carrying the CAS read
+                // before the invalidation is older and stored stale (ms I). A new CAS is a new
+                // version of the item: the value is written again under it.
+                let value = match self.value_of(&key, &e) {
+                    Ok(v) => v,
+                    Err(read) => {
+                        let op = Op::Delete {
+                            key: key.clone(),
+                            cas,
+                            invalidate,
+                        };
+                        return self.gate(key, op, read);
+                    }
+                };
                 let exp = match ttl {
                     Some(t) => absolute_exptime(t, now).unwrap_or(now),
                     None => e.exptime,
                 };
-                self.retouch(&key, &mut e, exp, Some(STALE), now)
+                let bits = (e.bits | STALE) & !WIN_SENT;
+                self.put(&key, value, e.flags, exp, bits, now)
+                    .map(|(seq, _)| {
+                        // Not an access: the item keeps its last-access time.
+                        if let Some(slot) = self.index.borrow_mut().get_mut(&key[..]) {
+                            slot.atime = e.atime;
+                        }
+                        seq
+                    })
             }
             None => self.remove(&key, now),
         };
@@ -666,7 +727,10 @@ impl<D: Device + 'static> Engine<D> {
             return Pending::Ready(OpResult::NotFound);
         };
         let r = match absolute_exptime(exptime, now) {
-            Some(exp) => self.retouch(key, &mut e, exp, None, now),
+            Some(exp) => self.retouch(key, &mut e, exp, now).inspect(|_| {
+                // memcached's touch fetches the item.
+                self.bump(key, now);
+            }),
             None => self.remove(key, now),
         };
         match r {
@@ -695,7 +759,7 @@ impl<D: Device + 'static> Engine<D> {
             return match self.put(&key, value.clone(), 0, exptime, 0, now) {
                 Ok((_, e)) => Pending::Ready(OpResult::Number {
                     value: initial,
-                    item: Self::item(&e, value),
+                    item: Self::item(&e, value, now),
                 }),
                 Err(r) => Pending::Ready(r),
             };
@@ -741,7 +805,7 @@ impl<D: Device + 'static> Engine<D> {
         match self.put(&key, value.clone(), e.flags, exptime, e.bits & STALE, now) {
             Ok((_, e)) => Pending::Ready(OpResult::Number {
                 value: n,
-                item: Self::item(&e, value),
+                item: Self::item(&e, value, now),
             }),
             Err(r) => Pending::Ready(r),
         }
@@ -860,7 +924,7 @@ impl<D: Device + 'static> Engine<D> {
                 exptime: it.exptime,
                 time: now,
                 cas: Some(it.cas),
-                bits: it.bits,
+                bits: it.bits & STALE,
             })?;
             let e = IndexEntry {
                 offset: a.offset,
@@ -868,7 +932,8 @@ impl<D: Device + 'static> Engine<D> {
                 value_len: it.value.len() as u32,
                 flags: it.flags,
                 exptime: it.exptime,
-                bits: it.bits,
+                bits: it.bits & STALE,
+                atime: Atime::at(now),
             };
             if let Some(old) = self.index.borrow_mut().insert(it.key.clone().into(), e) {
                 self.log.release(

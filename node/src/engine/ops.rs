@@ -14,32 +14,41 @@ pub enum StoreMode {
 
 #[derive(Debug)]
 pub enum Op {
-    /// get/gets/gat/gats/mg. `touch` updates the TTL (gat, mg T); `vivify` creates an empty
-    /// item on a miss and hands this client the win token (mg N).
+    /// get/gets/gat/gats/mg/me. `touch` updates the TTL (gat, mg T); `vivify` creates an empty
+    /// item on a miss and hands this client the win token (mg N); `recache` hands it the win
+    /// token if the item expires within that TTL (mg R); `bump` marks the item fetched and
+    /// accessed now (all but mg u and me).
     Get {
         key: Vec<u8>,
         touch: Option<i64>,
         vivify: Option<i64>,
+        recache: Option<i64>,
         want_value: bool,
+        bump: bool,
     },
-    /// set/add/replace/append/prepend/cas/ms. `cas` 0 = no compare. `invalidate`: a CAS
-    /// older than the item's stores the value marked stale instead of failing (ms I).
+    /// set/add/replace/append/prepend/cas/ms. `cas`: compare with the item's CAS unique (`cas`,
+    /// ms C). In Set and Replace mode a compare needs the item and never matches 0 (memcached's
+    /// NREAD_CAS); in Append and Prepend mode 0 means no compare; Add ignores it.
+    /// `invalidate`: in Set and Replace mode, a CAS older than the item's stores the value
+    /// marked stale, keeping the item's TTL, instead of failing (ms I).
     Store {
         mode: StoreMode,
         key: Vec<u8>,
         flags: u32,
         exptime: i64,
-        cas: u64,
+        cas: Option<u64>,
         data: Vec<u8>,
         invalidate: bool,
     },
-    /// delete/md. `invalidate`: mark stale (with optional new TTL) instead of removing (md I).
+    /// delete/md. `cas`: the item's CAS unique must equal it (md C; 0 never matches).
+    /// `invalidate`: mark stale (with optional new TTL) instead of removing (md I).
     Delete {
         key: Vec<u8>,
-        cas: u64,
+        cas: Option<u64>,
         invalidate: Option<Option<i64>>,
     },
-    /// incr/decr/ma. `vivify`: (initial value, exptime) to create a missing counter with (ma N).
+    /// incr/decr/ma. `cas` 0 = no compare (memcached's ma C0 answers HD). `vivify`: (initial
+    /// value, exptime) to create a missing counter with (ma N).
     Arith {
         key: Vec<u8>,
         incr: bool,
@@ -106,12 +115,18 @@ pub struct Item {
     /// Absolute unix seconds; 0 = never.
     pub exptime: u32,
     pub cas: u64,
+    /// Empty when the op did not ask for the value (`value_len` is always right).
     pub value: Arc<[u8]>,
+    pub value_len: u32,
     pub stale: bool,
     /// This client got the win token (W).
     pub win: bool,
     /// Another client already holds the win token (Z).
     pub already_won: bool,
+    /// Read before this op (mg `h`, me `fetch`).
+    pub fetched: bool,
+    /// Seconds since it was written or last read, before this op (mg `l`, me `la`).
+    pub idle_s: u32,
 }
 
 #[derive(Debug)]

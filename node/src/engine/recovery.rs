@@ -21,7 +21,7 @@ use keel_nvme::{Device, IoError, Region};
 use crate::shard::partition_of;
 
 use super::format::{self, Bad, Kind, SEG_HEADER_BYTES};
-use super::index::{new_index, Index, IndexEntry, STALE};
+use super::index::{new_index, Atime, Index, IndexEntry, STALE};
 use super::log::{Seg, SegState};
 
 pub struct Recovered {
@@ -140,6 +140,7 @@ pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovere
                             flags: h.flags,
                             exptime: h.exptime,
                             bits: h.bits & STALE,
+                            atime: Atime::at(h.time),
                         };
                         r.index.insert(rec.key.into(), e);
                     }

@@ -70,7 +70,7 @@ async fn set(e: &Rc<Engine<UringDevice>>, key: &str, value: &[u8]) -> OpResult {
         key: key.into(),
         flags: 7,
         exptime: 0,
-        cas: 0,
+        cas: None,
         data: value.to_vec(),
         invalidate: false,
     };
@@ -82,7 +82,9 @@ async fn get(e: &Rc<Engine<UringDevice>>, key: &str) -> Option<Vec<u8>> {
         key: key.into(),
         touch: None,
         vivify: None,
+        recache: None,
         want_value: true,
+        bump: true,
     };
     match resolve(e.start(op, Stamp::read(Engine::<UringDevice>::now()))).await {
         OpResult::Hit(i) => Some(i.value.to_vec()),
@@ -113,7 +115,7 @@ fn reopen_rebuilds_the_checkpoint_state_exactly() {
             }
             let del = Op::Delete {
                 key: b"k7".to_vec(),
-                cas: 0,
+                cas: None,
                 invalidate: None,
             };
             assert!(matches!(
@@ -222,4 +224,100 @@ fn tempfile_dir() -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// mg's `h`, `l` and the recache tokens, with the clock driven by hand through the stamps: a
+/// new user found `h` and `l` always 0 and the W/Z/X tokens off memcached's.
+#[test]
+fn access_history_and_win_tokens_follow_memcached() {
+    let dir = tempfile_dir();
+    let path = dir.join("engine.data");
+    run(move || async move {
+        let e = open(&path, 0).await;
+        let t0 = 1_800_000_000;
+        let write = |op: Op, now: u32| {
+            let s = stamp();
+            e.start(op, Stamp { now, ..s })
+        };
+        let mg = |key: &str, recache: Option<i64>, bump: bool, now: u32| {
+            let op = Op::Get {
+                key: key.into(),
+                touch: None,
+                vivify: None,
+                recache,
+                want_value: false,
+                bump,
+            };
+            match e.start(op, Stamp::read(now)) {
+                super::Pending::Ready(OpResult::Hit(i)) => i,
+                _ => panic!("mg {key} missed"),
+            }
+        };
+        let store = |key: &str, exptime: i64, cas: Option<u64>, invalidate: bool| Op::Store {
+            mode: StoreMode::Set,
+            key: key.into(),
+            flags: 0,
+            exptime,
+            cas,
+            data: b"v".to_vec(),
+            invalidate,
+        };
+        assert!(matches!(
+            resolve(write(store("k", 0, None, false), t0)).await,
+            OpResult::Stored { .. }
+        ));
+        // Written at t0, never read: h0, l = seconds since the write. `u` reads without a bump.
+        let i = mg("k", None, false, t0 + 5);
+        assert_eq!((i.fetched, i.idle_s, i.value_len), (false, 5, 1));
+        let i = mg("k", None, true, t0 + 7);
+        assert_eq!(
+            (i.fetched, i.idle_s),
+            (false, 7),
+            "the flags show the state before the read"
+        );
+        let i = mg("k", None, true, t0 + 10);
+        assert_eq!((i.fetched, i.idle_s), (true, 3));
+        // A rewrite starts the history afresh.
+        let cas = match resolve(write(store("k", 100, None, false), t0 + 10)).await {
+            OpResult::Stored { cas } => cas,
+            other => panic!("{other:?}"),
+        };
+        let i = mg("k", None, false, t0 + 11);
+        assert_eq!((i.fetched, i.idle_s), (false, 1));
+        // R: the first reader of an item expiring within the TTL wins; later ones see Z.
+        assert!(
+            !mg("k", Some(30), true, t0 + 11).win,
+            "100 s left is not within R30"
+        );
+        assert!(mg("k", Some(200), true, t0 + 11).win);
+        let i = mg("k", Some(200), true, t0 + 11);
+        assert!(i.already_won && !i.win);
+        // A stale store (ms I with an older CAS) keeps the TTL and the token already sent.
+        assert!(matches!(
+            resolve(write(store("k", 5, Some(cas - 1), true), t0 + 12)).await,
+            OpResult::Stored { .. }
+        ));
+        let i = mg("k", None, true, t0 + 12);
+        assert_eq!(i.exptime, t0 + 110);
+        assert!(i.stale && i.already_won && !i.win);
+        // md I takes the token back: the next reader wins again.
+        let md = Op::Delete {
+            key: b"k".to_vec(),
+            cas: None,
+            invalidate: Some(None),
+        };
+        assert!(matches!(
+            resolve(write(md, t0 + 13)).await,
+            OpResult::Deleted
+        ));
+        let i = mg("k", None, true, t0 + 13);
+        assert!(i.stale && i.win && !i.already_won);
+        // ... and gives the item a new CAS, so a recache with the CAS read before is older.
+        assert!(i.cas > cas);
+        // cas with unique 0 never matches (memcached: EXISTS).
+        assert!(matches!(
+            resolve(write(store("k", 0, Some(0), false), t0 + 14)).await,
+            OpResult::Exists
+        ));
+    });
 }

@@ -3,12 +3,12 @@
 //! known to any meta command accepted by all of them (each command then ignores the ones it has
 //! no use for), a flag at most once.
 //!
-//! Key base64 (`b`) is not supported: Keel answers what memcached answers for a flag it does
-//! not know (`CLIENT_ERROR invalid flag` for mg/ms, `CLIENT_ERROR invalid or duplicate flag`
-//! for md/ma), so a client learns at once instead of reading a wrongly-decoded key.
+//! A base64 key (`b`) is checked here (memcached decodes it while it reads the flags, so a bad
+//! key is reported like a bad flag argument) and left encoded in the request: the server decodes
+//! it into the op's owned key, and replies re-encode it where memcached echoes it (`k`).
 
 use super::{
-    data_block, data_len, strtol_i32, strtoull, ClientError, DataBlock, Limits, MetaCmd,
+    base64, data_block, data_len, strtol_i32, strtoull, ClientError, DataBlock, Limits, MetaCmd,
     MetaRequest, Parse, Request, META_TOKENS_MAX, OPAQUE_TOKEN_LEN_MAX,
 };
 
@@ -102,6 +102,8 @@ pub enum MetaMode {
 /// them) and left for the server to ignore. TTLs are memcached's truncated 32-bit values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MetaFlags<'a> {
+    /// `b`: the key token is base64 (decode it with [`MetaRequest::key_bytes`]).
+    pub base64: bool,
     /// `v`: return the value (mg, ma).
     pub value: bool,
     /// `q`: suppress the uninteresting reply (mg: EN; ms, md: HD; ma: HD and VA). Errors are
@@ -137,7 +139,7 @@ pub struct MetaFlags<'a> {
 /// Parses the flag tokens. Errors follow memcached: an unknown or repeated flag stops at once;
 /// a bad argument is remembered and reported after all tokens, the last message set winning,
 /// with `F` setting none (so a lone bad `F` reads "bad command line format").
-fn preparse<'a>(toks: &[&'a [u8]]) -> Result<(MetaFlags<'a>, Option<u8>), ClientError> {
+fn preparse<'a>(key: &[u8], toks: &[&'a [u8]]) -> Result<(MetaFlags<'a>, Option<u8>), ClientError> {
     let mut f = MetaFlags::default();
     let mut mode = None;
     let mut seen = [false; 256];
@@ -214,7 +216,12 @@ fn preparse<'a>(toks: &[&'a [u8]]) -> Result<(MetaFlags<'a>, Option<u8>), Client
                 None => fail(Some(ClientError::InvalidDeltaValue)),
             },
             b'I' => f.invalidate = true,
-            // Includes `b` (base64 keys), which Keel does not support.
+            b'b' => {
+                f.base64 = true;
+                if base64::decode(key).is_none() {
+                    fail(Some(ClientError::KeyDecode));
+                }
+            }
             _ => return Err(ClientError::InvalidFlag),
         }
     }
@@ -261,6 +268,9 @@ pub(super) fn parse_meta<'a>(
         };
         return done(req, line_next);
     }
+    if cmd == MetaCmd::Debug {
+        return parse_me(toks, ntokens, line_next, limits);
+    }
     if ntokens < 3 {
         return fail(ClientError::Error, 0);
     }
@@ -279,7 +289,7 @@ pub(super) fn parse_meta<'a>(
         return fail(err, 0);
     }
     if cmd != MetaCmd::Set {
-        let (mut flags, mode) = match preparse(&toks[2..]) {
+        let (mut flags, mode) = match preparse(key, &toks[2..]) {
             Ok(v) => v,
             Err(e) if cmd == MetaCmd::Get => return fail(e, 0),
             // md and ma fold every flag error into one line.
@@ -313,7 +323,7 @@ pub(super) fn parse_meta<'a>(
     };
     // From here on memcached knows the length, so every error swallows the data block.
     let swallow = vlen + 2;
-    let (mut flags, mode) = match preparse(&toks[3..]) {
+    let (mut flags, mode) = match preparse(key, &toks[3..]) {
         Ok(v) => v,
         Err(e) => return fail(e, swallow),
     };
@@ -358,5 +368,38 @@ pub(super) fn parse_meta<'a>(
             },
             consumed,
         ),
+    }
+}
+
+/// `me <key> [b]` (meta debug): memcached reads only the key and, as the very next token, `b`;
+/// anything else on the line is ignored.
+fn parse_me<'a>(toks: &[&'a [u8]], ntokens: usize, line_next: usize, limits: &Limits) -> Parse<'a> {
+    let bad = Parse::Invalid {
+        err: ClientError::BadCommandLineFormat,
+        consumed: line_next,
+        swallow: 0,
+        close: false,
+        silent: false,
+        unlink_key: None,
+    };
+    if ntokens < 3 || toks[1].len() > limits.key_len_max {
+        return bad;
+    }
+    let key = toks[1];
+    let base64 = ntokens >= 4 && toks[2] == b"b";
+    if base64 && base64::decode(key).is_none() {
+        return bad;
+    }
+    Parse::Done {
+        req: Request::Meta(MetaRequest {
+            cmd: MetaCmd::Debug,
+            key,
+            flags: MetaFlags {
+                base64,
+                ..MetaFlags::default()
+            },
+            data: &[],
+        }),
+        consumed: line_next,
     }
 }

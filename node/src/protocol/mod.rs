@@ -12,6 +12,7 @@
 //! way memcached truncates them, `noreply` silencing errors, and the data block of an oversized
 //! or rejected `set`/`ms` swallowed so the connection lives on.
 
+pub mod base64;
 mod meta;
 pub mod reply;
 #[cfg(test)]
@@ -103,6 +104,9 @@ pub enum ClientError {
     ObjectTooLarge,
     /// memcached closes without replying; the line exists for a caller that wants to say why.
     LineTooLong,
+    /// An unknown command whose last token starts `HTTP/` (an HTTP client on the memcached
+    /// port): memcached closes without replying; the line is what it would say otherwise.
+    HttpRequest,
     InvalidExptime,
     /// incr/decr with a delta that is not a u64.
     InvalidDeltaArgument,
@@ -115,6 +119,8 @@ pub enum ClientError {
     DuplicateFlag,
     /// md and ma fold every flag error into this line.
     InvalidOrDuplicateFlag,
+    /// `b` on a key that is not base64 (mg, ms).
+    KeyDecode,
     BadToken,
     OpaqueTooLong,
     /// mg's wording.
@@ -130,12 +136,13 @@ pub enum ClientError {
 
 impl ClientError {
     /// All variants, so tests can check every reply line.
-    pub const ALL: [ClientError; 21] = [
+    pub const ALL: [ClientError; 23] = [
         Self::Error,
         Self::BadCommandLineFormat,
         Self::BadDataChunk,
         Self::ObjectTooLarge,
         Self::LineTooLong,
+        Self::HttpRequest,
         Self::InvalidExptime,
         Self::InvalidDeltaArgument,
         Self::DeleteUsage,
@@ -143,6 +150,7 @@ impl ClientError {
         Self::InvalidFlag,
         Self::DuplicateFlag,
         Self::InvalidOrDuplicateFlag,
+        Self::KeyDecode,
         Self::BadToken,
         Self::OpaqueTooLong,
         Self::OptionsFlagsAreTooLong,
@@ -162,6 +170,7 @@ impl ClientError {
             Self::BadDataChunk => b"CLIENT_ERROR bad data chunk\r\n",
             Self::ObjectTooLarge => b"SERVER_ERROR object too large for cache\r\n",
             Self::LineTooLong => b"CLIENT_ERROR line too long\r\n",
+            Self::HttpRequest => b"ERROR\r\n",
             Self::InvalidExptime => b"CLIENT_ERROR invalid exptime argument\r\n",
             Self::InvalidDeltaArgument => b"CLIENT_ERROR invalid numeric delta argument\r\n",
             Self::DeleteUsage => {
@@ -173,6 +182,7 @@ impl ClientError {
             Self::InvalidFlag => b"CLIENT_ERROR invalid flag\r\n",
             Self::DuplicateFlag => b"CLIENT_ERROR duplicate flag\r\n",
             Self::InvalidOrDuplicateFlag => b"CLIENT_ERROR invalid or duplicate flag\r\n",
+            Self::KeyDecode => b"CLIENT_ERROR error decoding key\r\n",
             Self::BadToken => b"CLIENT_ERROR bad token in command line format\r\n",
             Self::OpaqueTooLong => b"CLIENT_ERROR opaque token too long\r\n",
             Self::OptionsFlagsAreTooLong => b"CLIENT_ERROR options flags are too long\r\n",
@@ -267,7 +277,7 @@ pub enum MemberCmd {
     List,
 }
 
-/// The meta commands Keel serves. `me` (meta debug) is not supported and answers `ERROR`.
+/// The meta commands Keel serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetaCmd {
     Get,
@@ -275,6 +285,8 @@ pub enum MetaCmd {
     Delete,
     Arith,
     Noop,
+    /// `me`: one line of an item's metadata, for people debugging a cache.
+    Debug,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +297,18 @@ pub struct MetaRequest<'a> {
     pub flags: MetaFlags<'a>,
     /// The data block of `ms`, without its "\r\n"; empty otherwise.
     pub data: &'a [u8],
+}
+
+impl MetaRequest<'_> {
+    /// The key the request names: the token itself, or its decoding under `b` (the parser has
+    /// checked that it decodes).
+    pub fn key_bytes(&self) -> Vec<u8> {
+        if self.flags.base64 {
+            base64::decode(self.key).expect("the parser checked the base64 key")
+        } else {
+            self.key.to_vec()
+        }
+    }
 }
 
 /// Parses the request at the front of `buf`.
@@ -442,6 +466,7 @@ fn dispatch<'a>(
             b'd' => MetaCmd::Delete,
             b'a' => MetaCmd::Arith,
             b'n' => MetaCmd::Noop,
+            b'e' => MetaCmd::Debug,
             _ => return invalid(ClientError::Error, line_next, false),
         };
         return meta::parse_meta(meta, &toks.toks[..nt - 1], nt, buf, line_next, limits);
@@ -465,7 +490,7 @@ fn dispatch<'a>(
         b"member_add" => want(nt == 4),
         b"member_promote" | b"member_remove" => want(nt == 3),
         b"members" => want(nt == 2),
-        _ => Some(invalid(ClientError::Error, line_next, false)),
+        _ => Some(unknown_command(toks, line_next)),
     };
     if let Some(err) = err {
         return err;
@@ -589,6 +614,28 @@ fn dispatch<'a>(
         }
         _ => unreachable!("command filtered above"),
     }
+}
+
+/// memcached answers `ERROR` to a command it does not know, except that a line whose last token
+/// starts `HTTP/` is an HTTP client and is closed without a word. The check sits in memcached's
+/// final `else`, so it applies only to commands whose first byte opens none of its groups
+/// (`get...`, `set`/`stats`..., `add`/`append`, `cas`, `incr`, `delete`/`decr`, `touch`).
+fn unknown_command<'a>(toks: &Tokens<'a>, line_next: usize) -> Parse<'a> {
+    let grouped = matches!(
+        toks.get(0)[0],
+        b'g' | b's' | b'a' | b'c' | b'i' | b'd' | b't'
+    );
+    if !grouped && toks.get(toks.ntokens - 2).starts_with(b"HTTP/") {
+        return Parse::Invalid {
+            err: ClientError::HttpRequest,
+            consumed: line_next,
+            swallow: 0,
+            close: true,
+            silent: true,
+            unlink_key: None,
+        };
+    }
+    invalid(ClientError::Error, line_next, false)
 }
 
 fn parse_get<'a>(

@@ -2,7 +2,7 @@
 //! write buffer, so replies batch into one write and nothing allocates per call beyond the
 //! buffer growing. Numbers are formatted without `format!`.
 
-use super::{MetaFlags, MetaRequest, ReturnFlag};
+use super::{base64, MetaFlags, MetaRequest, ReturnFlag};
 
 /// What a meta reply needs to know about the item it answers for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,20 @@ pub struct ItemView<'a> {
     pub fetched: bool,
     /// Seconds since the item was last accessed (`l`).
     pub last_access_s: u64,
+}
+
+/// What `me` shows of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugView<'a> {
+    /// The key token as the request gave it (base64 under `b`).
+    pub key: &'a [u8],
+    /// memcached's `exp`: now - exptime (negative while the item lives), -1 for no TTL.
+    pub exp: i64,
+    pub last_access_s: u64,
+    pub cas: u64,
+    pub fetched: bool,
+    /// Bytes the item takes in storage (memcached: its slab item; Keel: its value-log record).
+    pub size: u64,
 }
 
 /// The outcome of ms, md and ma, each a two-letter code.
@@ -161,12 +175,18 @@ pub fn stat_u64(out: &mut Vec<u8>, name: &[u8], value: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes ` O<opaque>` or ` k<key>`; every meta reply can carry these two.
+/// Writes ` O<opaque>` or ` k<key>`; every meta reply can carry these two. A base64 key (`b`)
+/// is echoed as memcached does: re-encoded from the decoded key, then ` b`.
 fn put_opaque_or_key(out: &mut Vec<u8>, flag: ReturnFlag, flags: &MetaFlags<'_>, key: &[u8]) {
     match flag {
         ReturnFlag::Opaque => {
             out.extend_from_slice(b" O");
             out.extend_from_slice(flags.opaque.unwrap_or_default());
+        }
+        ReturnFlag::Key if flags.base64 => {
+            out.extend_from_slice(b" k");
+            put_base64_key(out, key);
+            out.extend_from_slice(b" b");
         }
         ReturnFlag::Key => {
             out.extend_from_slice(b" k");
@@ -174,6 +194,13 @@ fn put_opaque_or_key(out: &mut Vec<u8>, flag: ReturnFlag, flags: &MetaFlags<'_>,
         }
         _ => {}
     }
+}
+
+/// The canonical base64 of a key token the parser has checked.
+fn put_base64_key(out: &mut Vec<u8>, token: &[u8]) {
+    let key = base64::decode(token).unwrap_or_default();
+    debug_assert!(!key.is_empty(), "the parser checked the base64 key");
+    base64::encode(&key, out);
 }
 
 /// mg's reply. `item` is `None` for a miss (after any `N` vivify the server passes the new
@@ -346,4 +373,33 @@ pub fn meta_arith(
 /// mn's reply: a marker the client uses to know every earlier quiet reply has been sent.
 pub fn meta_noop(out: &mut Vec<u8>) {
     out.extend_from_slice(b"MN\r\n");
+}
+
+/// me's reply: `ME <key> exp=.. la=.. cas=.. fetch=yes|no cls=.. size=..`, or `EN` for a miss.
+/// Keel has no slab classes: `cls` is always 0.
+pub fn meta_debug(out: &mut Vec<u8>, req: &MetaRequest<'_>, item: Option<&DebugView<'_>>) {
+    let Some(d) = item else {
+        out.extend_from_slice(b"EN\r\n");
+        return;
+    };
+    out.extend_from_slice(b"ME ");
+    if req.flags.base64 {
+        put_base64_key(out, d.key);
+    } else {
+        out.extend_from_slice(d.key);
+    }
+    out.extend_from_slice(b" exp=");
+    put_i64(out, d.exp);
+    out.extend_from_slice(b" la=");
+    put_u64(out, d.last_access_s);
+    out.extend_from_slice(b" cas=");
+    put_u64(out, d.cas);
+    out.extend_from_slice(if d.fetched {
+        b" fetch=yes"
+    } else {
+        b" fetch=no"
+    });
+    out.extend_from_slice(b" cls=0 size=");
+    put_u64(out, d.size);
+    out.extend_from_slice(b"\r\n");
 }

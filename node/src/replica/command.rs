@@ -14,10 +14,13 @@ pub struct DecodeError {
     pub why: &'static str,
 }
 
-/// Entry versions: 1 holds one op (written before batching; still read from old logs), 2 a
-/// batch of ops.
+/// Entry versions. 1: one op, CAS 0 meaning no compare and Gets without `recache`/`bump`
+/// (written before batching; still read from old logs). 2: a batch of ops, Get with `recache`
+/// and `bump`, the CAS of Store and Delete optional (a compare with 0 never matches). Forwards
+/// and replies always use the current op format.
 const VERSION_ONE: u8 = 1;
 const VERSION_BATCH: u8 = 2;
+const VERSION: u8 = VERSION_BATCH;
 
 /// The most ops one entry carries (each gets its own CAS unique: see `replica::cas_of`).
 pub const ENTRY_OPS_MAX: usize = 256;
@@ -54,11 +57,22 @@ impl W {
             None => self.u8(0),
         }
     }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.u64(v);
+            }
+            None => self.u8(0),
+        }
+    }
 }
 
 struct R<'a> {
     b: &'a [u8],
     what: &'static str,
+    /// The format version being read (forwards and replies are always the current one).
+    version: u8,
 }
 
 impl<'a> R<'a> {
@@ -106,6 +120,21 @@ impl<'a> R<'a> {
             None
         })
     }
+    fn opt_u64(&mut self) -> Result<Option<u64>, DecodeError> {
+        Ok(if self.bool()? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+    /// A CAS to compare with: optional from version 2, 0 for none in version 1.
+    fn cas(&mut self) -> Result<Option<u64>, DecodeError> {
+        if self.version >= 2 {
+            self.opt_u64()
+        } else {
+            Ok(Some(self.u64()?).filter(|&c| c != 0))
+        }
+    }
     fn end(&self) -> Result<(), DecodeError> {
         if self.b.is_empty() {
             Ok(())
@@ -121,13 +150,17 @@ fn put_op(w: &mut W, op: &Op) {
             key,
             touch,
             vivify,
+            recache,
             want_value,
+            bump,
         } => {
             w.u8(1);
             w.bytes(key);
             w.opt_i64(*touch);
             w.opt_i64(*vivify);
             w.bool(*want_value);
+            w.opt_i64(*recache);
+            w.bool(*bump);
         }
         Op::Store {
             mode,
@@ -149,7 +182,7 @@ fn put_op(w: &mut W, op: &Op) {
             w.bytes(key);
             w.u32(*flags);
             w.i64(*exptime);
-            w.u64(*cas);
+            w.opt_u64(*cas);
             w.bytes(data);
             w.bool(*invalidate);
         }
@@ -160,7 +193,7 @@ fn put_op(w: &mut W, op: &Op) {
         } => {
             w.u8(3);
             w.bytes(key);
-            w.u64(*cas);
+            w.opt_u64(*cas);
             match invalidate {
                 None => w.u8(0),
                 Some(ttl) => {
@@ -226,12 +259,25 @@ fn put_op(w: &mut W, op: &Op) {
 
 fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
     Ok(match r.u8()? {
-        1 => Op::Get {
-            key: r.bytes()?,
-            touch: r.opt_i64()?,
-            vivify: r.opt_i64()?,
-            want_value: r.bool()?,
-        },
+        1 => {
+            let key = r.bytes()?;
+            let touch = r.opt_i64()?;
+            let vivify = r.opt_i64()?;
+            let want_value = r.bool()?;
+            let (recache, bump) = if r.version >= 2 {
+                (r.opt_i64()?, r.bool()?)
+            } else {
+                (None, true)
+            };
+            Op::Get {
+                key,
+                touch,
+                vivify,
+                recache,
+                want_value,
+                bump,
+            }
+        }
         2 => Op::Store {
             mode: match r.u8()? {
                 1 => StoreMode::Set,
@@ -244,13 +290,13 @@ fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
             key: r.bytes()?,
             flags: r.u32()?,
             exptime: r.i64()?,
-            cas: r.u64()?,
+            cas: r.cas()?,
             data: r.bytes()?,
             invalidate: r.bool()?,
         },
         3 => Op::Delete {
             key: r.bytes()?,
-            cas: r.u64()?,
+            cas: r.cas()?,
             invalidate: if r.bool()? { Some(r.opt_i64()?) } else { None },
         },
         4 => Op::Arith {
@@ -310,8 +356,13 @@ pub fn encode_entry<'a>(
 
 /// The proposer's time and the ops of an entry (version 1 or 2).
 pub fn decode_entry(b: &[u8]) -> Result<(u32, Vec<Op>), DecodeError> {
-    let mut r = R { b, what: "entry" };
+    let mut r = R {
+        b,
+        what: "entry",
+        version: VERSION,
+    };
     let version = r.u8()?;
+    r.version = version;
     let now = r.u32()?;
     let ops = match version {
         VERSION_ONE => vec![get_op(&mut r)?],
@@ -345,7 +396,11 @@ pub fn encode_forward(id: u64, hops: u8, now: u32, partition: u64, op: &Op) -> V
 }
 
 pub fn decode_forward(b: &[u8]) -> Result<(u64, u8, u32, u64, Op), DecodeError> {
-    let mut r = R { b, what: "forward" };
+    let mut r = R {
+        b,
+        what: "forward",
+        version: VERSION,
+    };
     let id = r.u64()?;
     let hops = r.u8()?;
     let now = r.u32()?;
@@ -360,7 +415,9 @@ fn put_item(w: &mut W, i: &Item) {
     w.u32(i.exptime);
     w.u64(i.cas);
     w.bytes(&i.value);
-    w.u8(i.stale as u8 | (i.win as u8) << 1 | (i.already_won as u8) << 2);
+    w.u32(i.value_len);
+    w.u8(i.stale as u8 | (i.win as u8) << 1 | (i.already_won as u8) << 2 | (i.fetched as u8) << 3);
+    w.u32(i.idle_s);
 }
 
 fn get_item(r: &mut R<'_>) -> Result<Item, DecodeError> {
@@ -368,15 +425,20 @@ fn get_item(r: &mut R<'_>) -> Result<Item, DecodeError> {
     let exptime = r.u32()?;
     let cas = r.u64()?;
     let value: Arc<[u8]> = r.bytes()?.into();
+    let value_len = r.u32()?;
     let bits = r.u8()?;
+    let idle_s = r.u32()?;
     Ok(Item {
         flags,
         exptime,
         cas,
         value,
+        value_len,
         stale: bits & 1 != 0,
         win: bits & 2 != 0,
         already_won: bits & 4 != 0,
+        fetched: bits & 8 != 0,
+        idle_s,
     })
 }
 
@@ -420,7 +482,11 @@ pub fn encode_reply(id: u64, r: &OpResult) -> Vec<u8> {
 }
 
 pub fn decode_reply(b: &[u8]) -> Result<(u64, OpResult), DecodeError> {
-    let mut r = R { b, what: "reply" };
+    let mut r = R {
+        b,
+        what: "reply",
+        version: VERSION,
+    };
     let id = r.u64()?;
     let res = match r.u8()? {
         1 => OpResult::Hit(get_item(&mut r)?),
@@ -455,20 +521,31 @@ mod tests {
                 key: b"k".to_vec(),
                 touch: Some(-1),
                 vivify: None,
+                recache: Some(30),
                 want_value: true,
+                bump: false,
             },
             Op::Store {
                 mode: StoreMode::Prepend,
                 key: b"key".to_vec(),
                 flags: 7,
                 exptime: -5,
-                cas: 99,
+                cas: Some(99),
                 data: vec![0, 1, 255],
                 invalidate: true,
             },
+            Op::Store {
+                mode: StoreMode::Set,
+                key: b"key".to_vec(),
+                flags: 0,
+                exptime: 0,
+                cas: Some(0),
+                data: vec![],
+                invalidate: false,
+            },
             Op::Delete {
                 key: b"d".to_vec(),
-                cas: 3,
+                cas: Some(3),
                 invalidate: Some(None),
             },
             Op::Arith {
@@ -514,17 +591,46 @@ mod tests {
         }
     }
 
+    /// Entries written by the version before CAS became optional: the bytes of a `cas` with
+    /// unique 0 meant "no compare", and a Get bumped; both still read that way.
     #[test]
-    fn version_1_entries_written_before_batching_still_decode() {
-        for op in ops() {
-            let mut w = W::default();
-            w.u8(VERSION_ONE);
-            w.u32(7);
-            put_op(&mut w, &op);
-            let (now, back) = decode_entry(&w.0).unwrap();
-            assert_eq!(now, 7);
-            assert_eq!(format!("{back:?}"), format!("{:?}", [op]));
-        }
+    fn version_1_entries_decode() {
+        let mut w = W::default();
+        w.u8(1);
+        w.u32(7);
+        w.u8(2); // Store
+        w.u8(1); // Set
+        w.bytes(b"k");
+        w.u32(0);
+        w.i64(0);
+        w.u64(0); // cas
+        w.bytes(b"v");
+        w.bool(false);
+        let (_, ops) = decode_entry(&w.0).unwrap();
+        assert!(matches!(ops[..], [Op::Store { cas: None, .. }]), "{ops:?}");
+        let mut w = W::default();
+        w.u8(1);
+        w.u32(7);
+        w.u8(1); // Get
+        w.bytes(b"k");
+        w.opt_i64(Some(5));
+        w.opt_i64(None);
+        w.bool(true);
+        let (_, ops) = decode_entry(&w.0).unwrap();
+        assert!(
+            matches!(
+                ops[..],
+                [Op::Get {
+                    recache: None,
+                    bump: true,
+                    ..
+                }]
+            ),
+            "{ops:?}"
+        );
+        let mut w = W::default();
+        w.u8(3);
+        assert!(decode_entry(&w.0).is_err(), "a later version is refused");
     }
 
     #[test]
@@ -552,9 +658,12 @@ mod tests {
             exptime: 2,
             cas: 3,
             value: Arc::from(&b"v"[..]),
+            value_len: 1,
             stale: true,
             win: false,
             already_won: true,
+            fetched: true,
+            idle_s: 61,
         };
         for r in [
             OpResult::Hit(item.clone()),

@@ -1052,7 +1052,7 @@ mod tests {
             key: b"k".to_vec(),
             flags: 0,
             exptime: 0,
-            cas: 0,
+            cas: None,
             data: b"v".to_vec(),
             invalidate: false,
         }
@@ -1066,7 +1066,7 @@ mod tests {
         }
         let delete = |invalidate| Op::Delete {
             key: b"k".to_vec(),
-            cas: 0,
+            cas: None,
             invalidate,
         };
         assert!(batchable(&delete(None)));
