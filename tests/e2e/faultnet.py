@@ -19,8 +19,8 @@ fate on every run. Which frames the nodes send depends on their timing, so a rer
 decisions, not necessarily the whole run.
 
 Duplicates and delays go beyond what TCP does: the transport promises no duplicates and no
-reordering, and a forwarded client request that is duplicated runs twice on the leader. Tests
-that duplicate frames therefore write each key once, with `set`, so a second run changes nothing.
+reordering. A leader refuses a second copy of a forwarded client request (it remembers each
+origin's forward ids), so a duplicated incr still runs once.
 
 The proxy runs an asyncio loop in a thread of its own, so synchronous test code drives the
 cluster meanwhile; plans and cuts are set from the test's thread under a lock.

@@ -12,8 +12,8 @@ either absent or holds the one value written. A request that gets no reply at al
 (the node promises an answer within its request timeout), and so does a read of an acknowledged
 key that misses or returns another value. The proxy's counters must show that faults happened.
 
-One test guards a bug this harness found (a restarted node took replies meant for its previous
-run).
+Two tests guard bugs: a restarted node took replies meant for its previous run (found by this
+harness), and a duplicated forward ran an incr twice.
 
 A failing seed reruns the same steps and the same per-frame decisions:
 `KEEL_FAULT_SEEDS=17 python3 -m pytest tests/e2e/test_cluster_faults.py -k random`.
@@ -281,6 +281,38 @@ def test_restarted_node_takes_no_reply_meant_for_its_previous_run(start_faulty_c
     wrong = [r for r in replies if b"write" in r or r == b"END\r\nMN\r\n"]
     if wrong:
         raise WrongReply(f"{len(wrong)} gets answered with another request's reply: {wrong[0]!r}")
+
+
+def test_a_duplicated_forward_runs_once(start_faulty_cluster):
+    """Noted when the Raft write path closed: a forwarded request whose frame arrives twice ran
+    twice on the leader, so an incr sent once added its delta twice. The leader now remembers
+    the (origin node, forward id) pairs it took and refuses a second copy; the client gets the
+    first copy's reply. Here every frame node 1 sends is duplicated, and node 1 forwards the
+    incrs of every key whose partition another node leads."""
+    nodes, net = start_faulty_cluster(seed=5)
+    a = nodes[0]
+    keys = [b"dup:%d" % i for i in range(40)]
+    _store_all(a, {k: b"0" for k in keys})
+    _wait_converged(nodes)
+    net.set_plan(1, 2, Plan(duplicate=1.0))
+    net.set_plan(1, 3, Plan(duplicate=1.0))
+    forwarded = _stat(a, "keel_raft_forwarded")
+    rounds = 3
+    with a.connect(timeout_s=REPLY_TIMEOUT_S) as c:
+        for n in range(1, rounds + 1):
+            for k in keys:
+                assert c.call(b"incr %s 1\r\n" % k) == b"%d\r\n" % n, (k, n)
+    assert _stat(a, "keel_raft_forwarded") > forwarded, "node 1 forwarded nothing"
+    assert net.total().duplicated > 0, net.summary()
+    dups = sum(_stat(n, "keel_raft_duplicate_forwards") for n in nodes[1:])
+    assert dups > 0, "no duplicate forward reached a leader"
+    net.set_plan(1, 2, CLEAN)
+    net.set_plan(1, 3, CLEAN)
+    _wait_converged(nodes)
+    for n in nodes:
+        with n.connect(timeout_s=REPLY_TIMEOUT_S) as c:
+            for k in keys:
+                assert c.get(k) == b"%d" % rounds, (n.node_id, k)
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,6 +65,11 @@ const SNAPSHOT_PACE: Duration = Duration::from_millis(2);
 /// A forwarded request may be forwarded once more (the leader moved meanwhile), not more.
 const FORWARD_HOPS_MAX: u8 = 2;
 
+/// Forwards remembered (by origin node and id) to refuse a second copy of one: TCP never
+/// duplicates, but a proxy or a replayed connection could, and an incr must not run twice.
+/// Copies come within moments of each other; this many ids cover far more than that.
+const FORWARDS_SEEN_MAX: usize = 65_536;
+
 /// The CAS unique of the item the `op`-th op of an entry writes: the entry's index, then the op's
 /// place in the entry (8 bits), then the partition (16 bits), so CAS values never repeat across
 /// partitions or within an entry, and grow with the index. Every replica computes the same one.
@@ -199,6 +204,8 @@ pub struct RaftStats {
     pub snapshot_pauses: Cell<u64>,
     /// Messages of a partition this shard does not own (nodes with different core counts).
     pub misrouted: Cell<u64>,
+    /// Second copies of a forwarded request, refused.
+    pub duplicate_forwards: Cell<u64>,
     /// Writes refused because the raftlog had too few free segments.
     pub log_full: Cell<u64>,
     /// Driver passes that left readies waiting because the raftlog had no free segment.
@@ -220,6 +227,8 @@ pub struct Replicas {
     pub durable_wait: Cell<u64>,
     forwards: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
     next_forward: Cell<u64>,
+    /// (origin node, forward id) of the forwards taken lately, oldest first (FORWARDS_SEEN_MAX).
+    forwards_seen: RefCell<(HashSet<(u64, u64)>, VecDeque<(u64, u64)>)>,
     pub stats: RaftStats,
     /// Snapshots built for followers, per group, until sent.
     built: RefCell<HashMap<u64, Snapshot>>,
@@ -342,6 +351,7 @@ impl Replicas {
             durable_wait: Cell::new(0),
             forwards: RefCell::new(HashMap::new()),
             next_forward: Cell::new(forward_ids_start()),
+            forwards_seen: RefCell::new((HashSet::new(), VecDeque::new())),
             stats: RaftStats::default(),
             built: RefCell::new(HashMap::new()),
             building: RefCell::new(HashSet::new()),
@@ -768,6 +778,12 @@ impl Replicas {
                     return self.bad_payload();
                 };
                 let from = m.from_node;
+                if !self.first_copy_of_forward(from, id) {
+                    self.stats
+                        .duplicate_forwards
+                        .set(self.stats.duplicate_forwards.get() + 1);
+                    return;
+                }
                 let this = self.clone();
                 let pending = self.submit_to(p, op, now, hops);
                 glommio::spawn_local(async move {
@@ -802,6 +818,22 @@ impl Replicas {
             }
             _ => self.bad_payload(),
         }
+    }
+
+    /// Remembers forward `id` of node `from`; false if it was seen already (a duplicate, which
+    /// must not run again: its first copy's reply answers the client).
+    fn first_copy_of_forward(&self, from: u64, id: u64) -> bool {
+        let mut seen = self.forwards_seen.borrow_mut();
+        let (set, order) = &mut *seen;
+        if !set.insert((from, id)) {
+            return false;
+        }
+        order.push_back((from, id));
+        if order.len() > FORWARDS_SEEN_MAX {
+            let old = order.pop_front().expect("non-empty");
+            set.remove(&old);
+        }
+        true
     }
 
     /// A peer sent a message of partition `p`, which this shard does not own: the nodes map
@@ -921,6 +953,7 @@ impl Replicas {
             ("keel_raft_leading", leading),
             ("keel_raft_proposals", s.proposals.get()),
             ("keel_raft_proposed_ops", s.proposed_ops.get()),
+            ("keel_raft_duplicate_forwards", s.duplicate_forwards.get()),
             ("keel_raft_applied_entries", s.applied_entries.get()),
             ("keel_raft_forwarded", s.forwarded.get()),
             ("keel_raft_lease_reads", s.lease_reads.get()),
