@@ -137,6 +137,28 @@ struct Proposal {
     replies: Vec<oneshot::Sender<OpResult>>,
 }
 
+/// (origin node, forward id) of the forwards taken lately, the last `FORWARDS_SEEN_MAX`.
+#[derive(Default)]
+struct SeenForwards {
+    set: HashSet<(u64, u64)>,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl SeenForwards {
+    /// False if `key` is remembered already.
+    fn insert(&mut self, key: (u64, u64)) -> bool {
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > FORWARDS_SEEN_MAX {
+            let old = self.order.pop_front().expect("non-empty");
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
 /// Writes waiting to be proposed as one entry (see `BATCH_BYTES_MAX`).
 #[derive(Default)]
 struct Batch {
@@ -227,8 +249,7 @@ pub struct Replicas {
     pub durable_wait: Cell<u64>,
     forwards: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
     next_forward: Cell<u64>,
-    /// (origin node, forward id) of the forwards taken lately, oldest first (FORWARDS_SEEN_MAX).
-    forwards_seen: RefCell<(HashSet<(u64, u64)>, VecDeque<(u64, u64)>)>,
+    forwards_seen: RefCell<SeenForwards>,
     pub stats: RaftStats,
     /// Snapshots built for followers, per group, until sent.
     built: RefCell<HashMap<u64, Snapshot>>,
@@ -351,7 +372,7 @@ impl Replicas {
             durable_wait: Cell::new(0),
             forwards: RefCell::new(HashMap::new()),
             next_forward: Cell::new(forward_ids_start()),
-            forwards_seen: RefCell::new((HashSet::new(), VecDeque::new())),
+            forwards_seen: RefCell::new(SeenForwards::default()),
             stats: RaftStats::default(),
             built: RefCell::new(HashMap::new()),
             building: RefCell::new(HashSet::new()),
@@ -823,17 +844,7 @@ impl Replicas {
     /// Remembers forward `id` of node `from`; false if it was seen already (a duplicate, which
     /// must not run again: its first copy's reply answers the client).
     fn first_copy_of_forward(&self, from: u64, id: u64) -> bool {
-        let mut seen = self.forwards_seen.borrow_mut();
-        let (set, order) = &mut *seen;
-        if !set.insert((from, id)) {
-            return false;
-        }
-        order.push_back((from, id));
-        if order.len() > FORWARDS_SEEN_MAX {
-            let old = order.pop_front().expect("non-empty");
-            set.remove(&old);
-        }
-        true
+        self.forwards_seen.borrow_mut().insert((from, id))
     }
 
     /// A peer sent a message of partition `p`, which this shard does not own: the nodes map
@@ -1124,6 +1135,22 @@ mod tests {
         ] {
             assert!(!batchable(&op), "{op:?}");
         }
+    }
+
+    #[test]
+    fn a_forward_id_is_taken_once_and_forgotten_after_the_limit() {
+        let mut s = SeenForwards::default();
+        assert!(s.insert((2, 7)));
+        assert!(!s.insert((2, 7)), "the second copy is refused");
+        assert!(s.insert((3, 7)), "another origin's id is another forward");
+        for id in 0..FORWARDS_SEEN_MAX as u64 {
+            s.insert((9, 1_000_000 + id));
+        }
+        assert_eq!(s.set.len(), FORWARDS_SEEN_MAX);
+        assert!(
+            s.insert((2, 7)),
+            "the oldest were forgotten (bounded memory)"
+        );
     }
 
     #[test]
