@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod engine;
 pub mod exec;
+pub mod latency;
 pub mod meta;
 pub mod protocol;
 pub mod replica;
