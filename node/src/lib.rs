@@ -17,6 +17,7 @@ pub mod engine;
 pub mod exec;
 pub mod latency;
 pub mod meta;
+pub mod metrics;
 pub mod protocol;
 pub mod replica;
 pub mod server;

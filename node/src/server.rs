@@ -478,6 +478,15 @@ async fn run_shard(
         },
     ));
     shard.spawn_mesh_tasks(receivers);
+    if id == 0 && !p.node.metrics_listen.is_empty() {
+        // Scrapes take what requests leave, like checkpoints.
+        let metrics_tq = ex.create_task_queue(
+            Shares::Static(100),
+            glommio::Latency::NotImportant,
+            "metrics",
+        );
+        crate::metrics::spawn_metrics_task(shard.clone(), &p.node.metrics_listen, metrics_tq)?;
+    }
     let listener = glommio::net::TcpListener::bind(&p.node.listen)
         .map_err(|e| format!("shard {id}: cannot listen on {}: {e}", p.node.listen))?;
     eprintln!("keel-node: shard {id} accepting on {}", p.node.listen);
