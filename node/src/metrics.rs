@@ -64,6 +64,8 @@ const BUCKETS_S: &[f64] = &[
 const REQUEST_HEAD_BYTES_MAX: usize = 8192;
 /// A client that sends no complete request head within this is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are answered 503 and closed.
+const CONNS_MAX: usize = 16;
 
 /// One shard's figures at a scrape.
 #[derive(Debug)]
@@ -241,14 +243,24 @@ pub fn spawn_metrics_task(
         format!("node.metrics_listen = {addr:?}: cannot listen: {e} (pick a free port, or leave it empty)")
     })?;
     eprintln!("keel-node: serving metrics on http://{addr}/metrics");
+    let open = Rc::new(std::cell::Cell::new(0usize));
     glommio::spawn_local_into(
         async move {
             loop {
                 match listener.accept().await {
+                    Ok(mut stream) if open.get() >= CONNS_MAX => {
+                        glommio::spawn_local(async move {
+                            let _ = respond(&mut stream, "503 Service Unavailable", "").await;
+                        })
+                        .detach();
+                    }
                     Ok(stream) => {
                         let shard = shard.clone();
+                        let open = open.clone();
+                        open.set(open.get() + 1);
                         glommio::spawn_local(async move {
                             let _ = serve(&shard, stream).await;
+                            open.set(open.get() - 1);
                         })
                         .detach();
                     }
