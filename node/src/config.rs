@@ -33,6 +33,9 @@ pub struct NodeSection {
     /// A new data file starts with no members: the node waits to be added to a running cluster.
     #[serde(default)]
     pub join: bool,
+    /// Where to serve Prometheus metrics (HTTP GET /metrics), as IP:PORT; empty: not served.
+    #[serde(default)]
+    pub metrics_listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -135,6 +138,16 @@ impl Profile {
                 "must be IP:PORT, e.g. 127.0.0.1:11211",
             )
         })?;
+        if !n.metrics_listen.is_empty() {
+            let m = n.metrics_listen.parse::<std::net::SocketAddr>();
+            if m.is_err() || n.metrics_listen == n.listen {
+                return Err(rule(
+                    "node.metrics_listen",
+                    format!("{:?}", n.metrics_listen),
+                    "must be empty (off) or IP:PORT other than node.listen, e.g. 127.0.0.1:9211",
+                ));
+            }
+        }
         if n.cores.is_empty() || n.cores.len() > 256 {
             return Err(rule(
                 "node.cores",
@@ -508,11 +521,46 @@ mod tests {
             .unwrap_err()
             .starts_with("node.join = true: a node joins a cluster through its peers"));
         let mut p = dev();
+        p.node.metrics_listen = "localhost".into();
+        assert_eq!(
+            p.validate().unwrap_err(),
+            "node.metrics_listen = \"localhost\": must be empty (off) or IP:PORT other than \
+             node.listen, e.g. 127.0.0.1:9211"
+        );
+        p.node.metrics_listen = p.node.listen.clone();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .starts_with("node.metrics_listen = "));
+        let mut p = dev();
         p.io.backend = "spdk".into();
         assert!(p
             .validate()
             .unwrap_err()
             .contains("SPDK backend is not built"));
+    }
+
+    /// `node.metrics_listen` is off unless given; a profile without the key still loads.
+    #[test]
+    fn metrics_listen_is_off_by_default_and_takes_an_address() {
+        assert_eq!(dev().node.metrics_listen, "");
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hw-configs/dev.toml"
+        ))
+        .unwrap();
+        let without: String = text
+            .lines()
+            .filter(|l| !l.starts_with("metrics_listen"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let p: Profile = toml::from_str(&without).unwrap();
+        assert_eq!(p.node.metrics_listen, "");
+        let with = text.replace("metrics_listen = \"\"", "metrics_listen = \"0.0.0.0:9211\"");
+        let mut p: Profile = toml::from_str(&with).unwrap();
+        p.node.cores = vec![0];
+        assert_eq!(p.node.metrics_listen, "0.0.0.0:9211");
+        p.validate().unwrap();
     }
 
     #[test]

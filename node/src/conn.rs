@@ -2,14 +2,30 @@
 //! (so a pipeline's requests run together and cross-shard ops go out in one message per shard),
 //! then write all their replies with one write.
 
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::exec::Round;
+use crate::latency::Timer;
 use crate::protocol::{self, Parse, Request};
 use crate::shard::{Counters, Shard};
+
+/// An open connection as `stats conns` shows it.
+pub struct ConnInfo {
+    pub addr: SocketAddr,
+    pub listen_addr: SocketAddr,
+    /// memcached's names: `conn_waiting` (for a read), `conn_parse_cmd` (parsing and running
+    /// requests), `conn_mwrite` (writing replies).
+    pub state: Cell<&'static str>,
+    /// When the connection last read requests (or was accepted).
+    pub last_cmd: Cell<Instant>,
+}
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
@@ -32,16 +48,30 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         }
         Counters::add(&c.curr_connections, 1);
         Counters::add(&c.total_connections, 1);
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let fd = stream.as_raw_fd();
+        let info = Rc::new(ConnInfo {
+            addr: stream.peer_addr().unwrap_or(unknown),
+            listen_addr: stream.local_addr().unwrap_or(unknown),
+            state: Cell::new("conn_waiting"),
+            last_cmd: Cell::new(Instant::now()),
+        });
+        shard.conns.borrow_mut().insert(fd, info.clone());
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            let _ = serve(&shard, stream).await;
+            let _ = serve(&shard, stream, &info).await;
             Counters::add(&shard.counters.curr_connections, u64::MAX); // wrapping -1
+            let mut conns = shard.conns.borrow_mut();
+            // The descriptor may already name a newer connection.
+            if conns.get(&fd).is_some_and(|c| Rc::ptr_eq(c, &info)) {
+                conns.remove(&fd);
+            }
         })
         .detach();
     }
 }
 
-async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> {
+async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let chunk = shard.read_buffer_bytes;
     let mut rbuf: Vec<u8> = Vec::with_capacity(chunk);
@@ -49,10 +79,14 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
     // Bytes of a refused value still to discard (they may arrive in later reads).
     let mut swallow = 0usize;
     let mut parsed_all = true;
+    // (command, when it was parsed) of each request of the round, timed once its reply is
+    // written; at most one per slot of a round, so it never grows past its first allocation.
+    let mut timed: Vec<(Timer, Instant)> = Vec::with_capacity(shard.pipeline_depth_max);
     loop {
         if parsed_all {
             let len = rbuf.len();
             rbuf.resize(len + chunk, 0);
+            info.state.set("conn_waiting");
             let n = stream.read(&mut rbuf[len..]).await?;
             rbuf.truncate(len + n);
             if n == 0 {
@@ -60,6 +94,8 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
             }
             Counters::add(&shard.counters.bytes_read, n as u64);
         }
+        info.state.set("conn_parse_cmd");
+        info.last_cmd.set(Instant::now());
         let now = crate::engine::Engine::<keel_nvme::UringDevice>::now();
         let mut pos = 0;
         let mut close = false;
@@ -87,6 +123,9 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
                         if matches!(req, Request::Quit) {
                             close = true;
                             break;
+                        }
+                        if let Some(t) = Timer::of(&req) {
+                            timed.push((t, Instant::now()));
                         }
                         round.dispatch(shard, req);
                     }
@@ -118,9 +157,14 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
             round.finish(shard, &mut out).await;
         }
         if !out.is_empty() {
+            info.state.set("conn_mwrite");
             stream.write_all(&out).await?;
             Counters::add(&shard.counters.bytes_written, out.len() as u64);
             out.clear();
+        }
+        let written = Instant::now();
+        for (t, parsed) in timed.drain(..) {
+            shard.latency().record(t, written - parsed);
         }
         rbuf.drain(..pos);
         if close {

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use crate::engine::{Member, MemberChange, Op, OpResult, Pending, StoreMode};
+use crate::engine::{ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode};
 use crate::protocol::{reply, MemberCmd, Request, StoreCmd};
 use crate::shard::{Counters, Shard};
 
@@ -13,7 +13,7 @@ enum Part {
     Done(OpResult),
     /// This shard's statistics, read when the reply is written so that the counters of the
     /// requests before `stats` in the same pipeline are included.
-    LocalStats,
+    LocalStats(StatsGroup),
     Local(Pending),
     /// Index into the batch sent to `dest`.
     Remote {
@@ -102,7 +102,7 @@ impl<'a> Round<'a> {
     /// An op for every shard (flush_all, stats, membership).
     fn broadcast(&mut self, shard: &Shard, make: impl Fn() -> Op) -> Vec<Part> {
         let first = match make() {
-            Op::Stats => Part::LocalStats,
+            Op::Stats(g) => Part::LocalStats(g),
             op => Part::Local(shard.start_local(op, self.now)),
         };
         let mut parts = vec![first];
@@ -193,11 +193,11 @@ impl<'a> Round<'a> {
                 let delay = *delay;
                 self.broadcast(shard, || Op::FlushAll { delay })
             }
-            Request::Stats { group: None, .. } => self.broadcast(shard, || Op::Stats),
-            Request::Stats { .. }
-            | Request::Version
-            | Request::Verbosity { .. }
-            | Request::Quit => Vec::new(),
+            Request::Stats { group, .. } => match stats_group(*group) {
+                Some(g) => self.broadcast(shard, || Op::Stats(g)),
+                None => Vec::new(),
+            },
+            Request::Version | Request::Verbosity { .. } | Request::Quit => Vec::new(),
             Request::Member(MemberCmd::List) => self.broadcast(shard, || Op::Members),
             Request::Member(cmd) => {
                 let change = match *cmd {
@@ -244,8 +244,8 @@ impl<'a> Round<'a> {
                     for p in parts {
                         results.push(match p {
                             Part::Done(r) => r,
-                            Part::LocalStats => {
-                                shard.resolve(shard.start_local(Op::Stats, now)).await
+                            Part::LocalStats(g) => {
+                                shard.resolve(shard.start_local(Op::Stats(g), now)).await
                             }
                             Part::Local(p) => shard.resolve(p).await,
                             Part::Remote { dest, idx } => remote
@@ -294,9 +294,12 @@ fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
             }
             return;
         }
-        OpResult::Hit(_) | OpResult::Miss | OpResult::Stats(_) | OpResult::Members(_) => {
-            b"SERVER_ERROR unexpected result\r\n"
-        }
+        OpResult::Hit(_)
+        | OpResult::Miss
+        | OpResult::Stats(_)
+        | OpResult::Latency(_)
+        | OpResult::Conns(_)
+        | OpResult::Members(_) => b"SERVER_ERROR unexpected result\r\n",
     };
     if !noreply {
         out.extend_from_slice(line);
@@ -370,10 +373,17 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
         }
         Request::Stats { group: None, .. } => render_stats(shard, results, now, out),
         Request::Stats { group: Some(g), .. } => match *g {
-            // Groups memcached knows but whose slab-allocator figures Keel does not have.
-            b"settings" | b"items" | b"slabs" | b"sizes" | b"conns" => {
-                out.extend_from_slice(b"END\r\n")
+            b"latency" => render_latency(results, out),
+            b"conns" => render_conns(results, out),
+            b"items" => render_items(results, out),
+            b"settings" => {
+                for (name, value) in &shard.settings {
+                    reply::stat(out, name.as_bytes(), value.as_bytes());
+                }
+                out.extend_from_slice(b"END\r\n");
             }
+            // Groups memcached knows but whose slab-allocator figures Keel does not have.
+            b"slabs" | b"sizes" => out.extend_from_slice(b"END\r\n"),
             b"reset" => out.extend_from_slice(b"RESET\r\n"),
             _ => out.extend_from_slice(b"ERROR\r\n"),
         },
@@ -458,7 +468,19 @@ fn render_members(results: Vec<OpResult>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"END\r\n");
 }
 
-fn render_stats(shard: &Shard, results: Vec<OpResult>, now: u32, out: &mut Vec<u8>) {
+/// What every shard asks its peers for to answer `stats <group>`; `None`: nothing (the group is
+/// answered from this shard alone, or is unknown).
+fn stats_group(group: Option<&[u8]>) -> Option<StatsGroup> {
+    match group {
+        None | Some(b"items") => Some(StatsGroup::General),
+        Some(b"latency") => Some(StatsGroup::Latency),
+        Some(b"conns") => Some(StatsGroup::Conns),
+        Some(_) => None,
+    }
+}
+
+/// The shards' counters of plain `stats`, summed (wrapping), in the first shard's order.
+pub fn sum_stats(results: Vec<OpResult>) -> Vec<(&'static str, u64)> {
     let mut sums: Vec<(&'static str, u64)> = Vec::new();
     for r in results {
         if let OpResult::Stats(v) = r {
@@ -470,6 +492,72 @@ fn render_stats(shard: &Shard, results: Vec<OpResult>, now: u32, out: &mut Vec<u
             }
         }
     }
+    sums
+}
+
+/// `stats latency`: every shard's histograms merged (see [`crate::latency::render`]).
+fn render_latency(results: Vec<OpResult>, out: &mut Vec<u8>) {
+    let mut all = crate::latency::Report::default();
+    for r in results {
+        if let OpResult::Latency(rep) = r {
+            all.merge(&rep);
+        }
+    }
+    crate::latency::render(&all, out);
+}
+
+/// `stats conns`, as memcached 1.6.18 shapes it: per open client connection, by descriptor,
+/// `<fd>:addr`, `<fd>:listen_addr`, `<fd>:state` and `<fd>:secs_since_last_cmd`. memcached also
+/// lists its listening sockets; Keel's (one per shard) are not listed.
+fn render_conns(results: Vec<OpResult>, out: &mut Vec<u8>) {
+    let mut rows: Vec<ConnRow> = Vec::new();
+    for r in results {
+        if let OpResult::Conns(v) = r {
+            rows.extend(v);
+        }
+    }
+    rows.sort_by_key(|c| c.fd);
+    for c in rows {
+        let fd = c.fd;
+        reply::stat(
+            out,
+            format!("{fd}:addr").as_bytes(),
+            format!("tcp:{}", c.addr).as_bytes(),
+        );
+        reply::stat(
+            out,
+            format!("{fd}:listen_addr").as_bytes(),
+            format!("tcp:{}", c.listen_addr).as_bytes(),
+        );
+        reply::stat(out, format!("{fd}:state").as_bytes(), c.state.as_bytes());
+        reply::stat_u64(
+            out,
+            format!("{fd}:secs_since_last_cmd").as_bytes(),
+            c.secs_since_last_cmd as u64,
+        );
+    }
+    out.extend_from_slice(b"END\r\n");
+}
+
+/// `stats items`: Keel has no slab classes, so every item is in "class 1"; only the figures
+/// Keel keeps are printed (memcached's LRU-segment and crawler figures do not exist here).
+fn render_items(results: Vec<OpResult>, out: &mut Vec<u8>) {
+    let sums = sum_stats(results);
+    let get = |k: &str| sums.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
+    let items = get("curr_items");
+    if items > 0 {
+        reply::stat_u64(out, b"items:1:number", items);
+        reply::stat_u64(out, b"items:1:mem_requested", get("bytes"));
+        // Values live on the device: nothing is evicted for memory.
+        reply::stat_u64(out, b"items:1:evicted", 0);
+        reply::stat_u64(out, b"items:1:outofmemory", 0);
+        reply::stat_u64(out, b"items:1:expired_unfetched", get("expired_unfetched"));
+    }
+    out.extend_from_slice(b"END\r\n");
+}
+
+fn render_stats(shard: &Shard, results: Vec<OpResult>, now: u32, out: &mut Vec<u8>) {
+    let sums = sum_stats(results);
     let (user, system) = rusage();
     reply::stat_u64(out, b"pid", std::process::id() as u64);
     reply::stat_u64(out, b"uptime", shard.started.elapsed().as_secs());

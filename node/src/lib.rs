@@ -5,6 +5,8 @@
 //! and its end of the shard mesh. Clients speak the memcached text protocol ([`protocol`], the
 //! one place requests are parsed); [`exec`] gives the commands their meaning on top of the
 //! engines, [`conn`] runs connections, [`server`] starts it all from a [`config::Profile`].
+//! [`latency`] keeps each shard's HDR histograms (`stats latency`); [`metrics`] serves them and
+//! the `stats` counters to Prometheus.
 //!
 //! Every write goes through Raft ([`replica`]: a raft-rs group per partition, the shard's
 //! keel-raftlog as its log, [`transport`] to the peers); the engine is the state machine.
@@ -15,7 +17,9 @@ pub mod config;
 pub mod conn;
 pub mod engine;
 pub mod exec;
+pub mod latency;
 pub mod meta;
+pub mod metrics;
 pub mod protocol;
 pub mod replica;
 pub mod server;

@@ -1,5 +1,5 @@
 //! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH] [--cores LIST]
-//! [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]]`
+//! [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]] [--metrics-listen IP:PORT]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,9 @@ struct Args {
     /// running cluster (`member_add` on any member).
     #[arg(long)]
     join: bool,
+    /// Overrides node.metrics_listen: serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Prints the effective profile (after overrides) and exits.
     #[arg(long)]
     print_profile: bool,
@@ -59,6 +62,9 @@ fn main() -> ExitCode {
     }
     if let Some(id) = args.node_id {
         p.node.id = id;
+    }
+    if let Some(m) = args.metrics_listen {
+        p.node.metrics_listen = m;
     }
     if args.join {
         p.node.join = true;

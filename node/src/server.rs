@@ -85,6 +85,62 @@ fn prepare_device(p: &Profile) -> Result<Superblock, String> {
         .map_err(|e| format!("format executor failed: {e}"))?
 }
 
+/// `stats settings`: the profile values a memcached user looks for, under memcached 1.6.18's
+/// names and in its order, then Keel's own (`keel_` prefix). memcached settings that have no
+/// meaning here (slab sizing, LRU tuning, UDP, SASL, TLS, extstore) are left out.
+fn memcached_settings(p: &Profile) -> Vec<(&'static str, String)> {
+    let listen: Option<std::net::SocketAddr> = p.node.listen.parse().ok();
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    vec![
+        ("maxbytes", p.device.size_bytes.to_string()),
+        ("maxconns", p.net.connections_max.to_string()),
+        ("tcpport", listen.map_or(0, |a| a.port()).to_string()),
+        ("udpport", "0".into()),
+        (
+            "inter",
+            listen.map_or("NULL".into(), |a| a.ip().to_string()),
+        ),
+        ("verbosity", "0".into()),
+        ("oldest", "0".into()),
+        // Nothing is evicted: values live on the device until deleted or expired.
+        ("evictions", "off".into()),
+        ("num_threads", p.node.cores.len().to_string()),
+        ("cas_enabled", "yes".into()),
+        ("binding_protocol", "ascii".into()),
+        ("auth_enabled_sasl", "no".into()),
+        ("auth_enabled_ascii", "no".into()),
+        ("item_size_max", p.engine.value_len_max.to_string()),
+        ("flush_enabled", "yes".into()),
+        ("idle_timeout", "0".into()),
+        ("read_buf_mem_limit", "0".into()),
+        ("ssl_enabled", "no".into()),
+        ("keel_node_id", p.node.id.to_string()),
+        ("keel_partitions", p.node.partitions.to_string()),
+        ("keel_cache_bytes", p.engine.cache_bytes.to_string()),
+        (
+            "keel_read_buffer_bytes",
+            p.net.read_buffer_bytes.to_string(),
+        ),
+        (
+            "keel_pipeline_depth_max",
+            p.net.pipeline_depth_max.to_string(),
+        ),
+        ("keel_stale_reads", yes_no(p.raft.stale_reads)),
+        ("keel_flush_delay_ms", p.raftlog.flush_delay_ms.to_string()),
+        (
+            "keel_batch_bytes_max",
+            p.raftlog.batch_bytes_max.to_string(),
+        ),
+        (
+            "keel_metrics_listen",
+            match p.node.metrics_listen.as_str() {
+                "" => "NULL".into(),
+                m => m.to_string(),
+            },
+        ),
+    ]
+}
+
 /// A clean shutdown in progress: set by SIGTERM/SIGINT; each shard's checkpoint task takes a
 /// last checkpoint and reports done; the last one ends the process.
 #[derive(Clone)]
@@ -418,9 +474,19 @@ async fn run_shard(
             conns_max: p.net.connections_max.div_ceil(n),
             read_buffer_bytes: p.net.read_buffer_bytes,
             pipeline_depth_max: p.net.pipeline_depth_max,
+            settings: memcached_settings(&p),
         },
     ));
     shard.spawn_mesh_tasks(receivers);
+    if id == 0 && !p.node.metrics_listen.is_empty() {
+        // Scrapes take what requests leave, like checkpoints.
+        let metrics_tq = ex.create_task_queue(
+            Shares::Static(100),
+            glommio::Latency::NotImportant,
+            "metrics",
+        );
+        crate::metrics::spawn_metrics_task(shard.clone(), &p.node.metrics_listen, metrics_tq)?;
+    }
     let listener = glommio::net::TcpListener::bind(&p.node.listen)
         .map_err(|e| format!("shard {id}: cannot listen on {}: {e}", p.node.listen))?;
     eprintln!("keel-node: shard {id} accepting on {}", p.node.listen);

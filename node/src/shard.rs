@@ -3,7 +3,7 @@
 //! thread; shards talk only through the mesh's message queues.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -11,7 +11,9 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use keel_nvme::UringDevice;
 
-use crate::engine::{self, Engine, Op, OpResult, Pending};
+use crate::conn::ConnInfo;
+use crate::engine::{self, ConnRow, Engine, Op, OpResult, Pending, StatsGroup};
+use crate::latency::Latency;
 use crate::protocol::Limits;
 use crate::replica::Replicas;
 
@@ -90,6 +92,10 @@ pub struct Shard {
     pub conns_max: usize,
     pub read_buffer_bytes: usize,
     pub pipeline_depth_max: usize,
+    /// `stats settings`: (name, value) from the profile, in memcached's order.
+    pub settings: Vec<(&'static str, String)>,
+    /// This shard's open client connections by descriptor, for `stats conns`.
+    pub conns: RefCell<BTreeMap<i32, Rc<ConnInfo>>>,
 }
 
 pub struct ShardConfig {
@@ -98,6 +104,7 @@ pub struct ShardConfig {
     pub conns_max: usize,
     pub read_buffer_bytes: usize,
     pub pipeline_depth_max: usize,
+    pub settings: Vec<(&'static str, String)>,
 }
 
 /// The partition of a key: a stable hash, so data stays where it was written across restarts.
@@ -130,7 +137,14 @@ impl Shard {
             conns_max: cfg.conns_max,
             read_buffer_bytes: cfg.read_buffer_bytes,
             pipeline_depth_max: cfg.pipeline_depth_max,
+            settings: cfg.settings,
+            conns: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    /// The shard's latency histograms (the engine's, shared with the replicas).
+    pub fn latency(&self) -> &Latency {
+        &self.engine.latency
     }
 
     /// The shard that owns `key`: its partition, placed round-robin over the shards.
@@ -141,7 +155,25 @@ impl Shard {
     /// Starts an op that belongs to this shard: through its partition's Raft group.
     pub fn start_local(&self, op: Op, now: u32) -> Pending {
         match op {
-            Op::Stats => {
+            Op::Stats(StatsGroup::Latency) => {
+                Pending::Ready(OpResult::Latency(Box::new(self.latency().report())))
+            }
+            Op::Stats(StatsGroup::Conns) => {
+                let rows = self
+                    .conns
+                    .borrow()
+                    .iter()
+                    .map(|(&fd, c)| ConnRow {
+                        fd,
+                        addr: c.addr,
+                        listen_addr: c.listen_addr,
+                        state: c.state.get(),
+                        secs_since_last_cmd: c.last_cmd.get().elapsed().as_secs() as u32,
+                    })
+                    .collect();
+                Pending::Ready(OpResult::Conns(rows))
+            }
+            Op::Stats(StatsGroup::General) => {
                 let mut v = self.engine.stat_values();
                 v.extend(self.replicas.stat_values());
                 // Summed over shards (wrapping) by `stats`: equal on two nodes iff every

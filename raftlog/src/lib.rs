@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use keel_nvme::IoError;
 
-pub use log::{DurableWait, RaftLog, Signal, SignalWait, SnapshotProvider};
+pub use log::{DurableWait, FlushObserver, RaftLog, Signal, SignalWait, SnapshotProvider};
 
 /// How soon a record must reach the device (see [`RaftLog::set_hard_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

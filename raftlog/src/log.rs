@@ -19,6 +19,9 @@ use crate::{Config, Flush, Lsn, RaftLogError, Stats, SEGMENTS_MIN, SEGMENT_BYTES
 
 /// Builds a snapshot of `group` for raft-rs: (group, request_index, to).
 pub type SnapshotProvider = Rc<dyn Fn(u64, u64, u64) -> raft::Result<Snapshot>>;
+/// Told how long each batch's write + fdatasync took (for latency metrics; this crate keeps no
+/// histograms of its own).
+pub type FlushObserver = Rc<dyn Fn(Duration)>;
 
 struct Inner {
     groups: Groups,
@@ -48,6 +51,7 @@ pub struct RaftLog<D: Device> {
     waiters: RefCell<Vec<Waker>>,
     flush_signal: Signal,
     snapshot_provider: RefCell<Option<SnapshotProvider>>,
+    flush_observer: RefCell<Option<FlushObserver>>,
     flushes: Cell<u64>,
     bytes_written: Cell<u64>,
     records: Cell<u64>,
@@ -133,6 +137,7 @@ impl<D: Device + 'static> RaftLog<D> {
             waiters: RefCell::new(Vec::new()),
             flush_signal: Signal::default(),
             snapshot_provider: RefCell::new(None),
+            flush_observer: RefCell::new(None),
             flushes: Cell::new(0),
             bytes_written: Cell::new(0),
             records: Cell::new(0),
@@ -358,6 +363,10 @@ impl<D: Device + 'static> RaftLog<D> {
         *self.snapshot_provider.borrow_mut() = Some(f);
     }
 
+    pub fn set_flush_observer(&self, f: FlushObserver) {
+        *self.flush_observer.borrow_mut() = Some(f);
+    }
+
     pub fn stats(&self) -> Stats {
         let inner = self.inner.borrow();
         Stats {
@@ -442,6 +451,7 @@ impl<D: Device + 'static> RaftLog<D> {
         } else {
             0
         };
+        let t0 = Instant::now();
         let mut res = Ok(());
         for (at, part) in [(0, &c.bytes[..split]), (split, &c.bytes[split..])] {
             if part.is_empty() || res.is_err() {
@@ -452,6 +462,11 @@ impl<D: Device + 'static> RaftLog<D> {
             res = self.region.write_at(buf, c.offset + at as u64).await;
             if res.is_ok() {
                 res = self.region.sync().await;
+            }
+        }
+        if res.is_ok() {
+            if let Some(f) = self.flush_observer.borrow().as_ref() {
+                f(t0.elapsed());
             }
         }
         let mut inner = self.inner.borrow_mut();

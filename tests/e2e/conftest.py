@@ -286,6 +286,8 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "server.log"
         self.starts = 0
+        # More keel-node arguments (e.g. --metrics-listen), kept across restarts.
+        self.extra_args: list[str] = []
 
     # -- commands
 
@@ -306,6 +308,7 @@ class Server:
             str(self.data_path),
             "--cores",
             KEEL_CORES,
+            *self.extra_args,
         ]
 
     def log_text(self) -> str:

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::channel::oneshot;
 use keel_nvme::{Device, IoError, Region};
@@ -30,7 +31,9 @@ use cache::Cache;
 use format::Kind;
 use index::{absolute_exptime, Atime, Index, IndexEntry, FETCHED, STALE, WIN_SENT};
 use log::{LogConfig, LogError, NewRecord, ValueLog};
-pub use ops::{Item, Member, MemberChange, Op, OpResult, StoreMode};
+
+use crate::latency::{Latency, Timer};
+pub use ops::{ConnRow, Item, Member, MemberChange, Op, OpResult, StatsGroup, StoreMode};
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -131,6 +134,9 @@ pub struct Engine<D: Device> {
     rmw_value: RefCell<Option<RmwValue>>,
     /// The stamp of the op being started (set by `start`, read by the writes it makes).
     cur: Cell<Stamp>,
+    /// The shard's latency histograms (the engine times device reads; the replicas and the
+    /// connections share them).
+    pub latency: Rc<Latency>,
 }
 
 fn unix_now() -> u32 {
@@ -181,6 +187,7 @@ impl<D: Device + 'static> Engine<D> {
             checkpoint_signal: log::Signal::default(),
             rmw_value: RefCell::new(None),
             cur: Cell::new(Stamp::read(now)),
+            latency: Rc::new(Latency::default()),
         }))
     }
 
@@ -242,7 +249,7 @@ impl<D: Device + 'static> Engine<D> {
             } => self.arith(key, incr, delta, cas, vivify, touch, now),
             Op::Touch { key, exptime } => self.touch(&key, exptime, now),
             Op::FlushAll { delay } => self.flush_all(delay, stamp),
-            Op::Stats => Pending::Ready(OpResult::Stats(self.stat_values())),
+            Op::Stats(_) => Pending::Ready(OpResult::Stats(self.stat_values())),
             Op::Member(_) | Op::Members => {
                 Pending::Ready(OpResult::ServerError("not an engine op".into()))
             }
@@ -420,7 +427,10 @@ impl<D: Device + 'static> Engine<D> {
         let mut e = e;
         for _ in 0..3 {
             self.stats.disk_reads.set(self.stats.disk_reads.get() + 1);
-            match self.log.read_value(e.offset, key, e.value_len, e.cas).await {
+            let t0 = Instant::now();
+            let read = self.log.read_value(e.offset, key, e.value_len, e.cas).await;
+            self.latency.record(Timer::DeviceRead, t0.elapsed());
+            match read {
                 Ok(Some(v)) => {
                     let v: Arc<[u8]> = v.into();
                     self.cache.borrow_mut().insert(key, e.cas, v.clone());

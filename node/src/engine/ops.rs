@@ -64,11 +64,34 @@ pub enum Op {
     FlushAll {
         delay: i64,
     },
-    Stats,
+    /// A shard's figures for `stats` (never an engine op, never in a Raft entry).
+    Stats(StatsGroup),
     /// A membership change of every partition: an admin command for Raft, never an engine op.
     Member(MemberChange),
     /// This node's view of every partition's members (an admin command, never an engine op).
     Members,
+}
+
+/// Which of a shard's figures a `stats` request collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsGroup {
+    /// The counters of plain `stats` (and of `/metrics`).
+    General,
+    /// The latency histograms (`stats latency`).
+    Latency,
+    /// The open client connections (`stats conns`).
+    Conns,
+}
+
+/// One open client connection, for `stats conns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnRow {
+    pub fd: i32,
+    pub addr: std::net::SocketAddr,
+    pub listen_addr: std::net::SocketAddr,
+    /// memcached's state names: `conn_waiting`, `conn_parse_cmd`, `conn_mwrite`.
+    pub state: &'static str,
+    pub secs_since_last_cmd: u32,
 }
 
 /// A replica added or removed, one at a time, in every partition (learner first).
@@ -103,7 +126,7 @@ impl Op {
             | Op::Delete { key, .. }
             | Op::Arith { key, .. }
             | Op::Touch { key, .. } => Some(key),
-            Op::FlushAll { .. } | Op::Stats | Op::Member(_) | Op::Members => None,
+            Op::FlushAll { .. } | Op::Stats(_) | Op::Member(_) | Op::Members => None,
         }
     }
 }
@@ -149,6 +172,8 @@ pub enum OpResult {
     /// A delta on a value that would not fit in 64 bits (ma J/D parsing is the parser's).
     Ok,
     Stats(Vec<(&'static str, u64)>),
+    Latency(Box<crate::latency::Report>),
+    Conns(Vec<ConnRow>),
     Members(Vec<Member>),
     TooLarge,
     /// Out of space or a poisoned log: the text follows "SERVER_ERROR ".

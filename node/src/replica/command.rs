@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{Item, MemberChange, Op, OpResult, StoreMode};
+use crate::engine::{Item, MemberChange, Op, OpResult, StatsGroup, StoreMode};
 
 /// Why bytes could not be decoded (a damaged entry or a peer speaking another version).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -234,7 +234,8 @@ fn put_op(w: &mut W, op: &Op) {
             w.u8(6);
             w.i64(*delay);
         }
-        Op::Stats => w.u8(7),
+        // Stats never travel: their group is not kept.
+        Op::Stats(_) => w.u8(7),
         Op::Member(c) => {
             w.u8(8);
             match c {
@@ -316,7 +317,7 @@ fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
             exptime: r.i64()?,
         },
         6 => Op::FlushAll { delay: r.i64()? },
-        7 => Op::Stats,
+        7 => Op::Stats(StatsGroup::General),
         8 => Op::Member(match r.u8()? {
             1 => MemberChange::AddLearner {
                 node: r.u64()?,
@@ -473,7 +474,7 @@ pub fn encode_reply(id: u64, r: &OpResult) -> Vec<u8> {
             w.u8(13);
             w.bytes(m.as_bytes());
         }
-        OpResult::Stats(_) | OpResult::Members(_) => {
+        OpResult::Stats(_) | OpResult::Latency(_) | OpResult::Conns(_) | OpResult::Members(_) => {
             w.u8(13);
             w.bytes(b"stats and members are not forwarded");
         }

@@ -18,6 +18,7 @@ use raft::{StateRole, Storage};
 use super::checkpoint::{self, Checkpoint};
 use super::{cas_of, command, err, Group, Replicas, Unpersisted};
 use crate::engine::{OpResult, Pending, Stamp};
+use crate::latency::Timer;
 
 /// Runs the driver until the raftlog fails. Returns the failure.
 pub async fn run_raft(r: Rc<Replicas>) -> String {
@@ -223,8 +224,12 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
             applied(r, g, &e, Outcome::Results(vec![res]));
             continue;
         }
+        let t0 = Instant::now();
         match start_entry(r, p, &e) {
-            Started::Done(outcome) => applied(r, g, &e, outcome),
+            Started::Done(outcome) => {
+                r.engine.latency.record(Timer::RaftApply, t0.elapsed());
+                applied(r, g, &e, outcome)
+            }
             Started::Later(pending) => {
                 g.applying = true;
                 drop(groups);
@@ -235,6 +240,7 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
                     for p in pending {
                         res.push(crate::engine::resolve(p).await);
                     }
+                    rr.engine.latency.record(Timer::RaftApply, t0.elapsed());
                     {
                         let mut groups = rr.groups.borrow_mut();
                         let g = groups.get_mut(&p).expect("groups are fixed");
@@ -323,6 +329,9 @@ fn applied(r: &Replicas, g: &mut Group, e: &Entry, outcome: Outcome) {
             }
             return;
         }
+        r.engine
+            .latency
+            .record(Timer::RaftCommit, p.proposed.elapsed());
         let (mut results, why) = match outcome {
             Outcome::Results(res) => (res.into_iter(), "entry without an op".to_string()),
             Outcome::Failed(why) => (Vec::new().into_iter(), why),

@@ -134,6 +134,8 @@ pub struct RaftSettings {
 struct Proposal {
     index: u64,
     term: u64,
+    /// For the Raft commit latency (proposal to applied).
+    proposed: Instant,
     replies: Vec<oneshot::Sender<OpResult>>,
 }
 
@@ -380,6 +382,10 @@ impl Replicas {
             checkpoint_now: Cell::new(false),
             batched: RefCell::new(Vec::new()),
         });
+        let latency = r.engine.latency.clone();
+        r.log.set_flush_observer(Rc::new(move |d| {
+            latency.record(crate::latency::Timer::RaftlogFlush, d)
+        }));
         // Weak: the raftlog (held by the replicas) must not keep the replicas alive.
         let weak = Rc::downgrade(&r);
         r.log
@@ -707,6 +713,7 @@ impl Replicas {
         g.proposals.push_back(Proposal {
             index: g.raw.raft.raft_log.last_index(),
             term: g.raw.raft.term,
+            proposed: Instant::now(),
             replies,
         });
         self.wake.notify();
