@@ -38,6 +38,7 @@ use std::time::Duration;
 use keel_nvme::IoError;
 
 pub use log::{DurableWait, FlushObserver, RaftLog, Signal, SignalWait, SnapshotProvider};
+pub use storage::GroupStorage;
 
 /// How soon a record must reach the device (see [`RaftLog::set_hard_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,6 @@ pub enum Flush {
     /// Written with the next batch something else starts, or when its LSN is waited for.
     WithNext,
 }
-pub use storage::GroupStorage;
 
 /// Log sequence number of a record: +1 per record across the whole shard log, starting at 1.
 pub type Lsn = u64;

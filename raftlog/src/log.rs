@@ -174,7 +174,7 @@ impl<D: Device + 'static> RaftLog<D> {
         }
         let rec = Rec::Create(conf);
         self.plan(&inner, [format::record_bytes(&rec)], false)?;
-        Ok(self.place(&mut inner, group, rec))
+        Ok(self.place(&mut inner, group, rec, Flush::Now))
     }
 
     /// This group's view for raft-rs.
@@ -230,7 +230,7 @@ impl<D: Device + 'static> RaftLog<D> {
         self.plan(&inner, sizes, true)?;
         let mut lsn = 0;
         for e in entries {
-            lsn = self.place(&mut inner, group, Rec::Entry(e.clone()));
+            lsn = self.place(&mut inner, group, Rec::Entry(e.clone()), Flush::Now);
         }
         // A replaced suffix may have been the last thing holding an old segment.
         free_dead_prefix(&mut inner);
@@ -249,11 +249,11 @@ impl<D: Device + 'static> RaftLog<D> {
         hs: &HardState,
         flush: Flush,
     ) -> Result<Lsn, RaftLogError> {
-        self.simple_with(group, Rec::HardState(hs.clone()), flush)
+        self.simple(group, Rec::HardState(hs.clone()), flush)
     }
 
     pub fn set_conf_state(&self, group: u64, cs: &ConfState) -> Result<Lsn, RaftLogError> {
-        self.simple(group, Rec::ConfState(cs.clone()))
+        self.simple(group, Rec::ConfState(cs.clone()), Flush::Now)
     }
 
     /// Installs a snapshot's metadata: drops all entries; first index becomes `meta.index + 1`,
@@ -282,6 +282,7 @@ impl<D: Device + 'static> RaftLog<D> {
                 term: meta.term,
                 conf: meta.get_conf_state().clone(),
             },
+            Flush::Now,
         )
     }
 
@@ -308,7 +309,7 @@ impl<D: Device + 'static> RaftLog<D> {
             }
             g.term(index).expect("compacted < index <= last")
         };
-        self.simple(group, Rec::Compact { index, term })
+        self.simple(group, Rec::Compact { index, term }, Flush::Now)
     }
 
     /// Seals the active segment and starts a new one whose state set records every group as
@@ -513,18 +514,14 @@ impl<D: Device + 'static> RaftLog<D> {
     }
 
     /// A one-record mutation of an existing group.
-    fn simple(&self, group: u64, rec: Rec) -> Result<Lsn, RaftLogError> {
-        self.simple_with(group, rec, Flush::Now)
-    }
-
-    fn simple_with(&self, group: u64, rec: Rec, flush: Flush) -> Result<Lsn, RaftLogError> {
+    fn simple(&self, group: u64, rec: Rec, flush: Flush) -> Result<Lsn, RaftLogError> {
         self.check_poisoned()?;
         let mut inner = self.inner.borrow_mut();
         if !inner.groups.map.contains_key(&group) {
             return Err(RaftLogError::UnknownGroup(group));
         }
         self.plan(&inner, [format::record_bytes(&rec)], false)?;
-        let lsn = self.place_with(&mut inner, group, rec, flush);
+        let lsn = self.place(&mut inner, group, rec, flush);
         free_dead_prefix(&mut inner);
         Ok(lsn)
     }
@@ -570,11 +567,7 @@ impl<D: Device + 'static> RaftLog<D> {
     }
 
     /// Puts a record in the current batch and applies it to memory. `plan` said it fits.
-    fn place(&self, inner: &mut Inner, group: u64, rec: Rec) -> Lsn {
-        self.place_with(inner, group, rec, Flush::Now)
-    }
-
-    fn place_with(&self, inner: &mut Inner, group: u64, rec: Rec, flush: Flush) -> Lsn {
+    fn place(&self, inner: &mut Inner, group: u64, rec: Rec, flush: Flush) -> Lsn {
         let len = format::record_bytes(&rec) as u64;
         if inner.switch_needed || inner.chain.is_empty() || inner.batcher.room() < len {
             self.open_segment(inner);
