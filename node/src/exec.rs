@@ -480,7 +480,7 @@ fn stats_group(group: Option<&[u8]>) -> Option<StatsGroup> {
 }
 
 /// The shards' counters of plain `stats`, summed (wrapping), in the first shard's order.
-pub fn sum_stats(results: Vec<OpResult>) -> Vec<(&'static str, u64)> {
+fn sum_stats(results: Vec<OpResult>) -> Vec<(&'static str, u64)> {
     let mut sums: Vec<(&'static str, u64)> = Vec::new();
     for r in results {
         if let OpResult::Stats(v) = r {

@@ -83,9 +83,10 @@ struct Scrape {
 
 /// `keel_<name>` without doubling a `keel_` prefix.
 fn metric_name(stat: &str) -> String {
-    match stat.strip_prefix("keel_") {
-        Some(rest) => format!("keel_{rest}"),
-        None => format!("keel_{stat}"),
+    if stat.starts_with("keel_") {
+        stat.to_string()
+    } else {
+        format!("keel_{stat}")
     }
 }
 

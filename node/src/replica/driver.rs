@@ -182,9 +182,7 @@ fn fail_pending(r: &Replicas, g: &mut Group) {
         r.stats
             .leader_changes_failed
             .set(r.stats.leader_changes_failed.get() + p.replies.len() as u64);
-        for reply in p.replies {
-            let _ = reply.send(err("leadership changed before the write committed; retry"));
-        }
+        p.fail("leadership changed before the write committed; retry");
     }
     for read in g.reads.drain(..) {
         let _ = read
@@ -221,7 +219,7 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
         }
         if e.get_entry_type() == EntryType::EntryConfChange {
             let res = super::membership::apply_conf_change(r, g, &e);
-            applied(r, g, &e, Outcome::Results(vec![res]));
+            applied(r, g, &e, Ok(vec![res]));
             continue;
         }
         let t0 = Instant::now();
@@ -245,7 +243,7 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
                         let mut groups = rr.groups.borrow_mut();
                         let g = groups.get_mut(&p).expect("groups are fixed");
                         g.applying = false;
-                        applied(&rr, g, &e, Outcome::Results(res));
+                        applied(&rr, g, &e, Ok(res));
                     }
                     drain_apply(&rr, p);
                     rr.wake.notify();
@@ -257,13 +255,9 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
     }
 }
 
-/// What applying an entry gave its proposer: a result per op, one failure for them all, or
-/// nothing (an entry without ops).
-enum Outcome {
-    Results(Vec<OpResult>),
-    Failed(String),
-    NoOp,
-}
+/// What applying an entry gave its proposer: a result per op (none for an entry without ops),
+/// or one failure for them all.
+type Outcome = Result<Vec<OpResult>, String>;
 
 enum Started {
     Done(Outcome),
@@ -275,12 +269,12 @@ enum Started {
 /// `cas_of(p, index, i)`. Entries without an op: the empty entry a new leader appends.
 fn start_entry(r: &Replicas, p: u64, e: &Entry) -> Started {
     if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
-        return Started::Done(Outcome::NoOp);
+        return Started::Done(Ok(Vec::new()));
     }
     let (now, ops) = match command::decode_entry(&e.data) {
         Ok(x) => x,
         // Every replica refuses the same bytes the same way, so state stays identical.
-        Err(why) => return Started::Done(Outcome::Failed(format!("entry {}: {why}", e.index))),
+        Err(why) => return Started::Done(Err(format!("entry {}: {why}", e.index))),
     };
     let pending: Vec<Pending> = ops
         .into_iter()
@@ -304,8 +298,11 @@ fn start_entry(r: &Replicas, p: u64, e: &Entry) -> Started {
             Pending::Later(_) => unreachable!("checked above"),
         })
         .collect();
-    Started::Done(Outcome::Results(res))
+    Started::Done(Ok(res))
 }
+
+/// The reply of a proposal whose index another leader's entry took.
+const LOST: &str = "the write was lost to a leader change; retry";
 
 fn applied(r: &Replicas, g: &mut Group, e: &Entry, outcome: Outcome) {
     debug_assert!(e.index > g.applied || e.index == 0);
@@ -317,25 +314,19 @@ fn applied(r: &Replicas, g: &mut Group, e: &Entry, outcome: Outcome) {
     // Proposals older than this index were overwritten by another leader's entries.
     while g.proposals.front().is_some_and(|p| p.index < e.index) {
         let p = g.proposals.pop_front().expect("checked");
-        for reply in p.replies {
-            let _ = reply.send(err("the write was lost to a leader change; retry"));
-        }
+        p.fail(LOST);
     }
     if g.proposals.front().is_some_and(|p| p.index == e.index) {
         let p = g.proposals.pop_front().expect("checked");
         if p.term != e.term {
-            for reply in p.replies {
-                let _ = reply.send(err("the write was lost to a leader change; retry"));
-            }
-            return;
+            return p.fail(LOST);
         }
         r.engine
             .latency
             .record(Timer::RaftCommit, p.proposed.elapsed());
         let (mut results, why) = match outcome {
-            Outcome::Results(res) => (res.into_iter(), "entry without an op".to_string()),
-            Outcome::Failed(why) => (Vec::new().into_iter(), why),
-            Outcome::NoOp => (Vec::new().into_iter(), "entry without an op".to_string()),
+            Ok(res) => (res.into_iter(), "entry without an op".to_string()),
+            Err(why) => (Vec::new().into_iter(), why),
         };
         for reply in p.replies {
             let _ = reply.send(results.next().unwrap_or_else(|| err(&why)));

@@ -139,6 +139,15 @@ struct Proposal {
     replies: Vec<oneshot::Sender<OpResult>>,
 }
 
+impl Proposal {
+    /// Answers every op of the entry with `SERVER_ERROR <why>`.
+    fn fail(self, why: &str) {
+        for reply in self.replies {
+            let _ = reply.send(err(why));
+        }
+    }
+}
+
 /// (origin node, forward id) of the forwards taken lately, the last `FORWARDS_SEEN_MAX`.
 #[derive(Default)]
 struct SeenForwards {
@@ -647,12 +656,8 @@ impl Replicas {
         }
         if !batchable(&op) {
             // Alone in its entry, after the batch proposed above.
-            let data = command::encode_entry(now, std::iter::once(&op), op_bytes(&op));
-            if let Err(e) = g.raw.propose(vec![], data) {
-                return Pending::Ready(err(&format!("proposal refused: {e}")));
-            }
             let (tx, rx) = oneshot::channel();
-            self.track_proposal(g, vec![tx]);
+            self.propose_entry(g, now, std::slice::from_ref(&op), op_bytes(&op), vec![tx]);
             return later(rx);
         }
         let bytes = op_bytes(&op);
@@ -681,15 +686,28 @@ impl Replicas {
             return;
         }
         let b = std::mem::take(&mut g.batch);
-        let data = command::encode_entry(b.now, b.ops.iter(), b.bytes);
+        self.propose_entry(g, b.now, &b.ops, b.bytes, b.replies);
+    }
+
+    /// Proposes `ops` as one entry, answered through `replies` (one per op) once applied, or at
+    /// once with the error raft-rs refused it with.
+    fn propose_entry(
+        &self,
+        g: &mut Group,
+        now: u32,
+        ops: &[Op],
+        bytes: usize,
+        replies: Vec<oneshot::Sender<OpResult>>,
+    ) {
+        let data = command::encode_entry(now, ops.iter(), bytes);
         if let Err(e) = g.raw.propose(vec![], data) {
             let why = format!("proposal refused: {e}");
-            for reply in b.replies {
+            for reply in replies {
                 let _ = reply.send(err(&why));
             }
             return;
         }
-        self.track_proposal(g, b.replies);
+        self.track_proposal(g, replies);
     }
 
     /// Proposes every batch waiting (called by the driver before it takes readies).
