@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use crate::engine::{ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode};
+use crate::engine::{self, ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode};
 use crate::protocol::{reply, MemberCmd, Request, StoreCmd};
 use crate::shard::{Counters, Shard};
 
@@ -15,6 +15,8 @@ enum Part {
     /// requests before `stats` in the same pipeline are included.
     LocalStats(StatsGroup),
     Local(Pending),
+    /// A local op that waits (a device read, a Raft commit): index into the round's waits.
+    Waiting(usize),
     /// Index into the batch sent to `dest`.
     Remote {
         dest: usize,
@@ -217,37 +219,52 @@ impl<'a> Round<'a> {
         self.slots.push(Slot::Req { req, parts });
     }
 
-    /// Sends the remote batches, waits for every op, and writes the replies in order.
-    pub async fn finish(self, shard: &Rc<Shard>, out: &mut Vec<u8>) {
+    /// Sends the remote batches, waits for every op, and writes the replies in order. Every
+    /// op of the round is waited for at once: the device reads of a multi-get's uncached values
+    /// (and of a pipeline's gets) are in flight together, not one after another.
+    pub async fn finish(mut self, shard: &Rc<Shard>, out: &mut Vec<u8>) {
         let now = self.now;
+        let mut waits = Vec::new();
+        for slot in &mut self.slots {
+            let (Slot::Silent(parts) | Slot::Req { parts, .. }) = slot else {
+                continue;
+            };
+            for part in parts.iter_mut() {
+                if matches!(part, Part::Local(Pending::Later(_))) {
+                    let Part::Local(p) = std::mem::replace(part, Part::Waiting(waits.len())) else {
+                        unreachable!("matched above")
+                    };
+                    waits.push(engine::resolve(p));
+                }
+            }
+        }
         let calls = self
             .remote
             .into_iter()
             .map(|(dest, ops)| async move { (dest, shard.call(dest, ops, now).await) });
-        let mut remote: Vec<(usize, Vec<Option<OpResult>>)> = futures::future::join_all(calls)
-            .await
+        let (remote, waited) = futures::join!(
+            futures::future::join_all(calls),
+            futures::future::join_all(waits)
+        );
+        let mut remote: Vec<(usize, Vec<Option<OpResult>>)> = remote
             .into_iter()
             .map(|(d, r)| (d, r.into_iter().map(Some).collect()))
             .collect();
+        let mut waited: Vec<Option<OpResult>> = waited.into_iter().map(Some).collect();
         for slot in self.slots {
             match slot {
                 Slot::Bytes(b) => out.extend_from_slice(b),
-                Slot::Silent(parts) => {
-                    for p in parts {
-                        if let Part::Local(p) = p {
-                            shard.resolve(p).await;
-                        }
-                    }
-                }
+                Slot::Silent(_) => {}
                 Slot::Req { req, parts } => {
                     let mut results = Vec::with_capacity(parts.len());
                     for p in parts {
                         results.push(match p {
-                            Part::Done(r) => r,
+                            Part::Done(r) | Part::Local(Pending::Ready(r)) => r,
+                            Part::Local(Pending::Later(_)) => unreachable!("waited above"),
+                            Part::Waiting(i) => waited[i].take().expect("each wait taken once"),
                             Part::LocalStats(g) => {
                                 shard.resolve(shard.start_local(Op::Stats(g), now)).await
                             }
-                            Part::Local(p) => shard.resolve(p).await,
                             Part::Remote { dest, idx } => remote
                                 .iter_mut()
                                 .find(|(d, _)| *d == dest)

@@ -247,10 +247,9 @@ impl Shard {
                     .collect();
                 let shard = self.clone();
                 glommio::spawn_local(async move {
-                    let mut results = Vec::with_capacity(pending.len());
-                    for p in pending {
-                        results.push(shard.resolve(p).await);
-                    }
+                    // Waited for together: their device reads are in flight at once.
+                    let results =
+                        futures::future::join_all(pending.into_iter().map(engine::resolve)).await;
                     // The requester may have gone (connection closed): nothing to do then.
                     let _ = shard.mesh.send_to(from, Msg::Resp { id, results }).await;
                 })

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use keel_nvme::{Device, IoError, Region};
 
 use cache::Cache;
@@ -130,6 +131,10 @@ pub struct Engine<D: Device> {
     /// the copies it moved out are below this (recovery ignores records above it).
     pub checkpoint_seq: Cell<u64>,
     pub checkpoint_signal: log::Signal,
+    /// Device reads of values in flight, by record offset and CAS (the version: a freed
+    /// offset may hold another item's record by the time a later miss looks), see
+    /// [`Engine::value_of`].
+    reads: RefCell<HashMap<(u64, u64), Shared<ValueRead>>>,
     /// The value a gated read-modify-write just read, for its re-run.
     rmw_value: RefCell<Option<RmwValue>>,
     /// The stamp of the op being started (set by `start`, read by the writes it makes).
@@ -185,6 +190,7 @@ impl<D: Device + 'static> Engine<D> {
             partitions_mask: cfg.partitions_mask,
             checkpoint_seq: Cell::new(checkpoint_seq),
             checkpoint_signal: log::Signal::default(),
+            reads: RefCell::new(HashMap::new()),
             rmw_value: RefCell::new(None),
             cur: Cell::new(Stamp::read(now)),
             latency: Rc::new(Latency::default()),
@@ -408,10 +414,23 @@ impl<D: Device + 'static> Engine<D> {
         if let Some(v) = self.cache.borrow_mut().get(key, e.cas) {
             return Ok(v);
         }
+        // Concurrent misses on one value (a hot key read cold, the clients of a fan-out) share
+        // one device read.
+        if let Some(read) = self.reads.borrow().get(&(e.offset, e.cas)) {
+            return Err(Box::pin(read.clone()));
+        }
         let this = self.clone();
         let key = key.to_vec();
         let e = *e;
-        Err(Box::pin(async move { this.read_value(&key, e).await }))
+        let read = async move {
+            let v = this.clone().read_value(&key, e).await;
+            this.reads.borrow_mut().remove(&(e.offset, e.cas));
+            v
+        }
+        .boxed_local()
+        .shared();
+        self.reads.borrow_mut().insert((e.offset, e.cas), read.clone());
+        Err(Box::pin(read))
     }
 
     /// Reads a value from the log once its record has reached the device. `None` if the record
