@@ -4,7 +4,9 @@
 
 use std::rc::Rc;
 
-use crate::engine::{self, ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode};
+use crate::engine::{
+    self, ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode,
+};
 use crate::protocol::{reply, MemberCmd, Request, StoreCmd};
 use crate::shard::{Counters, Shard};
 

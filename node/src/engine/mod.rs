@@ -262,10 +262,17 @@ impl<D: Device + 'static> Engine<D> {
         }
     }
 
-    /// The live entry of `key`, dropping it if it has expired.
-    fn live(&self, key: &[u8], now: u32) -> Option<IndexEntry> {
+    /// The live entry of `key`, dropping it if it has expired. With `bump` the read is also
+    /// memcached's item bump ([`Engine::bump`]) in the same lookup; the entry returned is the
+    /// one before it.
+    fn live(&self, key: &[u8], now: u32, bump: bool) -> Option<IndexEntry> {
         let mut index = self.index.borrow_mut();
-        let e = *index.get(key)?;
+        let slot = index.get_mut(key)?;
+        let e = *slot;
+        if !e.expired(now) && bump {
+            slot.bits |= FETCHED;
+            slot.atime = Atime::at(now);
+        }
         if e.expired(now) {
             index.remove(key);
             drop(index);
@@ -273,7 +280,7 @@ impl<D: Device + 'static> Engine<D> {
                 e.offset,
                 format::record_bytes(key.len(), e.value_len as usize) as u32,
             );
-            self.cache.borrow_mut().remove(key);
+            self.cache.borrow_mut().remove(e.cas);
             self.stats
                 .expired_unfetched
                 .set(self.stats.expired_unfetched.get() + 1);
@@ -344,13 +351,15 @@ impl<D: Device + 'static> Engine<D> {
             bits,
             atime: Atime::at(now),
         };
+        let mut cache = self.cache.borrow_mut();
         if let Some(old) = self.index.borrow_mut().insert(key.into(), e) {
             self.log.release(
                 old.offset,
                 format::record_bytes(key.len(), old.value_len as usize) as u32,
             );
+            cache.remove(old.cas);
         }
-        self.cache.borrow_mut().insert(key, a.cas, value);
+        cache.insert(a.cas, value);
         self.stats.total_items.set(self.stats.total_items.get() + 1);
         Ok((a.seq, e))
     }
@@ -372,8 +381,8 @@ impl<D: Device + 'static> Engine<D> {
                 old.offset,
                 format::record_bytes(key.len(), old.value_len as usize) as u32,
             );
+            self.cache.borrow_mut().remove(old.cas);
         }
-        self.cache.borrow_mut().remove(key);
         Ok(a.seq)
     }
 
@@ -411,7 +420,7 @@ impl<D: Device + 'static> Engine<D> {
                 return Ok(v.clone());
             }
         }
-        if let Some(v) = self.cache.borrow_mut().get(key, e.cas) {
+        if let Some(v) = self.cache.borrow_mut().get(e.cas) {
             return Ok(v);
         }
         // Concurrent misses on one value (a hot key read cold, the clients of a fan-out) share
@@ -429,7 +438,9 @@ impl<D: Device + 'static> Engine<D> {
         }
         .boxed_local()
         .shared();
-        self.reads.borrow_mut().insert((e.offset, e.cas), read.clone());
+        self.reads
+            .borrow_mut()
+            .insert((e.offset, e.cas), read.clone());
         Err(Box::pin(read))
     }
 
@@ -452,7 +463,7 @@ impl<D: Device + 'static> Engine<D> {
             match read {
                 Ok(Some(v)) => {
                     let v: Arc<[u8]> = v.into();
-                    self.cache.borrow_mut().insert(key, e.cas, v.clone());
+                    self.cache.borrow_mut().insert(e.cas, v.clone());
                     return Some(v);
                 }
                 Ok(None) => {}
@@ -488,7 +499,9 @@ impl<D: Device + 'static> Engine<D> {
         bump: bool,
         now: u32,
     ) -> Pending {
-        let Some(mut e) = self.live(&key, now) else {
+        // The bump rides on the lookup unless a touch rewrites the entry first.
+        let bumped = bump && touch.is_none();
+        let Some(mut e) = self.live(&key, now, bumped) else {
             let Some(ttl) = vivify else {
                 return Pending::Ready(OpResult::Miss);
             };
@@ -538,7 +551,7 @@ impl<D: Device + 'static> Engine<D> {
                 slot.bits |= WIN_SENT;
             }
         }
-        if bump {
+        if bump && !bumped {
             self.bump(&key, now);
         }
         if !want_value {
@@ -573,7 +586,7 @@ impl<D: Device + 'static> Engine<D> {
         invalidate: bool,
         now: u32,
     ) -> Pending {
-        let cur = self.live(&key, now);
+        let cur = self.live(&key, now, false);
         // The item a stale value replaces (ms I with an older CAS): it keeps that item's TTL
         // and win token, as memcached's CAS_STALE store does.
         let mut stale_of = None;
@@ -706,7 +719,7 @@ impl<D: Device + 'static> Engine<D> {
         invalidate: Option<Option<i64>>,
         now: u32,
     ) -> Pending {
-        let Some(e) = self.live(&key, now) else {
+        let Some(e) = self.live(&key, now, false) else {
             return Pending::Ready(OpResult::NotFound);
         };
         if cas.is_some_and(|c| c != e.cas) {
@@ -752,7 +765,7 @@ impl<D: Device + 'static> Engine<D> {
     }
 
     fn touch(self: &Rc<Self>, key: &[u8], exptime: i64, now: u32) -> Pending {
-        let Some(mut e) = self.live(key, now) else {
+        let Some(mut e) = self.live(key, now, false) else {
             return Pending::Ready(OpResult::NotFound);
         };
         let r = match absolute_exptime(exptime, now) {
@@ -779,7 +792,7 @@ impl<D: Device + 'static> Engine<D> {
         touch: Option<i64>,
         now: u32,
     ) -> Pending {
-        let Some(e) = self.live(&key, now) else {
+        let Some(e) = self.live(&key, now, false) else {
             let Some((initial, ttl)) = vivify else {
                 return Pending::Ready(OpResult::NotFound);
             };
@@ -886,14 +899,15 @@ impl<D: Device + 'static> Engine<D> {
                 gone.push((
                     e.offset,
                     format::record_bytes(k.len(), e.value_len as usize),
+                    e.cas,
                 ));
             }
             keep
         });
-        // Cached values are keyed by CAS too: the dropped ones can no longer be looked up and
-        // age out of the CLOCK.
-        for (offset, len) in gone {
+        let mut cache = self.cache.borrow_mut();
+        for (offset, len, cas) in gone {
             self.log.release(offset, len as u32);
+            cache.remove(cas);
         }
     }
 
@@ -964,15 +978,15 @@ impl<D: Device + 'static> Engine<D> {
                 bits: it.bits & STALE,
                 atime: Atime::at(now),
             };
+            let mut cache = self.cache.borrow_mut();
             if let Some(old) = self.index.borrow_mut().insert(it.key.clone().into(), e) {
                 self.log.release(
                     old.offset,
                     format::record_bytes(it.key.len(), old.value_len as usize) as u32,
                 );
+                cache.remove(old.cas);
             }
-            self.cache
-                .borrow_mut()
-                .insert(&it.key, it.cas, it.value.clone().into());
+            cache.insert(it.cas, it.value.clone().into());
         }
         Ok(())
     }

@@ -330,13 +330,20 @@ fn concurrent_misses_on_one_value_share_one_device_read() {
         let e = open(&path, 0).await;
         // Larger than an eighth of the 1 MiB cache: never cached, every read goes to the device.
         let big = vec![b'v'; 200 << 10];
-        assert!(matches!(set(&e, "big", &big).await, OpResult::Stored { .. }));
+        assert!(matches!(
+            set(&e, "big", &big).await,
+            OpResult::Stored { .. }
+        ));
         checkpoint(&e).await;
         let before = e.stats.disk_reads.get();
         let reads = (0..8).map(|_| get(&e, "big"));
         let values = futures::future::join_all(reads).await;
         assert!(values.iter().all(|v| v.as_deref() == Some(&big[..])));
-        assert_eq!(e.stats.disk_reads.get() - before, 1, "eight misses, one read");
+        assert_eq!(
+            e.stats.disk_reads.get() - before,
+            1,
+            "eight misses, one read"
+        );
         // Once that read is done, the next miss reads again.
         assert_eq!(get(&e, "big").await.as_deref(), Some(&big[..]));
         assert_eq!(e.stats.disk_reads.get() - before, 2);
