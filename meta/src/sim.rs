@@ -157,7 +157,13 @@ pub fn run(
         join(&mut state, k % s.zones).map_err(state_err("place"))?;
     }
     let rng = fastrand::Rng::with_seed(s.seed);
-    let mut reports = vec![converge(&mut state, s, "place", &mut check)?];
+    let mut reports = vec![converge(
+        &mut state,
+        &s.limits,
+        s.steps_max,
+        "place",
+        &mut check,
+    )?];
 
     for _ in 0..s.add {
         let zone = zone_sizes(&state, s.zones)
@@ -168,7 +174,13 @@ pub fn run(
             .0;
         join(&mut state, zone as u64).map_err(state_err("add"))?;
     }
-    reports.push(converge(&mut state, s, "add", &mut check)?);
+    reports.push(converge(
+        &mut state,
+        &s.limits,
+        s.steps_max,
+        "add",
+        &mut check,
+    )?);
 
     let mut drained = Vec::new();
     for _ in 0..s.drain {
@@ -185,7 +197,13 @@ pub fn run(
             .map_err(state_err("drain"))?;
         drained.push(id);
     }
-    reports.push(converge(&mut state, s, "drain", &mut check)?);
+    reports.push(converge(
+        &mut state,
+        &s.limits,
+        s.steps_max,
+        "drain",
+        &mut check,
+    )?);
     for &id in &drained {
         state.remove_node(id).map_err(state_err("drain"))?;
     }
@@ -203,14 +221,26 @@ pub fn run(
         lost.push(id);
     }
     elect(&mut state);
-    reports.push(converge(&mut state, s, "lose", &mut check)?);
+    reports.push(converge(
+        &mut state,
+        &s.limits,
+        s.steps_max,
+        "lose",
+        &mut check,
+    )?);
     for &id in &lost {
         state.remove_node(id).map_err(state_err("lose"))?;
     }
     for _ in 0..lost.len() {
         join(&mut state, zone).map_err(state_err("replace"))?;
     }
-    reports.push(converge(&mut state, s, "replace", &mut check)?);
+    reports.push(converge(
+        &mut state,
+        &s.limits,
+        s.steps_max,
+        "replace",
+        &mut check,
+    )?);
     Ok(reports)
 }
 
@@ -237,10 +267,12 @@ fn pick_up_node(state: &ClusterState, zone: u64, rng: &fastrand::Rng) -> NodeId 
     ids[rng.usize(0..ids.len())]
 }
 
-/// Plans and applies until the planner has nothing more to do.
-fn converge(
+/// Plans and applies until the planner has nothing more to do (or fails after `steps_max` steps
+/// that all planned moves), calling `check(state, move)` after every applied move.
+pub fn converge(
     state: &mut ClusterState,
-    s: &Scenario,
+    limits: &Limits,
+    steps_max: u64,
     phase: &'static str,
     check: &mut impl FnMut(&ClusterState, &Move),
 ) -> Result<PhaseReport, SimError> {
@@ -257,7 +289,7 @@ fn converge(
     };
     loop {
         let start = Instant::now();
-        let moves = plan(state, &s.limits);
+        let moves = plan(state, limits);
         let took = start.elapsed();
         r.plan_max = r.plan_max.max(took);
         r.plan_total += took;
@@ -265,7 +297,7 @@ fn converge(
         if moves.is_empty() {
             break;
         }
-        if r.steps == s.steps_max {
+        if r.steps == steps_max {
             return Err(SimError::NoConvergence {
                 phase,
                 steps: r.steps,

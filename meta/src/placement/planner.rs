@@ -172,6 +172,7 @@ struct View {
     voters: [usize; REPLICAS_MAX],
     voters_len: usize,
     learner: Option<usize>,
+    replaces: Option<usize>,
     leader: Option<usize>,
 }
 
@@ -181,6 +182,7 @@ impl View {
             voters: [0; REPLICAS_MAX],
             voters_len: 0,
             learner: None,
+            replaces: None,
             leader: None,
         };
         for &id in &p.voters {
@@ -188,6 +190,7 @@ impl View {
             v.voters_len += 1;
         }
         v.learner = p.learner.map(|id| t.idx(id));
+        v.replaces = p.replaces.map(|id| t.idx(id));
         v.leader = p.leader.map(|id| t.idx(id));
         v
     }
@@ -209,10 +212,17 @@ impl View {
 }
 
 /// The voter to remove from a partition with one voter too many (counting `learner` as a voter):
-/// Down first, then Draining, then, on Up nodes, the one in the zone with most replicas, on the
-/// most loaded node, preferring one that does not lead. The newest Up voter (the learner, or the
-/// last voter) is never chosen: it is the replica the move was for.
-fn victim(t: &Topology, count: &[i64], v: &View, learner: Option<usize>) -> usize {
+/// Down first, then Draining, then the one the move replaces (`replaces`), then, on Up nodes, the
+/// one in the zone with most replicas, on the most loaded node, preferring one that does not
+/// lead. The newest Up voter (the learner, or the last voter) is never chosen: it is the replica
+/// the move was for.
+fn victim(
+    t: &Topology,
+    count: &[i64],
+    v: &View,
+    learner: Option<usize>,
+    replaces: Option<usize>,
+) -> usize {
     let newest = learner.or(v.voters().last().copied());
     let zone_replicas = |x: usize| {
         v.voters()
@@ -236,7 +246,14 @@ fn victim(t: &Topology, count: &[i64], v: &View, learner: Option<usize>) -> usiz
             } else {
                 (0, Ratio { num: 0, den: 1 })
             };
-            (class, zone, load, v.leader != Some(x), x)
+            (
+                class,
+                replaces == Some(x),
+                zone,
+                load,
+                v.leader != Some(x),
+                x,
+            )
         })
         .expect("a partition with a voter too many has a voter besides the newest")
 }
@@ -258,6 +275,9 @@ struct Planner<'a> {
     t: Topology,
     rf: usize,
     loads: Loads,
+    /// Replica counts as the state has them: what `victim` weighs, so that the voter a move will
+    /// remove is the same in every call from the learner's addition to the removal.
+    raw: Vec<i64>,
     touched: Vec<bool>,
     out: Vec<Move>,
     transfers_left: usize,
@@ -303,8 +323,10 @@ impl<'a> Planner<'a> {
             let v = View::new(&t, p);
             match v.learner {
                 Some(l) if !t.is_up(l) => count[l] -= 1,
-                Some(l) if v.voters_len + 1 > rf => count[victim(&t, &raw, &v, Some(l))] -= 1,
-                None if v.voters_len > rf => count[victim(&t, &raw, &v, None)] -= 1,
+                Some(l) if v.voters_len + 1 > rf => {
+                    count[victim(&t, &raw, &v, Some(l), v.replaces)] -= 1
+                }
+                None if v.voters_len > rf => count[victim(&t, &raw, &v, None, v.replaces)] -= 1,
                 _ => {}
             }
         }
@@ -318,6 +340,7 @@ impl<'a> Planner<'a> {
             limits,
             rf,
             loads,
+            raw,
             touched: vec![false; state.placements().len()],
             out: Vec::new(),
             transfers_left: limits.leader_transfers_per_plan_max,
@@ -407,7 +430,7 @@ impl<'a> Planner<'a> {
                 .filter(|&x| self.t.is_up(x))
                 .collect();
             if let Some(j) = self.pick_target(&h[..hn], &staying) {
-                self.add_learner(p, &v, j);
+                self.add_learner(p, &v, j, None);
                 budget -= 1;
             }
         }
@@ -433,7 +456,7 @@ impl<'a> Planner<'a> {
             });
             return;
         }
-        let x = victim(t, &self.loads.count, v, None);
+        let x = victim(t, &self.raw, v, None, v.replaces);
         if x == leader {
             if let Some(to) = self.transfer_target(v, x) {
                 self.transfer(p, x, to);
@@ -480,16 +503,21 @@ impl<'a> Planner<'a> {
         });
     }
 
-    fn add_learner(&mut self, p: PartitionId, v: &View, j: usize) {
+    /// A learner on `j`; it replaces `replaces`, or else, if the partition will have a voter too
+    /// many, the voter `victim` picks (the Down or Draining one, for a repair or a drain).
+    fn add_learner(&mut self, p: PartitionId, v: &View, j: usize, replaces: Option<usize>) {
         self.touched[p as usize] = true;
         self.loads.bump(&self.t, j, 1);
-        if v.voters_len + 1 > self.rf {
-            let x = victim(&self.t, &self.loads.count, v, Some(j));
+        let replaces = replaces.or_else(|| {
+            (v.voters_len + 1 > self.rf).then(|| victim(&self.t, &self.raw, v, Some(j), None))
+        });
+        if let Some(x) = replaces {
             self.loads.bump(&self.t, x, -1);
         }
         self.out.push(Move::AddLearner {
             partition: p,
             node: self.t.ids[j],
+            replaces: replaces.map(|x| self.t.ids[x]),
         });
     }
 
@@ -581,14 +609,8 @@ impl<'a> Planner<'a> {
                 }
             }
             let Some((p, i, j)) = found else { return };
-            self.touched[p as usize] = true;
-            self.loads.bump(&self.t, j, 1);
-            // i's replica is the one the move's last step removes (see `victim`).
-            self.loads.bump(&self.t, i, -1);
-            self.out.push(Move::AddLearner {
-                partition: p,
-                node: self.t.ids[j],
-            });
+            let v = self.view(p);
+            self.add_learner(p, &v, j, Some(i));
             budget -= 1;
         }
     }

@@ -54,13 +54,17 @@ pub struct Node {
 /// Where one partition's replicas are.
 ///
 /// `voters` is kept in the order the replicas joined (a promoted learner goes last), which the
-/// planner uses: the newest voter is never the one removed to finish a move.
+/// planner uses: without a `replaces`, the newest voter is never the one removed to finish a move.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     /// The Raft voters; empty for a partition not placed yet.
     pub voters: Vec<NodeId>,
     /// The replica being added (catching up as a Raft learner), at most one per partition.
     pub learner: Option<NodeId>,
+    /// The voter the move under way replaces: removed once the new replica votes. Set by
+    /// [`Move::AddLearner`], cleared when the move ends (that voter removed, the learner
+    /// removed, or the partition back to its replication factor). Always a voter when set.
+    pub replaces: Option<NodeId>,
     /// The voter that leads, as the nodes last reported; `None` while no leader is known.
     pub leader: Option<NodeId>,
 }
@@ -76,9 +80,10 @@ impl Placement {
 /// [`apply`] records its completion.
 ///
 /// A replica moves from node A to node B in three moves, one at a time per partition:
-/// `AddLearner{B}` (B catches up from a snapshot), `Promote{B}` (the partition now has one voter
-/// more than its replication factor), `RemoveReplica{A}`; if A leads, `TransferLeader{A, _}` comes
-/// before the removal. So a partition never has fewer serving voters than before the move.
+/// `AddLearner{B, replaces: A}` (B catches up from a snapshot), `Promote{B}` (the partition now
+/// has one voter more than its replication factor), `RemoveReplica{A}`; if A leads,
+/// `TransferLeader{A, _}` comes before the removal. So a partition never has fewer serving voters
+/// than before the move.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Move {
     /// Create the Raft group of a partition that has no replicas, with these voters; the first is
@@ -87,10 +92,13 @@ pub enum Move {
         partition: PartitionId,
         voters: Vec<NodeId>,
     },
-    /// Add `node` to the partition as a learner; it catches up from a snapshot.
+    /// Add `node` to the partition as a learner; it catches up from a snapshot. `replaces` is the
+    /// voter it is to replace (kept in [`Placement::replaces`], so that the removal that ends the
+    /// move is the one planned now); `None` for a partition short of voters.
     AddLearner {
         partition: PartitionId,
         node: NodeId,
+        replaces: Option<NodeId>,
     },
     /// Make the partition's learner `node` a voter (once it has caught up).
     Promote {
@@ -361,12 +369,13 @@ impl ClusterState {
                 let p = Placement {
                     voters: voters.clone(),
                     learner: None,
+                    replaces: None,
                     leader: Some(voters[0]),
                 };
                 self.check_placement(partition, &p)?;
                 *self.slot(partition)? = p;
             }
-            &Move::AddLearner { node, .. } => {
+            &Move::AddLearner { node, replaces, .. } => {
                 self.check_takes_replica(partition, node)?;
                 let p = self.slot(partition)?;
                 if p.voters.is_empty() {
@@ -386,7 +395,13 @@ impl ClusterState {
                         max: REPLICAS_MAX,
                     });
                 }
+                if let Some(r) = replaces {
+                    if !p.voters.contains(&r) {
+                        return Err(StateError::NotVoter { partition, node: r });
+                    }
+                }
                 p.learner = Some(node);
+                p.replaces = replaces;
             }
             &Move::Promote { node, .. } => {
                 let p = self.slot(partition)?;
@@ -400,6 +415,7 @@ impl ClusterState {
                 let p = self.slot(partition)?;
                 if p.learner == Some(node) {
                     p.learner = None;
+                    p.replaces = None;
                 } else {
                     let at = p
                         .voters
@@ -413,6 +429,9 @@ impl ClusterState {
                         return Err(StateError::RemovesLastVoter { partition, node });
                     }
                     p.voters.remove(at);
+                    if p.replaces == Some(node) || (p.voters.len() <= rf && p.learner.is_none()) {
+                        p.replaces = None;
+                    }
                 }
             }
             &Move::TransferLeader { from, to, .. } => {
@@ -491,6 +510,11 @@ impl ClusterState {
         if let Some(node) = p.leader {
             if !p.voters.contains(&node) {
                 return Err(StateError::LeaderNotVoter { partition, node });
+            }
+        }
+        if let Some(node) = p.replaces {
+            if !p.voters.contains(&node) {
+                return Err(StateError::NotVoter { partition, node });
             }
         }
         Ok(())
