@@ -17,8 +17,9 @@
 //!    that break the zone rule, and last to balance load (from the most loaded node to the least
 //!    loaded one that keeps the zone rule).
 //! 4. Leaders: off Draining nodes first, then from the node furthest above its expected share
-//!    to a voter of the same partition furthest below (at most `leader_transfers_per_plan_max`
-//!    transfers in all, step 1's included).
+//!    to a voter of the same partition furthest below; where no single transfer helps, a short
+//!    chain of them (i to k, k to m: one leader moves from i to m). At most
+//!    `leader_transfers_per_plan_max` transfers in all, step 1's included.
 //!
 //! A partition without a serving majority of voters (it cannot commit a membership change) or
 //! without a known serving leader (one must propose the change) gets no move until that changes.
@@ -35,6 +36,14 @@ use std::iter::once;
 
 use super::state::{ClusterState, Health, Move, PartitionId, Placement, REPLICAS_MAX};
 use super::topology::Topology;
+
+/// Searches for a chain of leader transfers one plan makes at most (each a breadth-first search
+/// from one node over the partitions the nodes lead), partitions one search looks at at most,
+/// and hops in one chain at most. They keep a plan's time bounded on a large cluster; a chain
+/// not found in one plan is looked for again in the next.
+const LEADER_CHAIN_SEARCHES_PER_PLAN_MAX: usize = 16;
+const LEADER_CHAIN_VISITS_MAX: usize = 4096;
+const LEADER_CHAIN_HOPS_MAX: usize = 4;
 
 /// How much one plan may start. Each is a bound on work the cluster does at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -435,7 +444,8 @@ impl<'a> Planner<'a> {
             }
         }
         self.rebalance(&voter_of, budget);
-        self.balance_leaders(&led, &draining_led);
+        let settled = in_flight == 0 && self.out.is_empty();
+        self.balance_leaders(&led, &draining_led, settled);
         debug_assert!({
             let mut ps: Vec<_> = self.out.iter().map(|m| m.partition()).collect();
             ps.sort_unstable();
@@ -658,7 +668,14 @@ impl<'a> Planner<'a> {
     }
 
     /// Step 4: leaders off Draining nodes, then toward every node's expected share.
-    fn balance_leaders(&mut self, led: &[Vec<PartitionId>], draining_led: &[PartitionId]) {
+    /// `settled`: no replica moves under way or planned, so leader counts are worth the chain
+    /// searches (while replicas still move, expected shares move with them).
+    fn balance_leaders(
+        &mut self,
+        led: &[Vec<PartitionId>],
+        draining_led: &[PartitionId],
+        settled: bool,
+    ) {
         for &p in draining_led {
             if self.touched[p as usize] {
                 continue;
@@ -678,6 +695,8 @@ impl<'a> Planner<'a> {
             .map(|i| (self.dev[i], i))
             .collect();
         let mut exhausted = vec![false; self.t.ids.len()];
+        let mut chain_exhausted = vec![false; self.t.ids.len()];
+        let mut searches_left = LEADER_CHAIN_SEARCHES_PER_PLAN_MAX;
         while self.transfers_left > 0 {
             let Some(&(low, _)) = by_dev.first() else {
                 return;
@@ -692,19 +711,94 @@ impl<'a> Planner<'a> {
                 }
                 match self.transfer_from(i, &led[i]) {
                     Some(m) => {
-                        found = Some(m);
+                        found = Some(vec![m]);
                         break;
                     }
                     None => exhausted[i] = true,
                 }
             }
-            let Some((p, i, j)) = found else { return };
-            by_dev.remove(&(self.dev[i], i));
-            by_dev.remove(&(self.dev[j], j));
-            self.transfer(p, i, j);
-            by_dev.insert((self.dev[i], i));
-            by_dev.insert((self.dev[j], j));
+            if found.is_none() && settled {
+                // No single transfer helps: look for a chain (i hands a leadership to k, k one of
+                // its own to m, ...), which moves one leader from i to the chain's end.
+                for &(d, i) in by_dev.iter().rev() {
+                    if d - low <= vt || searches_left == 0 {
+                        break;
+                    }
+                    if chain_exhausted[i] {
+                        continue;
+                    }
+                    searches_left -= 1;
+                    match self.chain_from(i, led) {
+                        Some(path) => {
+                            found = Some(path);
+                            break;
+                        }
+                        None => chain_exhausted[i] = true,
+                    }
+                }
+            }
+            let Some(path) = found else { return };
+            if path.len() > self.transfers_left {
+                return;
+            }
+            for &(p, i, j) in &path {
+                by_dev.remove(&(self.dev[i], i));
+                by_dev.remove(&(self.dev[j], j));
+                self.transfer(p, i, j);
+                by_dev.insert((self.dev[i], i));
+                by_dev.insert((self.dev[j], j));
+            }
         }
+    }
+
+    /// The shortest chain of leader transfers (at most `LEADER_CHAIN_HOPS_MAX`) from `i` to a node
+    /// more than one leader below it, each hop a partition its giver leads and its taker votes in.
+    fn chain_from(
+        &self,
+        i: usize,
+        led: &[Vec<PartitionId>],
+    ) -> Option<Vec<(PartitionId, usize, usize)>> {
+        let n = self.t.ids.len();
+        let target = self.dev[i] - self.votes_total;
+        let mut prev: Vec<Option<(usize, PartitionId)>> = vec![None; n];
+        let mut depth = vec![usize::MAX; n];
+        depth[i] = 0;
+        let mut queue = std::collections::VecDeque::from([i]);
+        let mut visits = 0;
+        while let Some(k) = queue.pop_front() {
+            if depth[k] == LEADER_CHAIN_HOPS_MAX {
+                continue;
+            }
+            for &p in &led[k] {
+                if self.touched[p as usize] {
+                    continue;
+                }
+                visits += 1;
+                if visits > LEADER_CHAIN_VISITS_MAX {
+                    return None;
+                }
+                let v = self.view(p);
+                for &o in v.voters() {
+                    if depth[o] != usize::MAX || !self.t.is_up(o) {
+                        continue;
+                    }
+                    depth[o] = depth[k] + 1;
+                    prev[o] = Some((k, p));
+                    if self.dev[o] < target {
+                        let mut path = Vec::with_capacity(depth[o]);
+                        let mut at = o;
+                        while let Some((from, p)) = prev[at] {
+                            path.push((p, from, at));
+                            at = from;
+                        }
+                        path.reverse();
+                        return Some(path);
+                    }
+                    queue.push_back(o);
+                }
+            }
+        }
+        None
     }
 
     /// A partition `i` leads whose leadership improves the balance on another Up voter.
