@@ -6,9 +6,9 @@
 //!
 //! 1. Partitions in the middle of a move take its next step: a learner on a node that is no
 //!    longer Up is removed, any other learner is promoted; a partition with more voters than its
-//!    replication factor loses its worst voter (Down first, then Draining, then the one in the
-//!    most crowded zone on the most loaded node, never the newest), after handing leadership
-//!    away if that voter leads. These steps need no budget: they finish moves already counted.
+//!    replication factor loses its worst voter (Down first, then Draining, then the one the move
+//!    replaces, then the one in the most crowded zone on the most loaded node, never the
+//!    newest), after handing leadership away if that voter leads. These steps need no budget: they finish moves already counted.
 //! 2. Unplaced partitions are created on `min(rf, Up nodes)` nodes (at most
 //!    `creates_per_plan_max`).
 //! 3. New learners, while fewer than `moves_in_flight_max` partitions are mid-move: first for
@@ -29,7 +29,7 @@
 //! stops, and where it stops no two nodes differ by more than one replica, capacity-weighted
 //! (with equal weights: `c_i - c_j <= 1`). Leaders are balanced the same way against
 //! `expected_i = voters_i * L / V` (Bilibili's `replicas / replication factor`), moving while
-//! `dev_i - dev_j > 1`.
+//! `dev_i - dev_j > 1`, or along a chain of transfers where no single one helps.
 
 use std::collections::BTreeSet;
 use std::iter::once;
