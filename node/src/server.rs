@@ -189,11 +189,28 @@ fn shutdown_on_signal(shards: usize) -> Result<Stop, String> {
     Ok(stop)
 }
 
+/// The shards listen with SO_REUSEPORT (the kernel spreads connections over them), which would
+/// just as quietly let this node share a port with another process already serving on it, each
+/// getting some of the clients. A plain bind first (no SO_REUSEPORT) fails if anyone listens.
+fn refuse_taken_port(addr: &str, key: &str) -> Result<(), String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {addr} (node.{key}): another process is listening there"
+        )),
+        Err(e) => Err(format!("cannot listen on {addr} (node.{key}): {e}")),
+    }
+}
+
 /// Runs the node until it is killed or stopped by SIGTERM. Returns only on a start-up error.
 pub fn run(p: Profile) -> Result<(), String> {
     if let Some(dir) = p.device.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    refuse_taken_port(&p.node.listen, "listen")?;
+    if !p.node.metrics_listen.is_empty() {
+        refuse_taken_port(&p.node.metrics_listen, "metrics_listen")?;
     }
     // Held until the process ends: no second node may open this device meanwhile.
     let _lock = keel_nvme::lock_device(&p.device.path)?;

@@ -307,3 +307,21 @@ def test_a_second_node_on_the_same_data_file_is_refused(keel_node):
     assert b"is in use by another process" in second.stderr, second.stderr
     with keel_node.connect() as c:
         assert c.get("lock:k") == b"v"
+
+
+def test_a_second_node_on_a_port_in_use_is_refused(keel_node, tmp_path):
+    """The shards listen with SO_REUSEPORT, which would let a second node (its own data file,
+    the same port) quietly take half of the first one's clients: a bench once read keys from a
+    forgotten node this way. The second exits at once naming the address; the first serves on."""
+    with keel_node.connect() as c:
+        assert c.set("port:k", b"v") == b"STORED\r\n"
+    cmd = keel_node.command()
+    cmd[cmd.index("--data") + 1] = str(tmp_path / "other.data")
+    second = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert second.returncode == 1, second
+    assert f"cannot listen on {keel_node.addr}".encode() in second.stderr, second.stderr
+    assert b"another process is listening there" in second.stderr, second.stderr
+    assert not (tmp_path / "other.data").exists(), "refused before creating its data file"
+    for _ in range(20):  # every new connection still reaches the first node
+        with keel_node.connect() as c:
+            assert c.get("port:k") == b"v"
