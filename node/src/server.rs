@@ -191,15 +191,34 @@ fn shutdown_on_signal(shards: usize) -> Result<Stop, String> {
 
 /// The shards listen with SO_REUSEPORT (the kernel spreads connections over them), which would
 /// just as quietly let this node share a port with another process already serving on it, each
-/// getting some of the clients. A plain bind first (no SO_REUSEPORT) fails if anyone listens.
+/// getting some of the clients. So a node first tries to connect to its own address: if someone
+/// keeps answering, it refuses to start. (A plain bind cannot tell: the connections a SIGKILLed
+/// node left behind hold the port too, and must not stop its restart.)
 fn refuse_taken_port(addr: &str, key: &str) -> Result<(), String> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
-            "cannot listen on {addr} (node.{key}): another process is listening there"
-        )),
-        Err(e) => Err(format!("cannot listen on {addr} (node.{key}): {e}")),
+    let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
+        return Ok(()); // not IP:PORT: the bind itself reports it
+    };
+    let target = match sa.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, sa.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, sa.port()))
+        }
+        _ => sa,
+    };
+    // A SIGKILLed node's listening socket outlives it briefly (its io_uring is torn down after
+    // the process is gone, and holds the socket until then): only a listener that stays up
+    // for two seconds is another process.
+    for _ in 0..20 {
+        if std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_err() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    Err(format!(
+        "cannot listen on {addr} (node.{key}): another process is listening there"
+    ))
 }
 
 /// Runs the node until it is killed or stopped by SIGTERM. Returns only on a start-up error.
