@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -71,8 +71,22 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// How long a reply may wait for a client to read before the connection is closed: a client
+/// that sends and never reads would otherwise hold its replies (and the requests behind them)
+/// forever.
+pub const WRITE_STALL_MAX: Duration = Duration::from_secs(10);
+
+/// Counts a write that timed out (the client stopped reading) and passes the error on.
+fn stalled(shard: &Shard, e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        Counters::add(&shard.counters.keel_write_stall_closes, 1);
+    }
+    e
+}
+
 async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(WRITE_STALL_MAX));
     let chunk = shard.read_buffer_bytes;
     let mut rbuf: Vec<u8> = Vec::with_capacity(chunk);
     let mut out: Vec<u8> = Vec::with_capacity(chunk);
@@ -157,11 +171,16 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
                     }
                 }
             }
-            round.finish(shard, &mut out).await;
+            if let Err(e) = round.finish(shard, &mut stream, &mut out).await {
+                return Err(stalled(shard, e));
+            }
         }
         if !out.is_empty() {
             info.state.set("conn_mwrite");
-            stream.write_all(&out).await?;
+            stream
+                .write_all(&out)
+                .await
+                .map_err(|e| stalled(shard, e))?;
             Counters::add(&shard.counters.bytes_written, out.len() as u64);
             out.clear();
         }

@@ -4,6 +4,8 @@
 
 use std::rc::Rc;
 
+use futures_lite::{AsyncWrite, AsyncWriteExt};
+
 use crate::engine::{
     self, ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode,
 };
@@ -221,10 +223,17 @@ impl<'a> Round<'a> {
         self.slots.push(Slot::Req { req, parts });
     }
 
-    /// Sends the remote batches, waits for every op, and writes the replies in order. Every
-    /// op of the round is waited for at once: the device reads of a multi-get's uncached values
-    /// (and of a pipeline's gets) are in flight together, not one after another.
-    pub async fn finish(mut self, shard: &Rc<Shard>, out: &mut Vec<u8>) {
+    /// Sends the remote batches, waits for every op, and renders the replies in order into
+    /// `out`, which is written to `stream` whenever it holds [`REPLY_FLUSH_BYTES`] (a pipeline
+    /// of gets for large values costs a bounded buffer, not their sum); the rest is the
+    /// caller's to write. Every op of the round is waited for at once: the device reads of a
+    /// multi-get's uncached values (and of a pipeline's gets) are in flight together.
+    pub async fn finish(
+        mut self,
+        shard: &Rc<Shard>,
+        stream: &mut (impl AsyncWrite + Unpin),
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         let now = self.now;
         let mut waits = Vec::new();
         for slot in &mut self.slots {
@@ -275,11 +284,20 @@ impl<'a> Round<'a> {
                         });
                     }
                     render(shard, &req, results, self.now, out);
+                    if out.len() >= REPLY_FLUSH_BYTES {
+                        stream.write_all(out).await?;
+                        Counters::add(&shard.counters.bytes_written, out.len() as u64);
+                        out.clear();
+                    }
                 }
             }
         }
+        Ok(())
     }
 }
+
+/// Reply bytes a round holds before it writes them out.
+pub const REPLY_FLUSH_BYTES: usize = 256 << 10;
 
 fn server_error(out: &mut Vec<u8>, msg: &str) {
     out.extend_from_slice(b"SERVER_ERROR ");

@@ -69,6 +69,7 @@ counters!(
     touch_misses,
     bytes_read,
     bytes_written,
+    keel_write_stall_closes,
 );
 
 impl Counters {

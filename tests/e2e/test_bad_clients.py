@@ -126,3 +126,56 @@ def test_many_connections_opened_and_dropped(server):
         assert c.get("churn1") is None
         assert c.set("churn", b"ok") == b"STORED\r\n"
         assert c.get("churn") == b"ok"
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_never_reads_costs_bounded_memory_and_is_closed(keel_node):
+    """Issue 13, overload: 2,000 pipelined gets of a 512 KiB value from a client that never
+    reads would be 1 GiB of replies. The node holds a bounded buffer (it writes a round's
+    replies as they fill, and blocks), others keep their latency, and the stalled connection is
+    closed once its replies have waited WRITE_STALL_MAX (10 s)."""
+    big = os.urandom(512 << 10)
+    with keel_node.connect() as c:
+        assert c.set("stall:big", big) == b"STORED\r\n"
+        assert c.get("stall:big") == big  # cached now: replies share the cached value
+        closes_before = int(c.stats()["keel_write_stall_closes"])
+    pid = keel_node.proc.pid
+    rss_before = _rss_bytes(pid)
+    bad = socket.socket()
+    bad.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    bad.connect((HOST, keel_node.port))
+    bad.settimeout(5)
+    sent = 0
+    try:
+        for _ in range(20):
+            bad.sendall(b"get stall:big\r\n" * 100)
+            sent += 100
+    except (socket.timeout, OSError):
+        pass  # the node stopped reading from us: that is the point
+    time.sleep(1.0)
+    grown = _rss_bytes(pid) - rss_before
+    assert grown < 96 << 20, f"RSS grew {grown >> 20} MiB for {sent} unread gets"
+    # Another client is served meanwhile, quickly.
+    with keel_node.connect(timeout_s=2.0) as c:
+        t0 = time.monotonic()
+        for i in range(50):
+            assert c.set(b"stall:ok:%d" % i, b"v") == b"STORED\r\n"
+            assert c.get(b"stall:ok:%d" % i) == b"v"
+        assert time.monotonic() - t0 < 2.0
+    # Bounded wait for the stall close (10 s after the last write made progress).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with keel_node.connect() as c:
+            closes = int(c.stats()["keel_write_stall_closes"])
+        if closes > closes_before:
+            break
+        time.sleep(0.5)
+    assert closes == closes_before + 1, "the stalled connection was not closed"
+    bad.close()
