@@ -1,5 +1,7 @@
-//! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH] [--cores LIST]
-//! [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]] [--metrics-listen IP:PORT]`
+//! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH[,PATH...]]
+//! [--cores LIST] [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]]
+//! [--metrics-listen IP:PORT]` runs a node; `keel-node --check-profile PATH` checks a profile
+//! and exits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,12 +19,18 @@ struct Args {
     /// The hardware profile (TOML); every tunable lives there.
     #[arg(long, default_value = "hw-configs/dev.toml")]
     profile: PathBuf,
+    /// Checks the profile at PATH (after the overrides given here) and exits: 0 and
+    /// "profile PATH: ok" when it is valid, 2 and the key, value and rule when not. Opens no
+    /// device and binds no port.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["profile", "print_profile"])]
+    check_profile: Option<PathBuf>,
     /// Overrides node.listen (IP:PORT).
     #[arg(long)]
     listen: Option<String>,
-    /// Overrides device.path (a file, created if missing, or a block device).
-    #[arg(long)]
-    data: Option<PathBuf>,
+    /// Overrides device.paths: one file (created if missing) or block device, or several,
+    /// comma separated.
+    #[arg(long, value_name = "PATH[,PATH...]")]
+    data: Option<String>,
     /// Overrides node.cores: CPU ids like 0,1 or 0-3.
     #[arg(long)]
     cores: Option<String>,
@@ -47,49 +55,31 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut p = match Profile::load(&args.profile) {
+    let path = args.check_profile.clone().unwrap_or(args.profile.clone());
+    let p = match effective_profile(&path, &args) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("keel-node: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(l) = args.listen {
-        p.node.listen = l;
-    }
-    if let Some(d) = args.data {
-        p.device.path = d;
-    }
-    if let Some(id) = args.node_id {
-        p.node.id = id;
-    }
-    if let Some(m) = args.metrics_listen {
-        p.node.metrics_listen = m;
-    }
-    if args.join {
-        p.node.join = true;
-    }
-    if let Some(peers) = args.peers {
-        p.node.peers = parse_peers(&peers);
-    }
-    if let Some(c) = args.cores {
-        match parse_cores(&c) {
-            Ok(c) => p.node.cores = c,
-            Err(e) => {
-                eprintln!("keel-node: {e}");
-                return ExitCode::from(2);
-            }
+    if args.check_profile.is_some() {
+        println!("profile {}: ok", path.display());
+        print!("{}", summary(&p));
+        if let Err(e) = p.fits_host() {
+            println!("  not for this host (it would not start here): {e}");
         }
-    }
-    if let Err(e) = p.validate() {
-        eprintln!("keel-node: profile {}: {e}", args.profile.display());
-        return ExitCode::from(2);
+        return ExitCode::SUCCESS;
     }
     if args.print_profile {
         print!("{}", toml::to_string(&p).expect("a profile serializes"));
         return ExitCode::SUCCESS;
     }
-    // One executor per shard plus the short-lived one that checks the superblock.
+    if let Err(e) = p.fits_host() {
+        eprintln!("keel-node: profile {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    // One executor per shard plus the short-lived one that checks the superblocks.
     match keel_nvme::preflight(p.node.cores.len() + 1, p.io.io_memory_bytes) {
         Ok(None) => {}
         Ok(Some(warning)) => eprintln!("keel-node: warning: {warning}"),
@@ -105,4 +95,60 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The profile at `path` with the command line's overrides, validated.
+fn effective_profile(path: &std::path::Path, args: &Args) -> Result<Profile, String> {
+    let mut p = Profile::load(path)?;
+    if let Some(l) = &args.listen {
+        p.node.listen = l.clone();
+    }
+    if let Some(d) = &args.data {
+        p.device.paths = d.split(',').map(PathBuf::from).collect();
+    }
+    if let Some(id) = args.node_id {
+        p.node.id = id;
+    }
+    if let Some(m) = &args.metrics_listen {
+        p.node.metrics_listen = m.clone();
+    }
+    if args.join {
+        p.node.join = true;
+    }
+    if let Some(peers) = &args.peers {
+        p.node.peers = parse_peers(peers);
+    }
+    if let Some(c) = &args.cores {
+        p.node.cores = parse_cores(c)?;
+    }
+    p.validate()
+        .map_err(|e| format!("profile {}: {e}", path.display()))?;
+    Ok(p)
+}
+
+/// What a valid profile will do, for `--check-profile`.
+fn summary(p: &Profile) -> String {
+    let mut s = format!(
+        "  {} shards on CPUs {:?}, {} partitions, clients on {}\n",
+        p.node.cores.len(),
+        p.node.cores,
+        p.node.partitions,
+        p.node.listen
+    );
+    for (d, path) in p.device.paths.iter().enumerate() {
+        let shards = p.shards_of_device(d);
+        s += &format!(
+            "  device {}: {} bytes, shards {}..{}\n",
+            path.display(),
+            p.device.size_bytes,
+            shards.start,
+            shards.end - 1
+        );
+    }
+    s += &format!(
+        "  io_uring ring depth {}, {} bytes of DMA buffers per shard; raftlog batches of {} bytes \
+         or {} ms\n",
+        p.io.ring_depth, p.io.io_memory_bytes, p.raftlog.batch_bytes_max, p.raftlog.flush_delay_ms
+    );
+    s
 }
