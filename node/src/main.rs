@@ -1,12 +1,13 @@
 //! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH[,PATH...]]
 //! [--cores LIST] [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]]
 //! [--metrics-listen IP:PORT]` runs a node; `keel-node --check-profile PATH` checks a profile
-//! and exits.
+//! and exits; `keel-node tune --device PATH --out PROFILE` probes a device and writes a
+//! profile for it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use keel_node::config::{parse_cores, parse_peers, Profile};
 
 #[global_allocator]
@@ -14,8 +15,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Keel storage node: memcached text protocol over an io_uring value log, one shard per core.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The hardware profile (TOML); every tunable lives there.
     #[arg(long, default_value = "hw-configs/dev.toml")]
     profile: PathBuf,
@@ -53,8 +56,54 @@ struct Args {
     print_profile: bool,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Probes a device (random 4 KiB read IOPS at queue depths 1-128, sequential write
+    /// bandwidth, 4 KiB write + fdatasync latency), the CPUs and RLIMIT_MEMLOCK, and writes a
+    /// profile whose values follow from them, the figures in its comments. It writes over the
+    /// device's first --size-bytes (zeroing them again after), so it refuses a device whose
+    /// block 0 holds anything.
+    Tune {
+        /// The device: a block device, or a file (created with --size-bytes, default 2 GiB,
+        /// if missing).
+        #[arg(long)]
+        device: PathBuf,
+        /// Where to write the profile.
+        #[arg(long)]
+        out: PathBuf,
+        /// Bytes of the device to probe and to put in the profile (default: the device's
+        /// size; 2 GiB for a new file).
+        #[arg(long)]
+        size_bytes: Option<u64>,
+        /// How long each of the 7 probes runs.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Tune {
+        device,
+        out,
+        size_bytes,
+        seconds,
+    }) = args.command
+    {
+        let o = keel_node::tune::TuneOptions {
+            device,
+            out,
+            size_bytes,
+            seconds,
+        };
+        return match keel_node::tune::run(o) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keel-node tune: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let path = args.check_profile.clone().unwrap_or(args.profile.clone());
     let p = match effective_profile(&path, &args) {
         Ok(p) => p,
