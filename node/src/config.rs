@@ -1,7 +1,10 @@
 //! The profile: every tunable of a node, read from one TOML file (hw-configs/*.toml), with
 //! `--listen`, `--data` and `--cores` overriding it. Unknown keys are refused by serde; values
-//! are checked by `validate`, whose messages name the key, the value and the rule.
+//! are checked by `validate`, whose messages name the key, the value and the rule. `validate`
+//! judges the profile on its own (so a profile for a 32-core host checks on a laptop);
+//! `fits_host` checks what only this host can say (do the listed CPUs exist).
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -41,8 +44,25 @@ pub struct NodeSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSection {
-    pub path: PathBuf,
+    /// Files or block devices, one or more. The shards are cut into as many contiguous groups
+    /// (shard s is on device `s * devices / shards`), and each device is split evenly between
+    /// the shards of its group, after its own superblock.
+    pub paths: Vec<PathBuf>,
+    /// Bytes Keel uses on each device.
     pub size_bytes: u64,
+}
+
+/// The shards that live on device `d` of `devices` when a node has `shards` shards: contiguous
+/// groups whose sizes differ by at most one. The inverse of [`device_of_shard`].
+pub fn device_shards(shards: usize, devices: usize, d: usize) -> Range<usize> {
+    assert!(devices >= 1 && devices <= shards && d < devices);
+    (d * shards).div_ceil(devices)..((d + 1) * shards).div_ceil(devices)
+}
+
+/// The device shard `s` lives on (see [`device_shards`]).
+pub fn device_of_shard(shards: usize, devices: usize, s: usize) -> usize {
+    assert!(devices >= 1 && devices <= shards && s < shards);
+    s * devices / shards
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -155,22 +175,6 @@ impl Profile {
                 "must list 1 to 256 CPU ids",
             ));
         }
-        let online = std::thread::available_parallelism()
-            .map(|p| p.get())
-            .unwrap_or(1);
-        let cpus = core_count();
-        for &c in &n.cores {
-            if c >= cpus {
-                return Err(rule(
-                    "node.cores",
-                    format!("{:?}", n.cores),
-                    &format!(
-                        "CPU {c} does not exist (this host has CPUs 0..{})",
-                        cpus - 1
-                    ),
-                ));
-            }
-        }
         let mut sorted = n.cores.clone();
         sorted.sort_unstable();
         sorted.dedup();
@@ -181,7 +185,6 @@ impl Profile {
                 "lists a CPU twice",
             ));
         }
-        let _ = online;
         if !n.partitions.is_power_of_two()
             || (n.partitions as usize) < n.cores.len()
             || n.partitions > 65536
@@ -192,14 +195,8 @@ impl Profile {
                 "must be a power of two between the number of cores and 65536",
             ));
         }
+        self.validate_device_paths()?;
         let d = &self.device;
-        if d.path.as_os_str().is_empty() {
-            return Err(rule(
-                "device.path",
-                "\"\"",
-                "must name a file or block device",
-            ));
-        }
         if self.io.backend != "io_uring" {
             return Err(rule(
                 "io.backend",
@@ -243,7 +240,8 @@ impl Profile {
                 &format!("must hold at least two of the largest values (engine.value_len_max = {}) plus a header block", e.value_len_max),
             ));
         }
-        let shards = n.cores.len() as u64;
+        // The device with the most shards is the tightest.
+        let shards = n.cores.len().div_ceil(d.paths.len()) as u64;
         let segs_per_shard = (d.size_bytes.saturating_sub(MIB) / shards)
             .saturating_sub(self.raftlog.region_bytes + MIB)
             / e.segment_bytes;
@@ -252,9 +250,12 @@ impl Profile {
                 "device.size_bytes",
                 d.size_bytes,
                 &format!(
-                    "too small: each of the {shards} shards needs 1 MiB of checkpoints, raftlog.region_bytes ({}) \
-                     and at least 4 segments of {} bytes, plus 1 MiB for the superblock",
-                    self.raftlog.region_bytes, e.segment_bytes
+                    "too small: each of the {shards} shards on a device needs 1 MiB of checkpoints, \
+                     raftlog.region_bytes ({}) and at least 4 segments of {} bytes, plus 1 MiB for \
+                     the superblock (at least {} bytes)",
+                    self.raftlog.region_bytes,
+                    e.segment_bytes,
+                    device_bytes_min(shards, self.raftlog.region_bytes, e.segment_bytes)
                 ),
             ));
         }
@@ -371,7 +372,80 @@ impl Profile {
     }
 }
 
+/// The smallest `device.size_bytes` that holds `shards` shards with this raftlog region and
+/// value-log segment size (the rule `validate` applies), rounded up to 1 MiB.
+pub fn device_bytes_min(shards: u64, raftlog_region_bytes: u64, segment_bytes: u64) -> u64 {
+    MIB + shards * (MIB + raftlog_region_bytes + 4 * segment_bytes)
+}
+
 impl Profile {
+    /// `device.paths`: at least one, none empty, none twice, and no more devices than shards.
+    fn validate_device_paths(&self) -> Result<(), String> {
+        let paths = &self.device.paths;
+        let shown = || format!("{paths:?}");
+        if paths.is_empty() {
+            return Err(rule(
+                "device.paths",
+                shown(),
+                "must list at least one file or block device",
+            ));
+        }
+        if paths.iter().any(|p| p.as_os_str().is_empty()) {
+            return Err(rule(
+                "device.paths",
+                shown(),
+                "lists an empty path: each entry must name a file or block device",
+            ));
+        }
+        let mut sorted: Vec<_> = paths.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != paths.len() {
+            return Err(rule("device.paths", shown(), "lists a device twice"));
+        }
+        if paths.len() > self.node.cores.len() {
+            return Err(rule(
+                "device.paths",
+                shown(),
+                &format!(
+                    "lists {} devices but node.cores has only {} shards: each device needs at \
+                     least one shard",
+                    paths.len(),
+                    self.node.cores.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What only this host can decide: every CPU in `node.cores` exists here.
+    pub fn fits_host(&self) -> Result<(), String> {
+        let cpus = core_count();
+        for &c in &self.node.cores {
+            if c >= cpus {
+                return Err(rule(
+                    "node.cores",
+                    format!("{:?}", self.node.cores),
+                    &format!(
+                        "CPU {c} does not exist (this host has CPUs 0..{})",
+                        cpus - 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shards on device `d` (index into `device.paths`).
+    pub fn shards_of_device(&self, d: usize) -> Range<usize> {
+        device_shards(self.node.cores.len(), self.device.paths.len(), d)
+    }
+
+    /// The device (index into `device.paths`) shard `s` lives on.
+    pub fn device_of_shard(&self, s: usize) -> usize {
+        device_of_shard(self.node.cores.len(), self.device.paths.len(), s)
+    }
+
     /// `node.peers` as id -> address of shard 0's peer port; empty for a single node. Checks
     /// that this node is listed and ids are unique.
     pub fn peer_map(
@@ -573,6 +647,81 @@ mod tests {
         let bad = text.replace("[raftlog]", "[raftlog]\nflush_delay = 5");
         let err = toml::from_str::<Profile>(&bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `flush_delay`"), "{err}");
+    }
+
+    /// Every shard is on exactly one device, the groups are contiguous and in order, and their
+    /// sizes differ by at most one.
+    #[test]
+    fn shards_go_to_devices_in_contiguous_groups() {
+        for shards in 1..=40 {
+            for devices in 1..=shards {
+                let mut next = 0;
+                for d in 0..devices {
+                    let r = device_shards(shards, devices, d);
+                    assert_eq!(r.start, next, "{shards} shards, {devices} devices");
+                    assert!(!r.is_empty());
+                    assert!(r.len() == shards / devices || r.len() == shards.div_ceil(devices));
+                    for s in r.clone() {
+                        assert_eq!(device_of_shard(shards, devices, s), d);
+                    }
+                    next = r.end;
+                }
+                assert_eq!(next, shards);
+            }
+        }
+        assert_eq!(device_shards(32, 4, 1), 8..16);
+        assert_eq!(device_shards(3, 2, 0), 0..2);
+    }
+
+    #[test]
+    fn device_paths_are_checked() {
+        let mut p = dev();
+        p.node.cores = vec![0, 1];
+        p.device.paths = vec![];
+        assert_eq!(
+            p.validate().unwrap_err(),
+            "device.paths = []: must list at least one file or block device"
+        );
+        p.device.paths = vec!["a".into(), "a".into()];
+        assert_eq!(
+            p.validate().unwrap_err(),
+            "device.paths = [\"a\", \"a\"]: lists a device twice"
+        );
+        p.device.paths = vec!["a".into(), "".into()];
+        assert!(p.validate().unwrap_err().contains("lists an empty path"));
+        p.device.paths = vec!["a".into(), "b".into(), "c".into()];
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .contains("lists 3 devices but node.cores has only 2 shards"));
+        p.device.paths = vec!["a".into(), "b".into()];
+        p.validate().unwrap();
+        // Each device only needs room for its own shards: 2 GiB holds 8 shards' minimum
+        // (193 MiB each) on each of 2 devices, but not 16 on one.
+        p.node.cores = (0..16).collect();
+        p.node.partitions = 64;
+        p.validate().unwrap();
+        p.device.paths = vec!["a".into()];
+        let err = p.validate().unwrap_err();
+        assert!(
+            err.starts_with("device.size_bytes = 2147483648: too small: each of the 16 shards"),
+            "{err}"
+        );
+        assert!(err.contains("(at least 3239051264 bytes)"), "{err}");
+    }
+
+    /// A profile for a bigger host validates here; only `fits_host` says it cannot start here.
+    #[test]
+    fn cpus_this_host_lacks_are_a_host_check_not_a_profile_error() {
+        let mut p = dev();
+        p.node.cores = vec![0, 4095];
+        p.validate().unwrap();
+        let err = p.fits_host().unwrap_err();
+        assert!(
+            err.starts_with("node.cores = [0, 4095]: CPU 4095 does not exist"),
+            "{err}"
+        );
+        dev().fits_host().unwrap();
     }
 
     #[test]

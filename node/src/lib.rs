@@ -6,7 +6,8 @@
 //! one place requests are parsed); [`exec`] gives the commands their meaning on top of the
 //! engines, [`conn`] runs connections, [`server`] starts it all from a [`config::Profile`].
 //! [`latency`] keeps each shard's HDR histograms (`stats latency`); [`metrics`] serves them and
-//! the `stats` counters to Prometheus.
+//! the `stats` counters to Prometheus. [`tune`] is `keel-node tune`: it probes a device and
+//! writes a profile from the figures.
 //!
 //! Every write goes through Raft ([`replica`]: a raft-rs group per partition, the shard's
 //! keel-raftlog as its log, [`transport`] to the peers); the engine is the state machine.
@@ -25,3 +26,4 @@ pub mod replica;
 pub mod server;
 pub mod shard;
 pub mod transport;
+pub mod tune;

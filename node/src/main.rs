@@ -1,10 +1,13 @@
-//! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH] [--cores LIST]
-//! [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]] [--metrics-listen IP:PORT]`
+//! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH[,PATH...]]
+//! [--cores LIST] [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]]
+//! [--metrics-listen IP:PORT]` runs a node; `keel-node --check-profile PATH` checks a profile
+//! and exits; `keel-node tune --device PATH --out PROFILE` probes a device and writes a
+//! profile for it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use keel_node::config::{parse_cores, parse_peers, Profile};
 
 #[global_allocator]
@@ -12,17 +15,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Keel storage node: memcached text protocol over an io_uring value log, one shard per core.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The hardware profile (TOML); every tunable lives there.
     #[arg(long, default_value = "hw-configs/dev.toml")]
     profile: PathBuf,
+    /// Checks the profile at PATH (after the overrides given here) and exits: 0 and
+    /// "profile PATH: ok" when it is valid, 2 and the key, value and rule when not. Opens no
+    /// device and binds no port.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["profile", "print_profile"])]
+    check_profile: Option<PathBuf>,
     /// Overrides node.listen (IP:PORT).
     #[arg(long)]
     listen: Option<String>,
-    /// Overrides device.path (a file, created if missing, or a block device).
-    #[arg(long)]
-    data: Option<PathBuf>,
+    /// Overrides device.paths: one file (created if missing) or block device, or several,
+    /// comma separated.
+    #[arg(long, value_name = "PATH[,PATH...]")]
+    data: Option<String>,
     /// Overrides node.cores: CPU ids like 0,1 or 0-3.
     #[arg(long)]
     cores: Option<String>,
@@ -45,51 +56,79 @@ struct Args {
     print_profile: bool,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Probes a device (random 4 KiB read IOPS at queue depths 1-128, sequential write
+    /// bandwidth, 4 KiB write + fdatasync latency), the CPUs and RLIMIT_MEMLOCK, and writes a
+    /// profile whose values follow from them, the figures in its comments. It writes over the
+    /// device's first --size-bytes (zeroing them again after), so it refuses a device whose
+    /// block 0 holds anything.
+    Tune {
+        /// The device: a block device, or a file (created with --size-bytes, default 2 GiB,
+        /// if missing).
+        #[arg(long)]
+        device: PathBuf,
+        /// Where to write the profile.
+        #[arg(long)]
+        out: PathBuf,
+        /// Bytes of the device to probe and to put in the profile (default: the device's
+        /// size; 2 GiB for a new file).
+        #[arg(long)]
+        size_bytes: Option<u64>,
+        /// How long each of the 7 probes runs.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut p = match Profile::load(&args.profile) {
+    if let Some(Command::Tune {
+        device,
+        out,
+        size_bytes,
+        seconds,
+    }) = args.command
+    {
+        let o = keel_node::tune::TuneOptions {
+            device,
+            out,
+            size_bytes,
+            seconds,
+        };
+        return match keel_node::tune::run(o) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keel-node tune: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let path = args.check_profile.clone().unwrap_or(args.profile.clone());
+    let p = match effective_profile(&path, &args) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("keel-node: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(l) = args.listen {
-        p.node.listen = l;
-    }
-    if let Some(d) = args.data {
-        p.device.path = d;
-    }
-    if let Some(id) = args.node_id {
-        p.node.id = id;
-    }
-    if let Some(m) = args.metrics_listen {
-        p.node.metrics_listen = m;
-    }
-    if args.join {
-        p.node.join = true;
-    }
-    if let Some(peers) = args.peers {
-        p.node.peers = parse_peers(&peers);
-    }
-    if let Some(c) = args.cores {
-        match parse_cores(&c) {
-            Ok(c) => p.node.cores = c,
-            Err(e) => {
-                eprintln!("keel-node: {e}");
-                return ExitCode::from(2);
-            }
+    if args.check_profile.is_some() {
+        println!("profile {}: ok", path.display());
+        print!("{}", summary(&p));
+        if let Err(e) = p.fits_host() {
+            println!("  not for this host (it would not start here): {e}");
         }
-    }
-    if let Err(e) = p.validate() {
-        eprintln!("keel-node: profile {}: {e}", args.profile.display());
-        return ExitCode::from(2);
+        return ExitCode::SUCCESS;
     }
     if args.print_profile {
         print!("{}", toml::to_string(&p).expect("a profile serializes"));
         return ExitCode::SUCCESS;
     }
-    // One executor per shard plus the short-lived one that checks the superblock.
+    if let Err(e) = p.fits_host() {
+        eprintln!("keel-node: profile {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    // One executor per shard plus the short-lived one that checks the superblocks.
     match keel_nvme::preflight(p.node.cores.len() + 1, p.io.io_memory_bytes) {
         Ok(None) => {}
         Ok(Some(warning)) => eprintln!("keel-node: warning: {warning}"),
@@ -105,4 +144,60 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The profile at `path` with the command line's overrides, validated.
+fn effective_profile(path: &std::path::Path, args: &Args) -> Result<Profile, String> {
+    let mut p = Profile::load(path)?;
+    if let Some(l) = &args.listen {
+        p.node.listen = l.clone();
+    }
+    if let Some(d) = &args.data {
+        p.device.paths = d.split(',').map(PathBuf::from).collect();
+    }
+    if let Some(id) = args.node_id {
+        p.node.id = id;
+    }
+    if let Some(m) = &args.metrics_listen {
+        p.node.metrics_listen = m.clone();
+    }
+    if args.join {
+        p.node.join = true;
+    }
+    if let Some(peers) = &args.peers {
+        p.node.peers = parse_peers(peers);
+    }
+    if let Some(c) = &args.cores {
+        p.node.cores = parse_cores(c)?;
+    }
+    p.validate()
+        .map_err(|e| format!("profile {}: {e}", path.display()))?;
+    Ok(p)
+}
+
+/// What a valid profile will do, for `--check-profile`.
+fn summary(p: &Profile) -> String {
+    let mut s = format!(
+        "  {} shards on CPUs {:?}, {} partitions, clients on {}\n",
+        p.node.cores.len(),
+        p.node.cores,
+        p.node.partitions,
+        p.node.listen
+    );
+    for (d, path) in p.device.paths.iter().enumerate() {
+        let shards = p.shards_of_device(d);
+        s += &format!(
+            "  device {}: {} bytes, shards {}..{}\n",
+            path.display(),
+            p.device.size_bytes,
+            shards.start,
+            shards.end - 1
+        );
+    }
+    s += &format!(
+        "  io_uring ring depth {}, {} bytes of DMA buffers per shard; raftlog batches of {} bytes \
+         or {} ms\n",
+        p.io.ring_depth, p.io.io_memory_bytes, p.raftlog.batch_bytes_max, p.raftlog.flush_delay_ms
+    );
+    s
 }

@@ -3,8 +3,10 @@
 //! open the raftlog, start the Raft groups (which replay what the checkpoint lacks), connect
 //! to the peers, start the background tasks, accept clients.
 //!
-//! A shard's region of the device: checkpoint slots (1 MiB reserved), the raftlog
-//! (`raftlog.region_bytes`), then the value log's segments.
+//! A shard's region of its device: checkpoint slots (1 MiB reserved), the raftlog
+//! (`raftlog.region_bytes`), then the value log's segments. With several devices
+//! (`device.paths`) the shards go to them in contiguous groups and each device is split between
+//! its group, after its own superblock.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,60 +31,101 @@ use crate::transport::{Transport, TransportConfig};
 const CHECKPOINT_RESERVED_BYTES: u64 = 1 << 20;
 const _: () = assert!(checkpoint::AREA_BYTES <= CHECKPOINT_RESERVED_BYTES);
 
-/// How the device is cut up: recorded in the superblock at first start, checked at every start.
-fn geometry(p: &Profile) -> Superblock {
-    let shards = p.node.cores.len() as u64;
+/// How device `d` is cut up: recorded in its superblock at first start, checked at every start.
+fn geometry(p: &Profile, d: usize) -> Superblock {
+    let shards = p.shards_of_device(d);
+    let count = shards.len() as u64;
     let seg = p.engine.segment_bytes;
     let fixed = CHECKPOINT_RESERVED_BYTES + p.raftlog.region_bytes;
-    let values = ((p.device.size_bytes - DATA_START_BYTES) / shards - fixed) / seg * seg;
+    let values = ((p.device.size_bytes - DATA_START_BYTES) / count - fixed) / seg * seg;
     Superblock {
-        shards: shards as u32,
+        shards: count as u32,
         segment_bytes: seg,
         device_bytes: p.device.size_bytes,
         region_bytes: fixed + values,
         raftlog_bytes: p.raftlog.region_bytes,
         node_id: p.node.id,
+        device_index: d as u32,
+        device_count: p.device.paths.len() as u32,
+        first_shard: shards.start as u32,
+        node_shards: p.node.cores.len() as u32,
     }
 }
 
-/// Opens (creating if needed) the device on a short-lived executor and checks or writes its
+fn describe(g: &Superblock) -> String {
+    format!(
+        "node {}, device {} of {} holding shards {}..{} of {}, {}-byte segments, a {}-byte raftlog \
+         and {} bytes",
+        g.node_id,
+        g.device_index,
+        g.device_count,
+        g.first_shard,
+        g.first_shard + g.shards - 1,
+        g.node_shards,
+        g.segment_bytes,
+        g.raftlog_bytes,
+        g.device_bytes
+    )
+}
+
+/// Opens (creating if needed) every device on a short-lived executor and checks or writes its
 /// superblock, so that a profile that no longer matches the data is refused before any shard
-/// reads it.
-fn prepare_device(p: &Profile) -> Result<Superblock, String> {
-    let want = geometry(p);
-    let path = p.device.path.clone();
+/// reads it. Returns each device's geometry, in `device.paths` order.
+fn prepare_devices(p: &Profile) -> Result<Vec<Superblock>, String> {
+    let wants: Vec<(std::path::PathBuf, Superblock)> = (0..p.device.paths.len())
+        .map(|d| (p.device.paths[d].clone(), geometry(p, d)))
+        .collect();
     let size = p.device.size_bytes;
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("keel-format")
         .spawn(move || async move {
-            let dev = UringDevice::open(&path, size).await.map_err(|e| e.to_string())?;
-            let block = dev.read_at(0, BLOCK_BYTES as usize).await.map_err(|e| e.to_string())?;
-            match format::decode_superblock(&block) {
-                Ok(Some(have)) if have == want => Ok(have),
-                Ok(Some(have)) => Err(format!(
-                    "device {}: it was formatted for node {}, {} shards, {}-byte segments, a {}-byte raftlog \
-                     and {} bytes, but the profile asks for node {} (node.id), {} shards (node.cores), \
-                     {}-byte segments (engine.segment_bytes), a {}-byte raftlog (raftlog.region_bytes) and \
-                     {} bytes (device.size_bytes): start with the profile it was created with, or point \
-                     --data at a new file",
-                    path.display(), have.node_id, have.shards, have.segment_bytes, have.raftlog_bytes,
-                    have.device_bytes, want.node_id, want.shards, want.segment_bytes, want.raftlog_bytes,
-                    want.device_bytes
-                )),
-                Err(why) => Err(format!("device {}: refusing to use it: {why}", path.display())),
-                Ok(None) => {
-                    let mut buf = dev.alloc(BLOCK_BYTES as usize);
-                    format::encode_superblock(&mut buf, &want);
-                    dev.write_at(buf, 0).await.map_err(|e| e.to_string())?;
-                    // The superblock must be durable before any shard writes data it describes.
-                    dev.sync().await.map_err(|e| e.to_string())?;
-                    Ok(want)
-                }
+            let mut out = Vec::new();
+            for (path, want) in wants {
+                out.push(prepare_device(&path, size, want).await?);
             }
+            Ok(out)
         })
         .map_err(|e| format!("cannot start an io_uring executor: {e}"))?
         .join()
         .map_err(|e| format!("format executor failed: {e}"))?
+}
+
+async fn prepare_device(
+    path: &std::path::Path,
+    size: u64,
+    want: Superblock,
+) -> Result<Superblock, String> {
+    let dev = UringDevice::open(path, size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let block = dev
+        .read_at(0, BLOCK_BYTES as usize)
+        .await
+        .map_err(|e| e.to_string())?;
+    match format::decode_superblock(&block) {
+        Ok(Some(have)) if have == want => Ok(have),
+        Ok(Some(have)) => Err(format!(
+            "device {}: it was formatted for {}, but the profile asks for {} (node.id, device.paths \
+             order and count, node.cores, engine.segment_bytes, raftlog.region_bytes, \
+             device.size_bytes): start with the profile it was created with, or point --data at \
+             new files",
+            path.display(),
+            describe(&have),
+            describe(&want)
+        )),
+        Err(why) => Err(format!(
+            "device {}: refusing to use it: {why}",
+            path.display()
+        )),
+        Ok(None) => {
+            let mut buf = dev.alloc(BLOCK_BYTES as usize);
+            format::encode_superblock(&mut buf, &want);
+            dev.write_at(buf, 0).await.map_err(|e| e.to_string())?;
+            // The superblock must be durable before any shard writes data it describes.
+            dev.sync().await.map_err(|e| e.to_string())?;
+            Ok(want)
+        }
+    }
 }
 
 /// `stats settings`: the profile values a memcached user looks for, under memcached 1.6.18's
@@ -92,7 +135,10 @@ fn memcached_settings(p: &Profile) -> Vec<(&'static str, String)> {
     let listen: Option<std::net::SocketAddr> = p.node.listen.parse().ok();
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
     vec![
-        ("maxbytes", p.device.size_bytes.to_string()),
+        (
+            "maxbytes",
+            (p.device.size_bytes * p.device.paths.len() as u64).to_string(),
+        ),
         ("maxconns", p.net.connections_max.to_string()),
         ("tcpport", listen.map_or(0, |a| a.port()).to_string()),
         ("udpport", "0".into()),
@@ -223,23 +269,28 @@ fn refuse_taken_port(addr: &str, key: &str) -> Result<(), String> {
 
 /// Runs the node until it is killed or stopped by SIGTERM. Returns only on a start-up error.
 pub fn run(p: Profile) -> Result<(), String> {
-    if let Some(dir) = p.device.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
     refuse_taken_port(&p.node.listen, "listen")?;
     if !p.node.metrics_listen.is_empty() {
         refuse_taken_port(&p.node.metrics_listen, "metrics_listen")?;
     }
-    // Held until the process ends: no second node may open this device meanwhile.
-    let _lock = keel_nvme::lock_device(&p.device.path)?;
-    let geo = prepare_device(&p)?;
+    let mut _locks = Vec::new();
+    for path in &p.device.paths {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        // Held until the process ends: no second node may open this device meanwhile (nor
+        // this one twice under two names: the second lock is refused).
+        _locks.push(keel_nvme::lock_device(path)?);
+    }
+    let geo = prepare_devices(&p)?;
     let n = p.node.cores.len();
     let stop = shutdown_on_signal(n)?;
     let mesh: MeshBuilder<Msg, _> = MeshBuilder::full(n, 4096);
     let mut handles = Vec::new();
     for (i, &cpu) in p.node.cores.iter().enumerate() {
         let p = p.clone();
+        let geo = geo.clone();
         let mesh = mesh.clone();
         let stop = stop.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -264,7 +315,7 @@ pub fn run(p: Profile) -> Result<(), String> {
 
 async fn run_shard(
     p: Profile,
-    geo: Superblock,
+    geo: Vec<Superblock>,
     mesh: MeshBuilder<Msg, glommio::channels::channel_mesh::Full>,
     stop: Stop,
 ) -> Result<(), String> {
@@ -277,11 +328,15 @@ async fn run_shard(
     let id = senders.peer_id();
     let n = p.node.cores.len();
     let t0 = Instant::now();
-    let dev = UringDevice::open(&p.device.path, p.device.size_bytes)
+    let d = p.device_of_shard(id);
+    let geo = geo[d];
+    let dev = UringDevice::open(&p.device.paths[d], p.device.size_bytes)
         .await
         .map_err(|e| e.to_string())?;
     let dev = Rc::new(dev);
-    let base = DATA_START_BYTES + id as u64 * geo.region_bytes;
+    // Shard `id` owns the (id - first_shard)th region of its device.
+    assert!(geo.first_shard as usize <= id && id < (geo.first_shard + geo.shards) as usize);
+    let base = DATA_START_BYTES + (id - geo.first_shard as usize) as u64 * geo.region_bytes;
     let region =
         |off: u64, len: u64| Region::new(dev.clone(), base + off, len).map_err(|e| e.to_string());
     let ckpt_area = region(0, checkpoint::AREA_BYTES)?;
@@ -320,9 +375,10 @@ async fn run_shard(
     let s = engine.stat_values();
     let stat = |k: &str| s.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
     eprintln!(
-        "keel-node: shard {id} on CPU {}: recovered {} items from {} records as of checkpoint {} in {} ms \
+        "keel-node: shard {id} on CPU {}, device {}: recovered {} items from {} records as of checkpoint {} in {} ms \
          ({} corrupt records skipped, {} later records left to the Raft log)",
         p.node.cores[id],
+        p.device.paths[d].display(),
         stat("curr_items"),
         stat("keel_recovered_records"),
         ckpt.generation,

@@ -26,24 +26,32 @@
 //! 16  u64 first_seq  every record in the segment has seq >= first_seq
 //! 24  u32 crc32c     over bytes [0, 24)
 //! ```
-//! Device superblock (block 0 of the device):
+//! Device superblock (block 0 of each device):
 //! ```text
 //!  0  u64 magic      DEV_MAGIC
-//!  8  u32 version    2
-//! 12  u32 shards
+//!  8  u32 version    3
+//! 12  u32 shards          on this device (all of the node's when it has one device)
 //! 16  u64 segment_bytes   value-log segment size
 //! 24  u64 device_bytes
 //! 32  u64 region_bytes    per shard: checkpoint slots, then the raftlog, then the value log
 //! 40  u64 raftlog_bytes   per shard
 //! 48  u64 node_id         the Raft node id whose data this is
-//! 56  u32 crc32c     over bytes [0, 56)
+//! 56  u32 device_index    this device's place in device.paths
+//! 60  u32 device_count    how many devices the node has
+//! 64  u32 first_shard     the node's shard that owns this device's first region
+//! 68  u32 node_shards     the node's shards on all its devices
+//! 72  u32 crc32c     over bytes [0, 72)
 //! ```
+//! Version 2 (before several devices) ends at byte 56 with the crc over [0, 56); it reads as
+//! device 0 of 1 holding every shard, which is what it was, and is never rewritten.
 
 pub const REC_MAGIC: u32 = u32::from_le_bytes(*b"KRec");
 pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"KEELSEG1");
 pub const DEV_MAGIC: u64 = u64::from_le_bytes(*b"KEELDEV1");
 pub const VERSION: u32 = 1;
-pub const SUPERBLOCK_VERSION: u32 = 2;
+pub const SUPERBLOCK_VERSION: u32 = 3;
+/// The one-device superblock, still read.
+pub const SUPERBLOCK_VERSION_ONE_DEVICE: u32 = 2;
 pub const HEADER_BYTES: usize = 48;
 pub const SEG_HEADER_BYTES: u64 = keel_nvme::BLOCK_BYTES;
 /// Regions begin after the superblock, aligned to 1 MiB.
@@ -222,7 +230,8 @@ pub fn decode_seg_header(b: &[u8]) -> Option<SegHeader> {
 }
 
 /// The device superblock: the geometry the data was written with, so a changed profile cannot
-/// silently reinterpret the device.
+/// silently reinterpret the device (nor a reordered `device.paths` hand a device's data to
+/// shards that do not own its partitions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {
     pub shards: u32,
@@ -231,9 +240,16 @@ pub struct Superblock {
     pub region_bytes: u64,
     pub raftlog_bytes: u64,
     pub node_id: u64,
+    pub device_index: u32,
+    pub device_count: u32,
+    pub first_shard: u32,
+    pub node_shards: u32,
 }
 
+const SUPERBLOCK_CRC_AT: usize = 72;
+
 pub fn encode_superblock(out: &mut [u8], s: &Superblock) {
+    assert!(s.device_index < s.device_count && s.first_shard + s.shards <= s.node_shards);
     out.fill(0);
     out[0..8].copy_from_slice(&DEV_MAGIC.to_le_bytes());
     out[8..12].copy_from_slice(&SUPERBLOCK_VERSION.to_le_bytes());
@@ -243,35 +259,53 @@ pub fn encode_superblock(out: &mut [u8], s: &Superblock) {
     out[32..40].copy_from_slice(&s.region_bytes.to_le_bytes());
     out[40..48].copy_from_slice(&s.raftlog_bytes.to_le_bytes());
     out[48..56].copy_from_slice(&s.node_id.to_le_bytes());
-    let crc = crc32c::crc32c(&out[0..56]);
-    out[56..60].copy_from_slice(&crc.to_le_bytes());
+    out[56..60].copy_from_slice(&s.device_index.to_le_bytes());
+    out[60..64].copy_from_slice(&s.device_count.to_le_bytes());
+    out[64..68].copy_from_slice(&s.first_shard.to_le_bytes());
+    out[68..72].copy_from_slice(&s.node_shards.to_le_bytes());
+    let crc = crc32c::crc32c(&out[0..SUPERBLOCK_CRC_AT]);
+    out[SUPERBLOCK_CRC_AT..SUPERBLOCK_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Ok(None): a blank device. Err: something that is not a Keel superblock, or a damaged one.
 pub fn decode_superblock(b: &[u8]) -> Result<Option<Superblock>, String> {
-    if b[..64].iter().all(|&x| x == 0) {
+    if b[..SUPERBLOCK_CRC_AT + 4].iter().all(|&x| x == 0) {
         return Ok(None);
     }
     if u64_at(b, 0) != DEV_MAGIC {
         return Err("block 0 is not a Keel superblock (another program's data?)".into());
     }
-    if u32_at(b, 8) != SUPERBLOCK_VERSION {
-        return Err(format!(
-            "superblock version {} is not supported (want {SUPERBLOCK_VERSION}; version 1 \
-             predates Raft: start from a new data file)",
-            u32_at(b, 8)
-        ));
-    }
-    if crc32c::crc32c(&b[0..56]) != u32_at(b, 56) {
+    let version = u32_at(b, 8);
+    let crc_at = match version {
+        SUPERBLOCK_VERSION => SUPERBLOCK_CRC_AT,
+        SUPERBLOCK_VERSION_ONE_DEVICE => 56,
+        v => {
+            return Err(format!(
+                "superblock version {v} is not supported (want {SUPERBLOCK_VERSION} or \
+                 {SUPERBLOCK_VERSION_ONE_DEVICE}; version 1 predates Raft: start from a new data file)"
+            ))
+        }
+    };
+    if crc32c::crc32c(&b[0..crc_at]) != u32_at(b, crc_at) {
         return Err("the superblock fails its checksum".into());
     }
+    let shards = u32_at(b, 12);
+    let (device_index, device_count, first_shard, node_shards) = if version == SUPERBLOCK_VERSION {
+        (u32_at(b, 56), u32_at(b, 60), u32_at(b, 64), u32_at(b, 68))
+    } else {
+        (0, 1, 0, shards)
+    };
     Ok(Some(Superblock {
-        shards: u32_at(b, 12),
+        shards,
         segment_bytes: u64_at(b, 16),
         device_bytes: u64_at(b, 24),
         region_bytes: u64_at(b, 32),
         raftlog_bytes: u64_at(b, 40),
         node_id: u64_at(b, 48),
+        device_index,
+        device_count,
+        first_shard,
+        node_shards,
     }))
 }
 
@@ -366,11 +400,46 @@ mod tests {
             region_bytes: 1 << 29,
             raftlog_bytes: 1 << 26,
             node_id: 3,
+            device_index: 1,
+            device_count: 2,
+            first_shard: 2,
+            node_shards: 4,
         };
         encode_superblock(&mut b, &s);
         assert_eq!(decode_superblock(&b), Ok(Some(s)));
-        b[13] ^= 1;
-        assert!(decode_superblock(&b).is_err());
+        // The fields after byte 56 are covered by the checksum too.
+        for at in [13, 57, 65] {
+            let mut bad = b.clone();
+            bad[at] ^= 1;
+            assert!(decode_superblock(&bad).is_err(), "flip at {at}");
+        }
         assert_eq!(decode_superblock(&[0u8; 4096]), Ok(None));
+    }
+
+    /// Data files written before several devices (superblock version 2) keep opening: they read
+    /// as device 0 of 1 with every shard, and equal what a one-device profile asks for.
+    #[test]
+    fn a_version_2_superblock_reads_as_the_only_device() {
+        let mut b = vec![0u8; 4096];
+        b[0..8].copy_from_slice(&DEV_MAGIC.to_le_bytes());
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[12..16].copy_from_slice(&2u32.to_le_bytes());
+        b[16..24].copy_from_slice(&(16u64 << 20).to_le_bytes());
+        b[24..32].copy_from_slice(&(2u64 << 30).to_le_bytes());
+        b[32..40].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        b[40..48].copy_from_slice(&(128u64 << 20).to_le_bytes());
+        b[48..56].copy_from_slice(&1u64.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..56]);
+        b[56..60].copy_from_slice(&crc.to_le_bytes());
+        let s = decode_superblock(&b).unwrap().unwrap();
+        assert_eq!(
+            (s.device_index, s.device_count, s.first_shard, s.node_shards),
+            (0, 1, 0, 2)
+        );
+        assert_eq!((s.shards, s.node_id, s.raftlog_bytes), (2, 1, 128 << 20));
+        b[8] = 4;
+        assert!(decode_superblock(&b)
+            .unwrap_err()
+            .contains("version 4 is not supported"));
     }
 }

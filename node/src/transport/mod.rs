@@ -33,7 +33,7 @@ use glommio::net::TcpListener;
 use keel_raftlog::Signal;
 use thiserror::Error;
 
-pub use backoff::backoff_delay;
+pub use backoff::{backoff_delay, SplitMix64};
 use faults::Faults;
 pub use faults::{FaultPlan, Verdict};
 pub use wire::{FRAME_HEADER_BYTES, HELLO_BYTES};
