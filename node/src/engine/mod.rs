@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::channel::oneshot;
-use futures::future::{FutureExt, Shared};
+use futures::future::{FutureExt, WeakShared};
 use keel_nvme::{Device, IoError, Region};
 
 use cache::Cache;
@@ -133,8 +133,8 @@ pub struct Engine<D: Device> {
     pub checkpoint_signal: log::Signal,
     /// Device reads of values in flight, by record offset and CAS (the version: a freed
     /// offset may hold another item's record by the time a later miss looks), see
-    /// [`Engine::value_of`].
-    reads: RefCell<HashMap<(u64, u64), Shared<ValueRead>>>,
+    /// [`Engine::value_of`]. Weak: the waiters keep a read alive, not this map.
+    reads: RefCell<HashMap<(u64, u64), WeakShared<ValueRead>>>,
     /// The value a gated read-modify-write just read, for its re-run.
     rmw_value: RefCell<Option<RmwValue>>,
     /// The stamp of the op being started (set by `start`, read by the writes it makes).
@@ -425,22 +425,28 @@ impl<D: Device + 'static> Engine<D> {
         }
         // Concurrent misses on one value (a hot key read cold, the clients of a fan-out) share
         // one device read.
-        if let Some(read) = self.reads.borrow().get(&(e.offset, e.cas)) {
-            return Err(Box::pin(read.clone()));
+        let version = (e.offset, e.cas);
+        if let Some(read) = self
+            .reads
+            .borrow()
+            .get(&version)
+            .and_then(WeakShared::upgrade)
+        {
+            return Err(Box::pin(read));
         }
-        let this = self.clone();
+        // The entry goes when the read is done, or dropped unfinished (every waiter gone: a
+        // closed connection), never left behind.
+        let entry = ReadEntry {
+            engine: self.clone(),
+            version,
+        };
         let key = key.to_vec();
         let e = *e;
-        let read = async move {
-            let v = this.clone().read_value(&key, e).await;
-            this.reads.borrow_mut().remove(&(e.offset, e.cas));
-            v
-        }
-        .boxed_local()
-        .shared();
-        self.reads
-            .borrow_mut()
-            .insert((e.offset, e.cas), read.clone());
+        let read = async move { entry.engine.clone().read_value(&key, e).await }
+            .boxed_local()
+            .shared();
+        let weak = read.downgrade().expect("a new read is not finished");
+        self.reads.borrow_mut().insert(version, weak);
         Err(Box::pin(read))
     }
 
@@ -1066,6 +1072,18 @@ fn parse_counter(v: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// A device read's place in [`Engine::reads`], removed when the read finishes or is dropped.
+struct ReadEntry<D: Device> {
+    engine: Rc<Engine<D>>,
+    version: (u64, u64),
+}
+
+impl<D: Device> Drop for ReadEntry<D> {
+    fn drop(&mut self) {
+        self.engine.reads.borrow_mut().remove(&self.version);
+    }
 }
 
 /// Waits out a [`Pending`].

@@ -344,9 +344,31 @@ fn concurrent_misses_on_one_value_share_one_device_read() {
             1,
             "eight misses, one read"
         );
+        assert!(
+            e.reads.borrow().is_empty(),
+            "a finished read leaves no entry"
+        );
         // Once that read is done, the next miss reads again.
         assert_eq!(get(&e, "big").await.as_deref(), Some(&big[..]));
         assert_eq!(e.stats.disk_reads.get() - before, 2);
+        // A read whose every waiter went away (a closed connection) leaves no entry either.
+        let op = Op::Get {
+            key: b"big".to_vec(),
+            touch: None,
+            vivify: None,
+            recache: None,
+            want_value: true,
+            bump: true,
+        };
+        let waiter = e.start(op, Stamp::read(Engine::<UringDevice>::now()));
+        assert!(matches!(waiter, super::Pending::Later(_)));
+        assert_eq!(e.reads.borrow().len(), 1);
+        drop(waiter);
+        assert!(
+            e.reads.borrow().is_empty(),
+            "a dropped read leaves no entry"
+        );
+        assert_eq!(get(&e, "big").await.as_deref(), Some(&big[..]));
     });
     std::fs::remove_dir_all(dir).unwrap();
 }
