@@ -88,7 +88,10 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_STALL_MAX));
     let chunk = shard.read_buffer_bytes;
-    let mut rbuf: Vec<u8> = Vec::with_capacity(chunk);
+    // Requests read so far are rbuf[..filled]; the rest is room for the next read, zeroed once
+    // when the buffer grows rather than before every read.
+    let mut rbuf: Vec<u8> = vec![0; chunk];
+    let mut filled = 0;
     let mut out: Vec<u8> = Vec::with_capacity(chunk);
     // Bytes of a refused value still to discard (they may arrive in later reads).
     let mut swallow = 0usize;
@@ -98,11 +101,12 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
     let mut timed: Vec<(Timer, Instant)> = Vec::with_capacity(shard.pipeline_depth_max);
     loop {
         if parsed_all {
-            let len = rbuf.len();
-            rbuf.resize(len + chunk, 0);
+            if rbuf.len() < filled + chunk {
+                rbuf.resize(filled + chunk, 0);
+            }
             info.state.set("conn_waiting");
-            let n = stream.read(&mut rbuf[len..]).await?;
-            rbuf.truncate(len + n);
+            let n = stream.read(&mut rbuf[filled..]).await?;
+            filled += n;
             if n == 0 {
                 return Ok(());
             }
@@ -121,7 +125,7 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
             let mut round = Round::new(now);
             loop {
                 if swallow > 0 {
-                    let k = swallow.min(rbuf.len() - pos);
+                    let k = swallow.min(filled - pos);
                     pos += k;
                     swallow -= k;
                     if swallow > 0 {
@@ -133,7 +137,7 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
                     parsed_all = false;
                     break;
                 }
-                match protocol::parse(&rbuf[pos..], &shard.limits) {
+                match protocol::parse(&rbuf[pos..filled], &shard.limits) {
                     Parse::Incomplete => break,
                     Parse::Done { req, consumed } => {
                         pos += consumed;
@@ -188,12 +192,14 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
         for (t, parsed) in timed.drain(..) {
             shard.latency().record(t, written - parsed);
         }
-        rbuf.drain(..pos);
+        rbuf.copy_within(pos..filled, 0);
+        filled -= pos;
         if close {
             return Ok(());
         }
         // A large value grew the buffer; give the memory back once it is handled.
-        if rbuf.capacity() > 4 * chunk && rbuf.len() < chunk {
+        if rbuf.len() > 4 * chunk && filled < chunk {
+            rbuf.truncate(chunk);
             rbuf.shrink_to(chunk);
         }
         if out.capacity() > 4 * chunk {
