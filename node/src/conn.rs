@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::exec::Round;
@@ -76,12 +76,24 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// forever.
 pub const WRITE_STALL_MAX: Duration = Duration::from_secs(10);
 
-/// Counts a write that timed out (the client stopped reading) and passes the error on.
-fn stalled(shard: &Shard, e: std::io::Error) -> std::io::Error {
-    if e.kind() == std::io::ErrorKind::TimedOut {
-        Counters::add(&shard.counters.keel_write_stall_closes, 1);
+/// Writes the replies in `out` to the client and empties it; the one place replies are
+/// written (the end of a round, and a round that has filled its buffer). A write that timed out
+/// (the client stopped reading for [`WRITE_STALL_MAX`]) is counted; its error closes the
+/// connection.
+pub async fn write_replies(
+    shard: &Shard,
+    stream: &mut (impl AsyncWrite + Unpin),
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if let Err(e) = stream.write_all(out).await {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            Counters::add(&shard.counters.keel_write_stall_closes, 1);
+        }
+        return Err(e);
     }
-    e
+    Counters::add(&shard.counters.bytes_written, out.len() as u64);
+    out.clear();
+    Ok(())
 }
 
 async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std::io::Result<()> {
@@ -175,18 +187,11 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
                     }
                 }
             }
-            if let Err(e) = round.finish(shard, &mut stream, &mut out).await {
-                return Err(stalled(shard, e));
-            }
+            round.finish(shard, &mut stream, &mut out).await?;
         }
         if !out.is_empty() {
             info.state.set("conn_mwrite");
-            stream
-                .write_all(&out)
-                .await
-                .map_err(|e| stalled(shard, e))?;
-            Counters::add(&shard.counters.bytes_written, out.len() as u64);
-            out.clear();
+            write_replies(shard, &mut stream, &mut out).await?;
         }
         let written = Instant::now();
         for (t, parsed) in timed.drain(..) {

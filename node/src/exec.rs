@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use futures_lite::{AsyncWrite, AsyncWriteExt};
+use futures_lite::AsyncWrite;
 
 use crate::engine::{
     self, ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode,
@@ -285,9 +285,7 @@ impl<'a> Round<'a> {
                     }
                     render(shard, &req, results, self.now, out);
                     if out.len() >= REPLY_FLUSH_BYTES {
-                        stream.write_all(out).await?;
-                        Counters::add(&shard.counters.bytes_written, out.len() as u64);
-                        out.clear();
+                        crate::conn::write_replies(shard, stream, out).await?;
                     }
                 }
             }

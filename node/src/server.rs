@@ -72,8 +72,8 @@ fn describe(g: &Superblock) -> String {
 /// superblock, so that a profile that no longer matches the data is refused before any shard
 /// reads it. Returns each device's geometry, in `device.paths` order.
 fn prepare_devices(p: &Profile) -> Result<Vec<Superblock>, String> {
-    let wants: Vec<(std::path::PathBuf, Superblock)> = (0..p.device.paths.len())
-        .map(|d| (p.device.paths[d].clone(), geometry(p, d)))
+    let wants: Vec<(std::path::PathBuf, Superblock)> = (p.device.paths.iter().enumerate())
+        .map(|(d, path)| (path.clone(), geometry(p, d)))
         .collect();
     let size = p.device.size_bytes;
     LocalExecutorBuilder::new(Placement::Unbound)

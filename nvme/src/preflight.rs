@@ -52,28 +52,16 @@ pub fn preflight(executors: usize, io_memory_bytes: u64) -> Result<Option<String
 /// RLIMIT_MEMLOCK as this process has it now: (soft, hard), `None` meaning unlimited. A node
 /// started by the same user raises its soft limit up to the hard one ([`preflight`]).
 pub fn memlock_limits() -> std::io::Result<(Option<u64>, Option<u64>)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit struct through a pointer to a live local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let lim = memlock()?;
     let finite = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then_some(v);
     Ok((finite(lim.rlim_cur), finite(lim.rlim_max)))
 }
 
 /// Makes RLIMIT_MEMLOCK at least `need`; Ok(limit now) or Err(limit that stays).
 fn raise_memlock(need: u64) -> Result<u64, u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit struct through a pointer to a live local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+    let Ok(lim) = memlock() else {
         return Ok(need);
-    }
+    };
     if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= need {
         return Ok(lim.rlim_cur);
     }
@@ -94,6 +82,19 @@ fn raise_memlock(need: u64) -> Result<u64, u64> {
         return Ok(lim.rlim_max);
     }
     Err(lim.rlim_cur)
+}
+
+/// RLIMIT_MEMLOCK now.
+fn memlock() -> std::io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct through a pointer to a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim)
 }
 
 /// Sets up (and closes) a tiny ring: the cheapest proof that io_uring_setup is allowed here.

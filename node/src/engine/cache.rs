@@ -17,7 +17,7 @@ struct Slot {
 
 /// What an entry costs beyond its value bytes: the map's slot, its clock entry and the value's
 /// reference counts.
-pub const ENTRY_OVERHEAD: usize = 48;
+const ENTRY_OVERHEAD: usize = 48;
 
 pub struct Cache {
     map: HashMap<u64, Slot, BuildHasherDefault<CasHasher>>,
