@@ -120,7 +120,23 @@ pub struct NetSection {
     pub connections_max: usize,
     pub read_buffer_bytes: usize,
     pub pipeline_depth_max: usize,
+    /// A shared secret: when set, a connection runs the admin commands only after
+    /// `admin_auth <token>` (loopback clients too); empty: admin commands from loopback clients.
+    #[serde(default)]
+    pub admin_token: String,
+    /// PEM certificate chain and private key: with both, the client port speaks only TLS.
+    /// Empty: plain TCP.
+    #[serde(default)]
+    pub tls_cert: PathBuf,
+    #[serde(default)]
+    pub tls_key: PathBuf,
 }
+
+/// Shortest `net.admin_token` accepted: a guessable token is no protection.
+pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
+
+/// What `--print-profile` shows instead of a set `net.admin_token`.
+pub const REDACTED: &str = "<redacted>";
 
 const MIB: u64 = 1 << 20;
 
@@ -368,7 +384,38 @@ impl Profile {
             64 * MIB as usize,
         )?;
         between("net.pipeline_depth_max", t.pipeline_depth_max, 1, 65536)?;
+        let token = &t.admin_token;
+        if !token.is_empty()
+            && (token.len() < ADMIN_TOKEN_LEN_MIN || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            // The value itself is a secret: the message names the rule, not the token.
+            return Err(rule(
+                "net.admin_token",
+                format!("({} bytes)", token.len()),
+                &format!(
+                    "must be empty (admin commands only from loopback clients) or at least \
+                     {ADMIN_TOKEN_LEN_MIN} printable ASCII characters without spaces"
+                ),
+            ));
+        }
+        let (cert, key) = (t.tls_cert.as_os_str(), t.tls_key.as_os_str());
+        if cert.is_empty() != key.is_empty() {
+            return Err(rule(
+                "net.tls_cert",
+                format!("{:?} with net.tls_key = {:?}", t.tls_cert, t.tls_key),
+                "set both (PEM files: the certificate chain and its private key) or neither",
+            ));
+        }
         Ok(())
+    }
+
+    /// The profile as `--print-profile` shows it: secrets replaced by [`REDACTED`].
+    pub fn redacted(&self) -> Profile {
+        let mut p = self.clone();
+        if !p.net.admin_token.is_empty() {
+            p.net.admin_token = REDACTED.into();
+        }
+        p
     }
 }
 
@@ -634,6 +681,52 @@ mod tests {
         let mut p: Profile = toml::from_str(&with).unwrap();
         p.node.cores = vec![0];
         assert_eq!(p.node.metrics_listen, "0.0.0.0:9211");
+        p.validate().unwrap();
+    }
+
+    /// `net.admin_token` and the TLS files: off by default (old profiles without the keys still
+    /// load), a weak token refused without being echoed, the token redacted when printed, and
+    /// the TLS files only as a pair.
+    #[test]
+    fn admin_token_and_tls_keys_are_checked_and_the_token_never_shown() {
+        let p = dev();
+        assert_eq!(p.net.admin_token, "");
+        assert!(p.net.tls_cert.as_os_str().is_empty() && p.net.tls_key.as_os_str().is_empty());
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hw-configs/dev.toml"
+        ))
+        .unwrap();
+        let without: String = (text.lines())
+            .filter(|l| {
+                !["admin_token", "tls_cert", "tls_key"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let old: Profile = toml::from_str(&without).unwrap();
+        assert_eq!(old.net.admin_token, "");
+        let mut p = dev();
+        p.node.cores = vec![0];
+        for weak in ["short", "has a space inside it", "tab\tinside-this-token"] {
+            p.net.admin_token = weak.into();
+            let e = p.validate().unwrap_err();
+            assert!(e.starts_with("net.admin_token = ("), "{e}");
+            assert!(!e.contains(weak), "the token is echoed: {e}");
+        }
+        p.net.admin_token = "0123456789abcdef".into();
+        p.validate().unwrap();
+        let shown = toml::to_string(&p.redacted()).unwrap();
+        assert!(shown.contains("admin_token = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"));
+        p.net.tls_cert = "/etc/keel/tls.crt".into();
+        let e = p.validate().unwrap_err();
+        assert!(
+            e.starts_with("net.tls_cert = ") && e.contains("set both"),
+            "{e}"
+        );
+        p.net.tls_key = "/etc/keel/tls.key".into();
         p.validate().unwrap();
     }
 

@@ -1,6 +1,8 @@
 //! One client connection: read, parse every complete request in the buffer, dispatch them all
 //! (so a pipeline's requests run together and cross-shard ops go out in one message per shard),
-//! then write all their replies with one write.
+//! then write all their replies with one write. With `net.tls_cert` the connection is TLS from
+//! its first byte. Admin commands are served only on an admin connection: without
+//! `net.admin_token`, any loopback client; with it, a connection that sent `admin_auth <token>`.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -8,8 +10,8 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpListener;
 
 use crate::exec::Round;
 use crate::latency::Timer;
@@ -59,7 +61,22 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         shard.conns.borrow_mut().insert(fd, info.clone());
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            let _ = serve(&shard, stream, &info).await;
+            let _ = stream.set_nodelay(true);
+            let _ = stream.set_write_timeout(Some(WRITE_STALL_MAX));
+            let _ = match shard.tls.clone() {
+                None => serve(&shard, stream, &info).await,
+                Some(tls) => match glommio::timer::timeout(crate::tls::HANDSHAKE_MAX, async {
+                    tls.accept(stream).await.map_err(Into::into)
+                })
+                .await
+                {
+                    Ok(stream) => serve(&shard, stream, &info).await,
+                    Err(_) => {
+                        Counters::add(&shard.counters.ssl_handshake_errors, 1);
+                        Ok(())
+                    }
+                },
+            };
             Counters::add(&shard.counters.curr_connections, u64::MAX); // wrapping -1
             let mut conns = shard.conns.borrow_mut();
             // The descriptor may already name a newer connection.
@@ -85,7 +102,13 @@ pub async fn write_replies(
     stream: &mut (impl AsyncWrite + Unpin),
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    if let Err(e) = stream.write_all(out).await {
+    // flush: a TLS stream may hold the last record until it is flushed (a no-op for TCP).
+    if let Err(e) = async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    }
+    .await
+    {
         if e.kind() == std::io::ErrorKind::TimedOut {
             Counters::add(&shard.counters.keel_write_stall_closes, 1);
         }
@@ -96,9 +119,38 @@ pub async fn write_replies(
     Ok(())
 }
 
-async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(WRITE_STALL_MAX));
+/// The reply to a refused admin command.
+const ADMIN_REFUSED: &[u8] =
+    b"CLIENT_ERROR admin commands need admin_auth <net.admin_token> (or, with no token, a loopback client)\r\n";
+
+/// `admin_auth <token>`: the reply, and whether the connection must close (a wrong token, so a
+/// guess costs a connection). Constant time in the token's bytes.
+fn admin_auth(shard: &Shard, token: &[u8], admin: &mut bool) -> (&'static [u8], bool) {
+    let want = &shard.admin_token;
+    if want.is_empty() {
+        return (
+            b"CLIENT_ERROR admin_auth is off: net.admin_token is empty\r\n",
+            false,
+        );
+    }
+    let diff = (want.iter().zip(token.iter().cycle()))
+        .fold(want.len() ^ token.len(), |d, (a, b)| d | (a ^ b) as usize);
+    if diff == 0 {
+        *admin = true;
+        (b"OK\r\n", false)
+    } else {
+        Counters::add(&shard.counters.keel_admin_auth_failures, 1);
+        (b"CLIENT_ERROR bad admin token\r\n", true)
+    }
+}
+
+async fn serve(
+    shard: &Rc<Shard>,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    info: &ConnInfo,
+) -> std::io::Result<()> {
+    // With a token, loopback is no proof either (other tenants of the host share it).
+    let mut admin = shard.admin_token.is_empty() && info.addr.ip().to_canonical().is_loopback();
     let chunk = shard.read_buffer_bytes;
     // Requests read so far are rbuf[..filled]; the rest is room for the next read, zeroed once
     // when the buffer grows rather than before every read.
@@ -153,9 +205,26 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, info: &ConnInfo) -> std
                     Parse::Incomplete => break,
                     Parse::Done { req, consumed } => {
                         pos += consumed;
-                        if matches!(req, Request::Quit) {
-                            close = true;
-                            break;
+                        match req {
+                            Request::Quit => {
+                                close = true;
+                                break;
+                            }
+                            Request::AdminAuth { token } => {
+                                let (reply, c) = admin_auth(shard, token, &mut admin);
+                                round.push_bytes(reply);
+                                if c {
+                                    close = true;
+                                    break;
+                                }
+                                continue;
+                            }
+                            Request::Member(_) if !admin => {
+                                Counters::add(&shard.counters.keel_admin_refused, 1);
+                                round.push_bytes(ADMIN_REFUSED);
+                                continue;
+                            }
+                            _ => {}
                         }
                         if let Some(t) = Timer::of(&req) {
                             timed.push((t, parsed_at));

@@ -203,7 +203,10 @@ impl<'a> Round<'a> {
                 Some(g) => self.broadcast(shard, || Op::Stats(g)),
                 None => Vec::new(),
             },
-            Request::Version | Request::Verbosity { .. } | Request::Quit => Vec::new(),
+            Request::Version
+            | Request::Verbosity { .. }
+            | Request::Quit
+            | Request::AdminAuth { .. } => Vec::new(),
             Request::Member(MemberCmd::List) => self.broadcast(shard, || Op::Members),
             Request::Member(cmd) => {
                 let change = match *cmd {
@@ -422,7 +425,7 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
             b"reset" => out.extend_from_slice(b"RESET\r\n"),
             _ => out.extend_from_slice(b"ERROR\r\n"),
         },
-        Request::Quit => {}
+        Request::Quit | Request::AdminAuth { .. } => {}
         Request::Meta(m) => crate::meta::render(shard, m, results, now, out),
         Request::Member(MemberCmd::List) => render_members(results, out),
         Request::Member(_) => match results.iter().find(|r| !matches!(r, OpResult::Ok)) {

@@ -105,7 +105,7 @@ impl Timer {
             Request::Version => Timer::Version,
             Request::Verbosity { .. } => Timer::Verbosity,
             Request::Stats { .. } => Timer::Stats,
-            Request::Quit => return None,
+            Request::Quit | Request::AdminAuth { .. } => return None,
             Request::Meta(m) => match m.cmd {
                 MetaCmd::Get => Timer::Mg,
                 MetaCmd::Set => Timer::Ms,

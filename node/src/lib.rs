@@ -25,5 +25,6 @@ pub mod protocol;
 pub mod replica;
 pub mod server;
 pub mod shard;
+pub mod tls;
 pub mod transport;
 pub mod tune;

@@ -121,7 +121,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.print_profile {
-        print!("{}", toml::to_string(&p).expect("a profile serializes"));
+        print!(
+            "{}",
+            toml::to_string(&p.redacted()).expect("a profile serializes")
+        );
         return ExitCode::SUCCESS;
     }
     if let Err(e) = p.fits_host() {

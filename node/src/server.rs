@@ -159,7 +159,10 @@ fn memcached_settings(p: &Profile) -> Vec<(&'static str, String)> {
         ("flush_enabled", "yes".into()),
         ("idle_timeout", "0".into()),
         ("read_buf_mem_limit", "0".into()),
-        ("ssl_enabled", "no".into()),
+        (
+            "ssl_enabled",
+            yes_no(!p.net.tls_cert.as_os_str().is_empty()),
+        ),
         ("keel_node_id", p.node.id.to_string()),
         ("keel_partitions", p.node.partitions.to_string()),
         ("keel_cache_bytes", p.engine.cache_bytes.to_string()),
@@ -177,6 +180,7 @@ fn memcached_settings(p: &Profile) -> Vec<(&'static str, String)> {
             "keel_batch_bytes_max",
             p.raftlog.batch_bytes_max.to_string(),
         ),
+        ("keel_admin_token", yes_no(!p.net.admin_token.is_empty())),
         (
             "keel_metrics_listen",
             match p.node.metrics_listen.as_str() {
@@ -269,6 +273,11 @@ fn refuse_taken_port(addr: &str, key: &str) -> Result<(), String> {
 
 /// Runs the node until it is killed or stopped by SIGTERM. Returns only on a start-up error.
 pub fn run(p: Profile) -> Result<(), String> {
+    // Before anything is bound or created: a bad certificate must leave no trace.
+    let tls = match p.net.tls_cert.as_os_str().is_empty() {
+        true => None,
+        false => Some(crate::tls::acceptor(&p.net.tls_cert, &p.net.tls_key)?),
+    };
     refuse_taken_port(&p.node.listen, "listen")?;
     if !p.node.metrics_listen.is_empty() {
         refuse_taken_port(&p.node.metrics_listen, "metrics_listen")?;
@@ -293,12 +302,13 @@ pub fn run(p: Profile) -> Result<(), String> {
         let geo = geo.clone();
         let mesh = mesh.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("keel-shard-{i}"))
             .io_memory(p.io.io_memory_bytes as usize)
             .ring_depth(p.io.ring_depth)
             .spawn(move || async move {
-                if let Err(e) = run_shard(p, geo, mesh, stop).await {
+                if let Err(e) = run_shard(p, geo, mesh, stop, tls).await {
                     eprintln!("keel-node: {e}");
                     std::process::exit(1);
                 }
@@ -318,6 +328,7 @@ async fn run_shard(
     geo: Vec<Superblock>,
     mesh: MeshBuilder<Msg, glommio::channels::channel_mesh::Full>,
     stop: Stop,
+    tls: Option<futures_rustls::TlsAcceptor>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh
         .join()
@@ -567,6 +578,8 @@ async fn run_shard(
             read_buffer_bytes: p.net.read_buffer_bytes,
             pipeline_depth_max: p.net.pipeline_depth_max,
             settings: memcached_settings(&p),
+            admin_token: p.net.admin_token.as_bytes().into(),
+            tls,
         },
     ));
     shard.spawn_mesh_tasks(receivers);

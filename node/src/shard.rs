@@ -70,6 +70,9 @@ counters!(
     bytes_read,
     bytes_written,
     keel_write_stall_closes,
+    keel_admin_refused,
+    keel_admin_auth_failures,
+    ssl_handshake_errors,
 );
 
 impl Counters {
@@ -97,6 +100,10 @@ pub struct Shard {
     pub settings: Vec<(&'static str, String)>,
     /// This shard's open client connections by descriptor, for `stats conns`.
     pub conns: RefCell<BTreeMap<i32, Rc<ConnInfo>>>,
+    /// `net.admin_token` (empty: admin commands only from loopback clients).
+    pub admin_token: Box<[u8]>,
+    /// Set when the client port speaks only TLS.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 pub struct ShardConfig {
@@ -106,6 +113,8 @@ pub struct ShardConfig {
     pub read_buffer_bytes: usize,
     pub pipeline_depth_max: usize,
     pub settings: Vec<(&'static str, String)>,
+    pub admin_token: Box<[u8]>,
+    pub tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 /// The partition of a key: a stable hash, so data stays where it was written across restarts.
@@ -138,6 +147,8 @@ impl Shard {
             conns_max: cfg.conns_max,
             read_buffer_bytes: cfg.read_buffer_bytes,
             pipeline_depth_max: cfg.pipeline_depth_max,
+            admin_token: cfg.admin_token,
+            tls: cfg.tls,
             settings: cfg.settings,
             conns: RefCell::new(BTreeMap::new()),
         }

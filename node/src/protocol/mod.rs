@@ -261,8 +261,15 @@ pub enum Request<'a> {
     },
     Quit,
     Meta(MetaRequest<'a>),
-    /// Keel's own admin commands for replica membership (not memcached's).
+    /// Keel's own admin commands for replica membership (not memcached's). Served only on an
+    /// admin connection: with no `net.admin_token` a loopback client, with one a connection
+    /// that sent [`Request::AdminAuth`].
     Member(MemberCmd),
+    /// `admin_auth <token>`: makes this connection an admin connection when the token is the
+    /// profile's `net.admin_token`. Handled by the connection itself, never by a shard.
+    AdminAuth {
+        token: &'a [u8],
+    },
 }
 
 /// `member_add <id> <ip:port>`, `member_promote <id>`, `member_remove <id>`, `members`.
@@ -490,6 +497,7 @@ fn dispatch<'a>(
         b"member_add" => want(nt == 4),
         b"member_promote" | b"member_remove" => want(nt == 3),
         b"members" => want(nt == 2),
+        b"admin_auth" => want(nt == 3),
         _ => Some(unknown_command(toks, line_next)),
     };
     if let Some(err) = err {
@@ -592,6 +600,7 @@ fn dispatch<'a>(
             let args = toks.toks[..nt - 1].iter().skip(2).copied().collect();
             done(Request::Stats { group, args }, line_next)
         }
+        b"admin_auth" => done(Request::AdminAuth { token: toks.get(1) }, line_next),
         b"member_add" | b"member_promote" | b"member_remove" | b"members" => {
             let node = std::str::from_utf8(toks.get(1))
                 .ok()

@@ -749,6 +749,14 @@ fn table() -> Vec<(&'static [u8], Want)> {
         (b"member_promote x\r\n", e(E::BadCommandLineFormat)),
         (b"member_remove 1 2\r\n", e(E::Error)),
         (b"members all\r\n", e(E::Error)),
+        (
+            b"admin_auth s3cret-token-0123\r\n",
+            ok(Request::AdminAuth {
+                token: b"s3cret-token-0123",
+            }),
+        ),
+        (b"admin_auth\r\n", e(E::Error)),
+        (b"admin_auth a b\r\n", e(E::Error)),
         // --- over-long lines: memcached closes, silently, a buffer of more than 2048 bytes
         // without a newline, unless it is a get/gets line. ---
         (leak(rep(b"a", 2048)), Want::Incomplete),

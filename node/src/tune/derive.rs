@@ -359,6 +359,18 @@ pub fn profile_text(run: &TuneRun, dev: &DeviceFigures, host: &HostFigures) -> S
     d.key("connections_max", t.connections_max, "dev.toml's.");
     d.key("read_buffer_bytes", t.read_buffer_bytes, "dev.toml's.");
     d.key("pipeline_depth_max", t.pipeline_depth_max, "dev.toml's.");
+    d.key(
+        "admin_token",
+        "",
+        "Admin commands only from loopback clients; with a token (16+ characters), only \
+         after `admin_auth <token>`, from anywhere.",
+    );
+    d.key(
+        "tls_cert",
+        "",
+        "TLS for clients: set tls_cert and tls_key to PEM files to serve only TLS.",
+    );
+    d.key("tls_key", "", "The PEM private key of tls_cert.");
     d.0
 }
 
