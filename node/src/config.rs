@@ -39,6 +39,10 @@ pub struct NodeSection {
     /// Where to serve Prometheus metrics (HTTP GET /metrics), as IP:PORT; empty: not served.
     #[serde(default)]
     pub metrics_listen: String,
+    /// Shared by every node of a cluster: a peer connection counts only once it proves it knows
+    /// this (an HMAC challenge). Empty: peer ports accept any Keel node.
+    #[serde(default)]
+    pub cluster_secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -132,8 +136,27 @@ pub struct NetSection {
     pub tls_key: PathBuf,
 }
 
-/// Shortest `net.admin_token` accepted: a guessable token is no protection.
-pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
+/// Shortest `net.admin_token` or `node.cluster_secret` accepted: a guessable one is no
+/// protection.
+pub const SECRET_LEN_MIN: usize = 16;
+
+/// A secret is empty (`off` says what that means) or at least [`SECRET_LEN_MIN`] printable
+/// ASCII characters. The message names the rule and the length, never the secret.
+fn secret_rule(key: &str, secret: &str, off: &str) -> Result<(), String> {
+    if secret.is_empty()
+        || (secret.len() >= SECRET_LEN_MIN && secret.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Ok(());
+    }
+    Err(rule(
+        key,
+        format!("({} bytes)", secret.len()),
+        &format!(
+            "must be empty ({off}) or at least {SECRET_LEN_MIN} printable ASCII characters \
+             without spaces"
+        ),
+    ))
+}
 
 /// What `--print-profile` shows instead of a set `net.admin_token`.
 pub const REDACTED: &str = "<redacted>";
@@ -384,20 +407,16 @@ impl Profile {
             64 * MIB as usize,
         )?;
         between("net.pipeline_depth_max", t.pipeline_depth_max, 1, 65536)?;
-        let token = &t.admin_token;
-        if !token.is_empty()
-            && (token.len() < ADMIN_TOKEN_LEN_MIN || !token.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            // The value itself is a secret: the message names the rule, not the token.
-            return Err(rule(
-                "net.admin_token",
-                format!("({} bytes)", token.len()),
-                &format!(
-                    "must be empty (admin commands only from loopback clients) or at least \
-                     {ADMIN_TOKEN_LEN_MIN} printable ASCII characters without spaces"
-                ),
-            ));
-        }
+        secret_rule(
+            "net.admin_token",
+            &t.admin_token,
+            "admin commands only from loopback clients",
+        )?;
+        secret_rule(
+            "node.cluster_secret",
+            &n.cluster_secret,
+            "peer ports accept any Keel node",
+        )?;
         let (cert, key) = (t.tls_cert.as_os_str(), t.tls_key.as_os_str());
         if cert.is_empty() != key.is_empty() {
             return Err(rule(
@@ -412,8 +431,10 @@ impl Profile {
     /// The profile as `--print-profile` shows it: secrets replaced by [`REDACTED`].
     pub fn redacted(&self) -> Profile {
         let mut p = self.clone();
-        if !p.net.admin_token.is_empty() {
-            p.net.admin_token = REDACTED.into();
+        for secret in [&mut p.net.admin_token, &mut p.node.cluster_secret] {
+            if !secret.is_empty() {
+                *secret = REDACTED.into();
+            }
         }
         p
     }

@@ -459,6 +459,8 @@ async fn run_shard(
             backoff_max: Duration::from_millis(1000),
             io_timeout: Duration::from_millis(p.raft.request_timeout_ms),
             inbound_conns_max: 4 * peers.len() * n,
+            secret: (!p.node.cluster_secret.is_empty())
+                .then(|| crate::transport::PeerSecret::new(p.node.cluster_secret.as_bytes())),
         };
         let listen = cfg.listen;
         // Weak: the transport must not keep the replicas (which hold it) alive.

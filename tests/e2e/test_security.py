@@ -13,6 +13,10 @@ docs/design.md, "Security").
   fails its handshake, `stats settings` says `ssl_enabled yes`. A missing certificate, a key
   that does not belong to it, or only one of the two keys set stops the node with a message
   naming the key.
+- The cluster secret (`node.cluster_secret`): three nodes that share it replicate; a raw peer
+  connection with a hello but no answer to the challenge is closed before any frame counts; a
+  node restarted with another secret is refused by the others (it learns nothing new) until it
+  is restarted with the right one, then it catches up.
 """
 
 from __future__ import annotations
@@ -341,3 +345,69 @@ def test_bad_tls_files_stop_the_node_naming_the_key(tmp_path):
         assert r.returncode != 0, keys
         assert named in r.stderr, (keys, r.stderr)
         assert not (tmp_path / f"d{i}" / "keel.data").exists(), "refused before the data file"
+
+
+# --------------------------------------------------------------------------------------------
+# The cluster secret on peer ports
+
+SECRET = "peer-secret-" + os.urandom(8).hex()
+
+
+def _peer_stat(node: Server, name: str) -> int:
+    with node.connect(timeout_s=10) as c:
+        return int(c.stats()[name])
+
+
+def test_peers_prove_the_cluster_secret_and_a_node_without_it_gets_nothing(_tmp_root):
+    import test_cluster as tc
+
+    nodes = tc._new_cluster(_tmp_root, {"cluster_secret": f'"{SECRET}"'})
+    try:
+        tc._start_nodes(nodes)
+        items = tc._items("secret", 200)
+        tc._set_many(nodes[0], items)
+        tc._wait_converged(nodes)
+        tc._check_all(nodes[2], items)
+        assert all(_peer_stat(n, "keel_peer_bad_auth") == 0 for n in nodes)
+
+        # A connection that knows the peer protocol but not the secret: an open-cluster hello
+        # to node 2's shard 0 is closed before any frame counts.
+        n2 = nodes[1]
+        peer_port = int(n2.peers.split(",")[1].split(":")[-1])
+        before = _peer_stat(n2, "keel_peer_bad_auth")
+        hello = b"KEEL" + (1).to_bytes(2, "little") + bytes(2) + (9).to_bytes(8, "little") + \
+            bytes(4) + (2).to_bytes(8, "little") + bytes(4)
+        with socket.create_connection((HOST, peer_port), timeout=10) as s:
+            s.sendall(hello + bytes(64))
+            try:
+                got = s.recv(100)
+            except ConnectionResetError:  # closed with our 64 bytes unread
+                got = b""
+            assert got == b"", "the node answered an unproven peer"
+        deadline = time.monotonic() + 10
+        while _peer_stat(n2, "keel_peer_bad_auth") != before + 1:
+            assert time.monotonic() < deadline, "bad_auth not counted"
+            time.sleep(0.05)
+
+        # Node 3 restarted with another secret: the others refuse it, so it learns nothing new
+        # while nodes 1 and 2 (a majority) keep accepting writes.
+        n3 = nodes[2]
+        n3.stop()
+        n3.profile.write_text(n3.profile.read_text().replace(SECRET, SECRET[::-1]))
+        n3.start()
+        later = tc._items("later", 50)
+        for k, v in later.items():
+            tc._retry_set(nodes[0], k, v)
+        deadline = time.monotonic() + 10
+        while _peer_stat(nodes[0], "keel_peer_bad_auth") == 0:
+            assert time.monotonic() < deadline, "node 1 never refused node 3"
+            time.sleep(0.1)
+        assert tc._digest(n3) != tc._digest(nodes[0])
+        # With the right secret again it catches up.
+        n3.stop()
+        n3.profile.write_text(n3.profile.read_text().replace(SECRET[::-1], SECRET))
+        n3.start()
+        tc._wait_converged(nodes)
+        tc._check_all(n3, later)
+    finally:
+        tc._stop_cluster(nodes)

@@ -973,6 +973,7 @@ impl Replicas {
         let s = &self.stats;
         let l = self.log.stats();
         let sum = |f: &dyn Fn(&Group) -> usize| groups.values().map(f).sum::<usize>() as u64;
+        let peer = (self.transport.borrow().as_ref()).map_or_else(Default::default, |t| t.stats());
         vec![
             ("keel_raft_pending_proposals", sum(&|g| g.proposals.len())),
             ("keel_raft_pending_reads", sum(&|g| g.reads.len())),
@@ -986,6 +987,8 @@ impl Replicas {
                 self.forwards.borrow().len() as u64,
             ),
             ("keel_raft_groups", groups.len() as u64),
+            ("keel_peer_bad_auth", peer.bad_auth),
+            ("keel_peer_bad_frames", peer.bad_frames),
             ("keel_raft_leading", leading),
             ("keel_raft_proposals", s.proposals.get()),
             ("keel_raft_proposed_ops", s.proposed_ops.get()),

@@ -4,10 +4,12 @@
 
 use std::rc::Rc;
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::wire::{decode_frame, Decoded, Hello, FRAME_HEADER_BYTES, HELLO_BYTES};
+use super::wire::{
+    decode_frame, nonce, Decoded, Hello, FRAME_HEADER_BYTES, HELLO_BYTES, MAC_BYTES, NONCE_BYTES,
+};
 use super::{Inbound, Inner, StatCells};
 
 /// Bytes asked of each read. A larger frame grows the buffer to its own size (at most
@@ -40,6 +42,37 @@ pub(super) async fn accept_loop(inner: Rc<Inner>, listener: TcpListener) {
                 glommio::timer::sleep(inner.cfg.backoff_min).await;
             }
         }
+    }
+}
+
+/// The challenge, when this node has the cluster secret: a fresh nonce out, its MAC back within
+/// io_timeout. A hello whose flag does not match this node's mode fails at once.
+async fn authenticated(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    hello: &[u8; HELLO_BYTES],
+    flagged: bool,
+) -> bool {
+    let secret = match (&inner.cfg.secret, flagged) {
+        (None, false) => return true,
+        (Some(secret), true) => secret,
+        _ => return false,
+    };
+    let nonce = nonce();
+    let mut mac = [0u8; MAC_BYTES];
+    let exchange = async {
+        stream.write_all(&nonce).await?;
+        stream.read_exact(&mut mac).await
+    };
+    let answered = glommio::timer::timeout(inner.cfg.io_timeout, async {
+        exchange.await.map_err(Into::into)
+    })
+    .await;
+    let stats = &inner.stats;
+    StatCells::add(&stats.bytes_sent, NONCE_BYTES as u64);
+    answered.is_ok() && {
+        StatCells::add(&stats.bytes_received, MAC_BYTES as u64);
+        secret.verify(hello, &nonce, &mac)
     }
 }
 
@@ -76,6 +109,10 @@ async fn read_conn(inner: &Inner, mut stream: TcpStream) {
             return;
         }
     };
+    if !authenticated(inner, &mut stream, &hello, from.auth).await {
+        StatCells::add(&stats.bad_auth, 1);
+        return;
+    }
     let max = inner.cfg.frame_bytes_max;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut need = FRAME_HEADER_BYTES;

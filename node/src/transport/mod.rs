@@ -10,8 +10,10 @@
 //! connection lost mid-write, peer down) but is never corrupted, duplicated or reordered by the
 //! transport itself. Drops are counted in [`TransportStats`].
 //!
-//! Not here: knowing which node is up, retransmission (Raft does it), encryption or
-//! authentication (the hello only guards against a misdirected or foreign connection).
+//! Authentication: with a cluster secret an inbound connection counts only after it answers a
+//! challenge with an HMAC of the secret (see `wire`); without one the hello only guards against
+//! a misdirected or foreign connection. Not here: knowing which node is up, retransmission
+//! (Raft does it), encryption (frames after the handshake travel in the clear).
 
 mod backoff;
 mod faults;
@@ -36,7 +38,7 @@ use thiserror::Error;
 pub use backoff::{backoff_delay, SplitMix64};
 use faults::Faults;
 pub use faults::{FaultPlan, Verdict};
-pub use wire::{FRAME_HEADER_BYTES, HELLO_BYTES};
+pub use wire::{PeerSecret, FRAME_HEADER_BYTES, HELLO_BYTES};
 
 /// The peer addresses of a node's `shards` shards: shard s listens on the port of shard 0 + s.
 pub fn shard_addrs(shard0: SocketAddr, shards: u32) -> Vec<SocketAddr> {
@@ -69,6 +71,8 @@ pub struct TransportConfig {
     /// Inbound connections served at once; one more is closed on accept and counted. Normal use
     /// needs one per peer shard that talks to this shard (plus a few while peers reconnect).
     pub inbound_conns_max: usize,
+    /// The cluster secret: peers must prove they know it (`node.cluster_secret`); `None`: open.
+    pub secret: Option<PeerSecret>,
 }
 
 impl TransportConfig {
@@ -171,6 +175,9 @@ stats!(
     dropped_faults,
     /// Connections closed for a bad hello, an over-long frame or a bad CRC.
     bad_frames,
+    /// Inbound connections closed because they did not prove the cluster secret (a wrong or
+    /// missing answer to the challenge, or a hello whose flag does not match this node's mode).
+    bad_auth,
     /// Inbound connections closed on accept because inbound_conns_max were open.
     rejected_connections,
     connects,

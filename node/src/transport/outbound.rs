@@ -3,11 +3,11 @@
 
 use std::rc::Rc;
 
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::backoff::{backoff_delay, SplitMix64};
-use super::wire::{encode_frame, Hello};
+use super::wire::{encode_frame, Hello, HELLO_BYTES, MAC_BYTES, NONCE_BYTES};
 use super::{Dest, Inner, StatCells};
 
 /// A write buffer that grew past this (one large batch) is given back once written.
@@ -88,9 +88,21 @@ async fn connect(inner: &Inner, dest: &Dest) -> std::io::Result<TcpStream> {
         from_shard: inner.cfg.shard,
         to_node: dest.node,
         to_shard: dest.shard,
+        auth: inner.cfg.secret.is_some(),
     };
-    write_counted(inner, &mut s, &hello.encode()).await?;
-    StatCells::add(&inner.stats.bytes_sent, hello.encode().len() as u64);
+    let hello = hello.encode();
+    write_counted(inner, &mut s, &hello).await?;
+    StatCells::add(&inner.stats.bytes_sent, HELLO_BYTES as u64);
+    if let Some(secret) = &inner.cfg.secret {
+        let mut nonce = [0u8; NONCE_BYTES];
+        let read = async { s.read_exact(&mut nonce).await.map_err(Into::into) };
+        glommio::timer::timeout(inner.cfg.io_timeout, read)
+            .await
+            .map_err(std::io::Error::from)?;
+        StatCells::add(&inner.stats.bytes_received, NONCE_BYTES as u64);
+        write_counted(inner, &mut s, &secret.mac(&hello, &nonce)).await?;
+        StatCells::add(&inner.stats.bytes_sent, MAC_BYTES as u64);
+    }
     Ok(s)
 }
 

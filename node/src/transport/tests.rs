@@ -47,6 +47,7 @@ fn cfg(node_id: u64, listen: SocketAddr, peers: &[(u64, SocketAddr)]) -> Transpo
         backoff_max: Duration::from_millis(20),
         io_timeout: Duration::from_secs(5),
         inbound_conns_max: 8,
+        secret: None,
     }
 }
 
@@ -209,6 +210,7 @@ fn garbage_bad_crc_wrong_target_and_over_long_frames_close_only_their_connection
                 from_shard: 0,
                 to_node,
                 to_shard: 0,
+                auth: false,
             }
             .encode()
         };
@@ -431,5 +433,95 @@ fn inbound_conns_max_closes_the_extra_connection() {
         t2.send(1, 0, b"real".to_vec());
         wait_for("the real peer's frame", || g1.borrow().len() == 1).await;
         assert_eq!(t1.stats().bad_frames, 0);
+    });
+}
+
+/// Two transports whose nodes hold these secrets (`None`: open).
+fn pair_with(s1: Option<&[u8]>, s2: Option<&[u8]>) -> (Rc<Transport>, Got, Rc<Transport>, Got) {
+    let (a1, a2) = (free_addr(), free_addr());
+    let (g1, f1) = sink();
+    let (g2, f2) = sink();
+    let mut c1 = cfg(1, a1, &[(2, a2)]);
+    c1.secret = s1.map(PeerSecret::new);
+    let mut c2 = cfg(2, a2, &[(1, a1)]);
+    c2.secret = s2.map(PeerSecret::new);
+    (
+        Transport::start(c1, f1).unwrap(),
+        g1,
+        Transport::start(c2, f2).unwrap(),
+        g2,
+    )
+}
+
+#[test]
+fn peers_with_the_same_secret_exchange_frames() {
+    run(|| async {
+        let s: &[u8] = b"cluster-secret-0123";
+        let (t1, g1, t2, g2) = pair_with(Some(s), Some(s));
+        for i in 0..100 {
+            t1.send(2, 0, payload(i));
+            t2.send(1, 0, payload(i));
+        }
+        wait_for("100 frames at each end", || {
+            g1.borrow().len() == 100 && g2.borrow().len() == 100
+        })
+        .await;
+        assert_eq!(g2.borrow()[99].payload, payload(99));
+        assert_eq!((t1.stats().bad_auth, t2.stats().bad_auth), (0, 0));
+    });
+}
+
+#[test]
+fn a_peer_without_the_secret_is_refused_and_nothing_it_sends_arrives() {
+    type Secret = Option<&'static [u8]>;
+    let cases: [(Secret, Secret); 3] = [
+        (Some(b"cluster-secret-0123"), Some(b"cluster-secret-XXXX")),
+        (None, Some(b"cluster-secret-0123")),
+        (Some(b"cluster-secret-0123"), None),
+    ];
+    for (s1, s2) in cases {
+        run(move || async move {
+            let (t1, _g1, t2, g2) = pair_with(s1, s2);
+            // Node 1 keeps trying (each send after a refusal reconnects); node 2 refuses each.
+            wait_for("node 2 refusing node 1's connections", || {
+                t1.send(2, 0, payload(1));
+                t2.stats().bad_auth >= 3
+            })
+            .await;
+            assert!(
+                g2.borrow().is_empty(),
+                "a frame of an unproven peer arrived"
+            );
+        });
+    }
+}
+
+#[test]
+fn a_raw_connection_that_cannot_answer_the_challenge_is_closed() {
+    run(|| async {
+        let s: &[u8] = b"cluster-secret-0123";
+        let (_t1, _g1, t2, g2) = pair_with(Some(s), Some(s));
+        let addr = t2.local_addr();
+        // A flagged hello, then a made-up answer to the nonce, then a frame.
+        let hello = Hello {
+            from_node: 1,
+            from_shard: 0,
+            to_node: 2,
+            to_shard: 0,
+            auth: true,
+        };
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&hello.encode()).await.unwrap();
+        let mut nonce = [0u8; super::wire::NONCE_BYTES];
+        c.read_exact(&mut nonce).await.unwrap();
+        let mut forged = [0u8; super::wire::MAC_BYTES];
+        forged[..super::wire::NONCE_BYTES].copy_from_slice(&nonce);
+        c.write_all(&forged).await.unwrap();
+        let mut frame = Vec::new();
+        encode_frame(b"forged", &mut frame);
+        let _ = c.write_all(&frame).await;
+        wait_closed(&mut c).await;
+        wait_for("bad_auth counted", || t2.stats().bad_auth == 1).await;
+        assert!(g2.borrow().is_empty());
     });
 }

@@ -225,6 +225,12 @@ pub fn profile_text(run: &TuneRun, dev: &DeviceFigures, host: &HostFigures) -> S
     );
     d.key("join", n.join, "dev.toml's.");
     d.key("metrics_listen", &n.metrics_listen, "dev.toml's: off.");
+    d.key(
+        "cluster_secret",
+        "",
+        "Empty: any Keel node may connect to the peer ports; set the same 16+ character \
+         secret on every node to make peers prove it.",
+    );
 
     d.section("device");
     d.key(
