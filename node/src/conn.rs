@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,7 +42,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         let c = &shard.counters;
-        if c.curr_connections.get() as usize >= shard.conns_max {
+        if shard.conns_open.fetch_add(1, Ordering::Relaxed) >= shard.conns_max {
+            shard.conns_open.fetch_sub(1, Ordering::Relaxed);
             Counters::add(&c.rejected_connections, 1);
             let _ = stream
                 .write_all(b"SERVER_ERROR too many open connections\r\n")
@@ -60,31 +62,40 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         });
         shard.conns.borrow_mut().insert(fd, info.clone());
         let shard = shard.clone();
-        glommio::spawn_local(async move {
+        let task = async move {
             let _ = stream.set_nodelay(true);
             let _ = stream.set_write_timeout(Some(WRITE_STALL_MAX));
             let _ = match shard.tls.clone() {
                 None => serve(&shard, stream, &info).await,
-                Some(tls) => match glommio::timer::timeout(crate::tls::HANDSHAKE_MAX, async {
-                    tls.accept(stream).await.map_err(Into::into)
-                })
-                .await
-                {
-                    Ok(stream) => serve(&shard, stream, &info).await,
-                    Err(_) => {
-                        Counters::add(&shard.counters.ssl_handshake_errors, 1);
-                        Ok(())
-                    }
-                },
+                // Boxed: a plain connection's task need not hold room for a TLS handshake.
+                Some(tls) => Box::pin(serve_tls(&shard, stream, &info, tls)).await,
             };
             Counters::add(&shard.counters.curr_connections, u64::MAX); // wrapping -1
+            shard.conns_open.fetch_sub(1, Ordering::Relaxed);
             let mut conns = shard.conns.borrow_mut();
             // The descriptor may already name a newer connection.
             if conns.get(&fd).is_some_and(|c| Rc::ptr_eq(c, &info)) {
                 conns.remove(&fd);
             }
-        })
-        .detach();
+        };
+        glommio::spawn_local(task).detach();
+    }
+}
+
+/// A TLS connection: the handshake (bounded by [`crate::tls::HANDSHAKE_MAX`]), then [`serve`].
+async fn serve_tls(
+    shard: &Rc<Shard>,
+    stream: glommio::net::TcpStream,
+    info: &ConnInfo,
+    tls: futures_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    let handshake = async { tls.accept(stream).await.map_err(Into::into) };
+    match glommio::timer::timeout(crate::tls::HANDSHAKE_MAX, handshake).await {
+        Ok(stream) => serve(shard, stream, info).await,
+        Err(_) => {
+            Counters::add(&shard.counters.ssl_handshake_errors, 1);
+            Ok(())
+        }
     }
 }
 
@@ -118,6 +129,9 @@ pub async fn write_replies(
     out.clear();
     Ok(())
 }
+
+/// Read room a new connection starts with (memcached's first read buffer is 2 KiB too).
+const READ_START_BYTES: usize = 2048;
 
 /// The reply to a refused admin command.
 const ADMIN_REFUSED: &[u8] =
@@ -153,23 +167,29 @@ async fn serve(
     let mut admin = shard.admin_token.is_empty() && info.addr.ip().to_canonical().is_loopback();
     let chunk = shard.read_buffer_bytes;
     // Requests read so far are rbuf[..filled]; the rest is room for the next read, zeroed once
-    // when the buffer grows rather than before every read.
-    let mut rbuf: Vec<u8> = vec![0; chunk];
+    // when the buffer grows rather than before every read. A connection starts with room for a
+    // few requests (an idle one of 10,000 should cost little) and reads `chunk` at a time once
+    // a read has filled its room (a client that pipelines).
+    let mut room = READ_START_BYTES.min(chunk);
+    let mut rbuf: Vec<u8> = Vec::new();
     let mut filled = 0;
-    let mut out: Vec<u8> = Vec::with_capacity(chunk);
+    let mut out: Vec<u8> = Vec::new();
     // Bytes of a refused value still to discard (they may arrive in later reads).
     let mut swallow = 0usize;
     let mut parsed_all = true;
     // (command, when it was parsed) of each request of the round, timed once its reply is
-    // written; at most one per slot of a round, so it never grows past its first allocation.
-    let mut timed: Vec<(Timer, Instant)> = Vec::with_capacity(shard.pipeline_depth_max);
+    // written; at most one per slot of a round (pipeline_depth_max).
+    let mut timed: Vec<(Timer, Instant)> = Vec::new();
     loop {
         if parsed_all {
-            if rbuf.len() < filled + chunk {
-                rbuf.resize(filled + chunk, 0);
+            if rbuf.len() < filled + room {
+                rbuf.resize(filled + room, 0);
             }
             info.state.set("conn_waiting");
             let n = stream.read(&mut rbuf[filled..]).await?;
+            if n == rbuf.len() - filled {
+                room = chunk;
+            }
             filled += n;
             if n == 0 {
                 return Ok(());

@@ -81,6 +81,9 @@ enum Command {
     },
 }
 
+/// Descriptors a node needs beside its client connections.
+const OWN_FDS_MARGIN: u64 = 1024;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::Tune {
@@ -139,6 +142,17 @@ fn main() -> ExitCode {
             eprintln!("keel-node: cannot start: {e}");
             return ExitCode::from(1);
         }
+    }
+    // Every client connection is a descriptor; the node's own (devices, rings, listeners, peer
+    // connections) fit in the margin.
+    let fds = p.net.connections_max as u64 + OWN_FDS_MARGIN;
+    if let Err(have) = keel_nvme::raise_open_files(fds) {
+        eprintln!(
+            "keel-node: warning: RLIMIT_NOFILE is {have}, below the {fds} that net.connections_max = \
+             {} needs: connections past it fail to be accepted; raise it (ulimit -n {fds}) or lower \
+             net.connections_max",
+            p.net.connections_max
+        );
     }
     match keel_node::server::run(p) {
         Ok(()) => ExitCode::SUCCESS,

@@ -296,6 +296,8 @@ pub fn run(p: Profile) -> Result<(), String> {
     let n = p.node.cores.len();
     let stop = shutdown_on_signal(n)?;
     let mesh: MeshBuilder<Msg, _> = MeshBuilder::full(n, 4096);
+    // Client connections open on all shards together (net.connections_max is per node).
+    let conns_open = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for (i, &cpu) in p.node.cores.iter().enumerate() {
         let p = p.clone();
@@ -303,12 +305,13 @@ pub fn run(p: Profile) -> Result<(), String> {
         let mesh = mesh.clone();
         let stop = stop.clone();
         let tls = tls.clone();
+        let conns_open = conns_open.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("keel-shard-{i}"))
             .io_memory(p.io.io_memory_bytes as usize)
             .ring_depth(p.io.ring_depth)
             .spawn(move || async move {
-                if let Err(e) = run_shard(p, geo, mesh, stop, tls).await {
+                if let Err(e) = run_shard(p, geo, mesh, stop, tls, conns_open).await {
                     eprintln!("keel-node: {e}");
                     std::process::exit(1);
                 }
@@ -329,6 +332,7 @@ async fn run_shard(
     mesh: MeshBuilder<Msg, glommio::channels::channel_mesh::Full>,
     stop: Stop,
     tls: Option<futures_rustls::TlsAcceptor>,
+    conns_open: Arc<AtomicUsize>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh
         .join()
@@ -576,7 +580,8 @@ async fn run_shard(
         ShardConfig {
             partitions: p.node.partitions,
             limits,
-            conns_max: p.net.connections_max.div_ceil(n),
+            conns_max: p.net.connections_max,
+            conns_open,
             read_buffer_bytes: p.net.read_buffer_bytes,
             pipeline_depth_max: p.net.pipeline_depth_max,
             settings: memcached_settings(&p),

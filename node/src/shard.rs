@@ -5,6 +5,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::channel::oneshot;
@@ -93,7 +95,9 @@ pub struct Shard {
     pub counters: Counters,
     pub limits: Limits,
     pub started: Instant,
+    /// `net.connections_max`, for the whole node: `conns_open` counts every shard's.
     pub conns_max: usize,
+    pub conns_open: Arc<AtomicUsize>,
     pub read_buffer_bytes: usize,
     pub pipeline_depth_max: usize,
     /// `stats settings`: (name, value) from the profile, in memcached's order.
@@ -110,6 +114,7 @@ pub struct ShardConfig {
     pub partitions: u32,
     pub limits: Limits,
     pub conns_max: usize,
+    pub conns_open: Arc<AtomicUsize>,
     pub read_buffer_bytes: usize,
     pub pipeline_depth_max: usize,
     pub settings: Vec<(&'static str, String)>,
@@ -145,6 +150,7 @@ impl Shard {
             limits: cfg.limits,
             started: Instant::now(),
             conns_max: cfg.conns_max,
+            conns_open: cfg.conns_open,
             read_buffer_bytes: cfg.read_buffer_bytes,
             pipeline_depth_max: cfg.pipeline_depth_max,
             admin_token: cfg.admin_token,

@@ -22,7 +22,9 @@ use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
 pub use lock::{lock_device, DeviceLock};
-pub use preflight::{memlock_limits, preflight, PreflightError, MEMLOCK_PER_EXECUTOR_BYTES};
+pub use preflight::{
+    memlock_limits, preflight, raise_open_files, PreflightError, MEMLOCK_PER_EXECUTOR_BYTES,
+};
 pub use uring::UringDevice;
 
 /// Every offset and length that reaches the device is a multiple of this.

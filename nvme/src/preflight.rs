@@ -52,14 +52,25 @@ pub fn preflight(executors: usize, io_memory_bytes: u64) -> Result<Option<String
 /// RLIMIT_MEMLOCK as this process has it now: (soft, hard), `None` meaning unlimited. A node
 /// started by the same user raises its soft limit up to the hard one ([`preflight`]).
 pub fn memlock_limits() -> std::io::Result<(Option<u64>, Option<u64>)> {
-    let lim = memlock()?;
+    let lim = limit(libc::RLIMIT_MEMLOCK)?;
     let finite = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then_some(v);
     Ok((finite(lim.rlim_cur), finite(lim.rlim_max)))
 }
 
 /// Makes RLIMIT_MEMLOCK at least `need`; Ok(limit now) or Err(limit that stays).
 fn raise_memlock(need: u64) -> Result<u64, u64> {
-    let Ok(lim) = memlock() else {
+    raise(libc::RLIMIT_MEMLOCK, need)
+}
+
+/// Makes RLIMIT_NOFILE (open descriptors: every client connection is one) at least `need`,
+/// raising the soft limit up to the hard one; Ok(limit now) or Err(limit that stays).
+pub fn raise_open_files(need: u64) -> Result<u64, u64> {
+    raise(libc::RLIMIT_NOFILE, need)
+}
+
+/// Makes `resource`'s soft limit at least `need`: unlimited if allowed, else the hard limit.
+fn raise(resource: libc::__rlimit_resource_t, need: u64) -> Result<u64, u64> {
+    let Ok(lim) = limit(resource) else {
         return Ok(need);
     };
     if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= need {
@@ -70,7 +81,7 @@ fn raise_memlock(need: u64) -> Result<u64, u64> {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads one rlimit struct from a pointer to a live local.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+    if unsafe { libc::setrlimit(resource, &raised) } == 0 {
         return Ok(need);
     }
     let to_max = libc::rlimit {
@@ -78,20 +89,20 @@ fn raise_memlock(need: u64) -> Result<u64, u64> {
         rlim_max: lim.rlim_max,
     };
     // SAFETY: as above.
-    if lim.rlim_max >= need && unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &to_max) } == 0 {
+    if lim.rlim_max >= need && unsafe { libc::setrlimit(resource, &to_max) } == 0 {
         return Ok(lim.rlim_max);
     }
     Err(lim.rlim_cur)
 }
 
-/// RLIMIT_MEMLOCK now.
-fn memlock() -> std::io::Result<libc::rlimit> {
+/// `resource`'s limits now.
+fn limit(resource: libc::__rlimit_resource_t) -> std::io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit struct through a pointer to a live local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+    if unsafe { libc::getrlimit(resource, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(lim)

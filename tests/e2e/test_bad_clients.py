@@ -10,6 +10,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import HOST
 
 
@@ -179,3 +181,72 @@ def test_a_client_that_never_reads_costs_bounded_memory_and_is_closed(keel_node)
         time.sleep(0.5)
     assert closes == closes_before + 1, "the stalled connection was not closed"
     bad.close()
+
+
+CONNECTIONS_MAX = 10_000  # net.connections_max in hw-configs/dev.toml, for the whole node
+
+
+def _latency_us(s: socket.socket, n: int = 500) -> tuple[float, float]:
+    """p50 and p99 of `n` one-at-a-time gets on connection `s`, in microseconds."""
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        s.sendall(b"get c10k:probe\r\n")
+        b = b""
+        while not b.endswith(b"END\r\n"):
+            chunk = s.recv(100)
+            assert chunk, "closed"
+            b += chunk
+        lat.append(time.perf_counter() - t)
+    lat.sort()
+    return lat[n // 2] * 1e6, lat[n * 99 // 100] * 1e6
+
+
+def test_ten_thousand_connections_cost_little_and_the_next_one_is_refused(keel_node):
+    """Issue 13, overload: 10,000 open connections (net.connections_max, counted for the whole
+    node, not per shard) each answer, cost the node a few KiB each, leave another client its
+    latency, and the 10,001st is refused with memcached's error."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = CONNECTIONS_MAX + 200
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    pid = keel_node.proc.pid
+    rss_before = _rss_bytes(pid)
+    # The first connection is the probe: its latency alone, then beside the other 9,999.
+    probe = socket.create_connection((HOST, keel_node.port), timeout=10)
+    conns = [probe]
+    try:
+        p50_alone, p99_alone = _latency_us(probe)
+        while len(conns) < CONNECTIONS_MAX:
+            conns.append(socket.create_connection((HOST, keel_node.port), timeout=10))
+        for c in conns[1:]:
+            c.sendall(b"version\r\n")
+        for c in conns[1:]:
+            assert c.recv(100).startswith(b"VERSION "), "a connection was not served"
+        grown = _rss_bytes(pid) - rss_before
+        per_conn = grown / len(conns)
+        p50, p99 = _latency_us(probe)
+        print(f"RSS {per_conn:.0f} B per connection; probe get p50/p99 {p50_alone:.0f}/"
+              f"{p99_alone:.0f} us alone, {p50:.0f}/{p99:.0f} us beside {len(conns) - 1} others")
+        assert per_conn < 16 << 10, f"{per_conn:.0f} bytes of RSS per idle connection"
+        assert p99 < 50_000, f"probe p99 {p99:.0f} us beside 10,000 connections"
+        extra = socket.create_connection((HOST, keel_node.port), timeout=10)
+        try:
+            assert extra.recv(100) == b"SERVER_ERROR too many open connections\r\n"
+        finally:
+            extra.close()
+    finally:
+        for c in conns:
+            c.close()
+    deadline = time.monotonic() + 30
+    while True:
+        with keel_node.connect() as c:
+            s = c.stats()
+        if s["curr_connections"] == "1":
+            break
+        assert time.monotonic() < deadline, f"curr_connections stays {s['curr_connections']}"
+        time.sleep(0.1)
+    assert int(s["rejected_connections"]) == 1, s["rejected_connections"]
