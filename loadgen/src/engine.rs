@@ -741,8 +741,8 @@ fn read_replies(
                     .service
                     .saturating_record((now - req.sent).as_nanos().max(1) as u64);
             }
-            let second = now.saturating_duration_since(plan.warmup_end).as_secs() as usize;
-            stats.count_second(second);
+            let elapsed = now.saturating_duration_since(plan.warmup_end);
+            stats.count_completion(elapsed.as_millis() as u64);
         } else {
             // Warm-up and prefill: checked for correct data, but not in the results.
             stats.unmeasured += 1;

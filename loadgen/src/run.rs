@@ -372,7 +372,7 @@ fn summarize(
         measured_s,
         requests: total.requests,
         throughput_rps: throughput,
-        throughput_per_second: stats.per_second.clone(),
+        throughput_per_second: stats.per_second(),
         hits: total.hits,
         misses: total.misses,
         errors: total.errors,
