@@ -11,10 +11,10 @@ use anyhow::Context;
 
 use crate::config::Workload;
 use crate::engine::{Plan, Progress, Worker};
-use crate::plot;
 use crate::protocol::Cmd;
 use crate::report::{self, CommandSummary, Cpu, Latency, Prefill, Summary};
 use crate::stats::Stats;
+use crate::{html, plot};
 
 /// Exit statuses scripts can act on.
 pub const EXIT_OK: i32 = 0;
@@ -373,6 +373,8 @@ fn summarize(
         requests: total.requests,
         throughput_rps: throughput,
         throughput_per_second: stats.per_second(),
+        throughput_interval_ms: crate::stats::THROUGHPUT_INTERVAL_MS,
+        throughput_per_interval: stats.per_interval.clone(),
         hits: total.hits,
         misses: total.misses,
         errors: total.errors,
@@ -443,8 +445,19 @@ pub fn plot_files(inputs: &[std::path::PathBuf], out: &Path) -> anyhow::Result<(
     Ok(())
 }
 
+/// `keel-loadgen report`: every summary is read (and checked) before anything is written.
+pub fn report_files(inputs: &[std::path::PathBuf], out: &Path) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for p in inputs {
+        runs.push(html::Run {
+            file: p.display().to_string(),
+            summary: load_summary(p)?,
+        });
+    }
+    std::fs::write(out, html::page(&runs)).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
 pub fn load_summary(p: &Path) -> anyhow::Result<Summary> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a keel-loadgen summary.json", p.display()))
+    Ok(report::load_summary(p)?)
 }
