@@ -250,7 +250,7 @@ impl<'a> Worker<'a> {
     /// Loads the key space (and the counters, when `incr` is in the mix) onto every server: the
     /// connections to a server, across all threads, each write an equal slice. Bounded: each
     /// request has the timeout; a dead connection stops its slice (and the run reports it).
-    pub fn prefill(&mut self) -> Stats {
+    pub fn prefill(&mut self, progress: &Progress) -> Stats {
         let w = self.gen.w;
         let servers = w.servers.len() as u64;
         let total_conns = w.threads as u64 * w.connections as u64;
@@ -282,7 +282,7 @@ impl<'a> Worker<'a> {
             warmup_end: now,
             end: None,
         };
-        self.drive(Issue::Prefill(cursors), &plan, None, None)
+        self.drive(Issue::Prefill(cursors), &plan, None, Some(progress))
     }
 
     /// The measured phase (warm-up included; requests sent before `warmup_end` are not recorded).
@@ -549,7 +549,8 @@ impl<'a> Worker<'a> {
         }
         if let Some(p) = progress {
             let t = stats.total();
-            p.requests.store(t.requests, Ordering::Relaxed);
+            p.requests
+                .store(t.requests + stats.unmeasured, Ordering::Relaxed);
         }
         stats
     }
