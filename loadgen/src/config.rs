@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Do not pin worker threads to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Print a progress line to stderr about once a second (prefill and measured phase) even
+    /// when stderr is not a terminal; on a terminal it is always printed.
+    #[arg(long)]
+    pub progress: bool,
     /// TOML workload file; flags given on the command line override it.
     #[arg(long)]
     pub workload: Option<PathBuf>,
@@ -120,6 +124,7 @@ pub struct WorkloadFile {
     pub seed: Option<u64>,
     pub label: Option<String>,
     pub no_pin: Option<bool>,
+    pub progress: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -234,6 +239,8 @@ pub struct Workload {
     pub seed: u64,
     pub label: String,
     pub pin: bool,
+    /// Progress lines even when stderr is not a terminal (`--progress`).
+    pub progress: bool,
 }
 
 impl Workload {
@@ -352,6 +359,7 @@ impl Workload {
             seed: args.seed.or(file.seed).unwrap_or(0x6b65656c),
             label,
             pin: !(args.no_pin || file.no_pin.unwrap_or(false)),
+            progress: args.progress || file.progress.unwrap_or(false),
         };
         w.validate()?;
         Ok(w)

@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Workload;
 use crate::dist::{KeyChooser, Rng};
-use crate::protocol::{parse_reply, Cmd, Encoder, Outcome};
+use crate::protocol::{parse_reply_spans, Cmd, Encoder, Outcome, ValueSpan};
 use crate::stats::Stats;
 use crate::value::{verify_value, KeyFormat};
 
@@ -37,8 +37,11 @@ const POLL_SLEEP_MAX: Duration = Duration::from_millis(20);
 /// mio rounds poll timeouts up to whole milliseconds.
 const SPIN_BELOW: Duration = Duration::from_micros(1500);
 
-/// Counters one worker publishes for the progress line (relaxed: display only).
+/// Counters one worker publishes for the progress line (relaxed: display only). Each worker's
+/// sits on cache lines of its own: they are stored on every turn of the loop, and threads that
+/// shared a line would slow each other down (false sharing) as threads are added.
 #[derive(Default, Debug)]
+#[repr(align(128))]
 pub struct Progress {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
@@ -152,6 +155,8 @@ pub struct Worker<'a> {
     events: Events,
     conns: Vec<Conn>,
     scratch: Vec<u8>,
+    /// Where the values of the reply being checked lie (reused: no allocation per reply).
+    spans: Vec<ValueSpan>,
 }
 
 /// One connection's slice of the prefill: value keys, then counter keys.
@@ -238,13 +243,14 @@ impl<'a> Worker<'a> {
             events: Events::with_capacity(1024),
             conns,
             scratch: Vec::new(),
+            spans: Vec::new(),
         })
     }
 
     /// Loads the key space (and the counters, when `incr` is in the mix) onto every server: the
     /// connections to a server, across all threads, each write an equal slice. Bounded: each
     /// request has the timeout; a dead connection stops its slice (and the run reports it).
-    pub fn prefill(&mut self) -> Stats {
+    pub fn prefill(&mut self, progress: &Progress) -> Stats {
         let w = self.gen.w;
         let servers = w.servers.len() as u64;
         let total_conns = w.threads as u64 * w.connections as u64;
@@ -276,7 +282,7 @@ impl<'a> Worker<'a> {
             warmup_end: now,
             end: None,
         };
-        self.drive(Issue::Prefill(cursors), &plan, None, None)
+        self.drive(Issue::Prefill(cursors), &plan, None, Some(progress))
     }
 
     /// The measured phase (warm-up included; requests sent before `warmup_end` are not recorded).
@@ -314,6 +320,9 @@ impl<'a> Worker<'a> {
             Issue::Prefill(_) => PREFILL_PIPELINE_DEPTH,
             _ => w.pipeline as usize,
         };
+        // Closed loop sends each request when it is due, so the service histogram would repeat
+        // the latency one: it is kept for open loop only.
+        let open_loop = matches!(issue, Issue::Open { .. });
         let mut issued_measured = 0u64;
         let mut stopped_at: Option<Instant> = None;
         loop {
@@ -505,6 +514,8 @@ impl<'a> Worker<'a> {
                         conn,
                         &self.gen.kf,
                         &mut self.scratch,
+                        &mut self.spans,
+                        open_loop,
                         &mut stats,
                         plan,
                         now,
@@ -538,7 +549,8 @@ impl<'a> Worker<'a> {
         }
         if let Some(p) = progress {
             let t = stats.total();
-            p.requests.store(t.requests, Ordering::Relaxed);
+            p.requests
+                .store(t.requests + stats.unmeasured, Ordering::Relaxed);
         }
         stats
     }
@@ -590,10 +602,13 @@ fn flush(conn: &mut Conn, stats: &mut Stats, servers: &[String]) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_replies(
     conn: &mut Conn,
     kf: &KeyFormat,
     scratch: &mut Vec<u8>,
+    spans: &mut Vec<ValueSpan>,
+    open_loop: bool,
     stats: &mut Stats,
     plan: &Plan,
     now: Instant,
@@ -650,20 +665,27 @@ fn read_replies(
         };
         let cmd = req.cmd;
         let nkeys = req.nkeys as usize;
+        let reply = match parse_reply_spans(&conn.rbuf[pos..conn.rlen], cmd, spans) {
+            Ok(None) => break,
+            Err(e) => {
+                kill(conn, stats, format!("{server}: protocol error: {e}"));
+                return;
+            }
+            Ok(Some(reply)) => reply,
+        };
+        // Check every value: it answers a requested key (replies keep request order; a multi-get
+        // skips misses) and is intact.
+        let buf = &conn.rbuf[pos..pos + reply.consumed];
         let mut next_key = 0usize;
-        let keys = &conn.keys;
-        let mut checked = 0u64;
-        let mut bad: Vec<String> = Vec::new();
-        let mut on_value = |key: &[u8], data: &[u8]| {
-            checked += 1;
-            // Find the requested key this value answers (replies keep request order; a multi-get
-            // skips misses).
+        for v in spans.iter() {
+            stats.values_checked += 1;
+            let (key, data) = (&buf[v.key.0..v.key.1], &buf[v.data.0..v.data.1]);
             let idx = if cmd == Cmd::Mg {
-                keys[0]
+                conn.keys[0]
             } else {
                 let mut found = None;
                 while next_key < nkeys {
-                    let k = keys[next_key];
+                    let k = conn.keys[next_key];
                     next_key += 1;
                     scratch.clear();
                     kf.write_key(scratch, k, false);
@@ -675,69 +697,58 @@ fn read_replies(
                 match found {
                     Some(k) => k,
                     None => {
-                        bad.push(format!(
+                        stats.mismatch(format!(
                             "{server}: {} returned key {:?} that was not asked for (or out of order)",
                             cmd.name(),
                             String::from_utf8_lossy(key)
                         ));
-                        return;
+                        continue;
                     }
                 }
             };
             if let Err(e) = verify_value(data, idx) {
                 scratch.clear();
                 kf.write_key(scratch, idx, false);
-                bad.push(format!(
+                stats.mismatch(format!(
                     "{server}: {} {}: {e}",
                     cmd.name(),
                     String::from_utf8_lossy(scratch)
                 ));
             }
-        };
-        match parse_reply(&conn.rbuf[pos..conn.rlen], cmd, &mut on_value) {
-            Ok(None) => break,
-            Err(e) => {
-                kill(conn, stats, format!("{server}: protocol error: {e}"));
-                return;
+        }
+        if reply.outcome == Outcome::ErrorReply {
+            let line = &conn.rbuf[pos..pos + reply.consumed];
+            let line = String::from_utf8_lossy(line.trim_ascii_end()).into_owned();
+            stats.error_reply(format!("{server}: {} -> {line}", cmd.name()));
+        }
+        pos += reply.consumed;
+        let req = conn.inflight.pop_front().expect("front exists");
+        conn.keys.drain(..nkeys);
+        if req.measured {
+            let c = &mut stats.counters[cmd.index()];
+            c.requests += 1;
+            match reply.outcome {
+                Outcome::Values(n) => {
+                    c.hits += n as u64;
+                    c.misses += (nkeys as u64).saturating_sub(n as u64);
+                }
+                Outcome::Stored | Outcome::Deleted | Outcome::Number(_) => c.hits += 1,
+                Outcome::NotFound => c.misses += 1,
+                Outcome::NotStored | Outcome::ErrorReply => c.errors += 1,
             }
-            Ok(Some(reply)) => {
-                if reply.outcome == Outcome::ErrorReply {
-                    let line = &conn.rbuf[pos..pos + reply.consumed];
-                    let line = String::from_utf8_lossy(line.trim_ascii_end()).into_owned();
-                    stats.error_reply(format!("{server}: {} -> {line}", cmd.name()));
-                }
-                pos += reply.consumed;
-                stats.values_checked += checked;
-                for m in bad {
-                    stats.mismatch(m);
-                }
-                let req = conn.inflight.pop_front().expect("front exists");
-                conn.keys.drain(..nkeys);
-                if req.measured {
-                    let c = &mut stats.counters[cmd.index()];
-                    c.requests += 1;
-                    match reply.outcome {
-                        Outcome::Values(n) => {
-                            c.hits += n as u64;
-                            c.misses += (nkeys as u64).saturating_sub(n as u64);
-                        }
-                        Outcome::Stored | Outcome::Deleted | Outcome::Number(_) => c.hits += 1,
-                        Outcome::NotFound => c.misses += 1,
-                        Outcome::NotStored | Outcome::ErrorReply => c.errors += 1,
-                    }
-                    stats.record_latency(cmd, (now - req.intended).as_nanos() as u64);
-                    stats
-                        .service
-                        .saturating_record((now - req.sent).as_nanos().max(1) as u64);
-                    let second = now.saturating_duration_since(plan.warmup_end).as_secs() as usize;
-                    stats.count_second(second);
-                } else {
-                    // Warm-up and prefill: checked for correct data, but not in the results.
-                    stats.unmeasured += 1;
-                    if matches!(reply.outcome, Outcome::NotStored | Outcome::ErrorReply) {
-                        stats.unmeasured_errors += 1;
-                    }
-                }
+            stats.record_latency(cmd, (now - req.intended).as_nanos() as u64);
+            if open_loop {
+                stats
+                    .service
+                    .saturating_record((now - req.sent).as_nanos().max(1) as u64);
+            }
+            let elapsed = now.saturating_duration_since(plan.warmup_end);
+            stats.count_completion(elapsed.as_millis() as u64);
+        } else {
+            // Warm-up and prefill: checked for correct data, but not in the results.
+            stats.unmeasured += 1;
+            if matches!(reply.outcome, Outcome::NotStored | Outcome::ErrorReply) {
+                stats.unmeasured_errors += 1;
             }
         }
     }

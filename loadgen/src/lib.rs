@@ -4,11 +4,12 @@
 //!
 //! Seams: [`config::Workload`] (what to run), [`run::run`] (run it and write the reports),
 //! [`protocol::parse_reply`] (the pure reply parser), [`report::Summary`] (the JSON summary that
-//! `compare` and `plot` read).
+//! `compare`, `plot` and `report` read), [`html::page`] (the report page).
 
 pub mod config;
 pub mod dist;
 pub mod engine;
+pub mod html;
 pub mod plot;
 pub mod protocol;
 pub mod report;

@@ -26,6 +26,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write one self-contained HTML page about one or more runs: latency by percentile,
+    /// throughput over time and a table of ratios against the first run.
+    Report {
+        /// summary.json files written by `run` (the first is the base of the ratios).
+        #[arg(required = true)]
+        summaries: Vec<PathBuf>,
+        /// The HTML file to write.
+        #[arg(short = 'o', long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +51,7 @@ fn main() -> ExitCode {
             Ok(0)
         })(),
         Command::Plot { summaries, out } => run::plot_files(&summaries, &out).map(|_| 0),
+        Command::Report { summaries, out } => run::report_files(&summaries, &out).map(|_| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

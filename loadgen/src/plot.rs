@@ -1,6 +1,8 @@
-//! Latency-by-percentile plot, in SVG, in the shape of the HdrHistogram plotter: x is the
-//! percentile on a log scale of 1/(1-p) (0 %, 90 %, 99 %, 99.9 % ...), y is latency. Written by
-//! hand (a few dozen SVG elements) to keep the dependency tree small.
+//! Plots in SVG, written by hand (a few dozen elements each) to keep the dependency tree small:
+//! latency by percentile in the shape of the HdrHistogram plotter (x is the percentile on a log
+//! scale of 1/(1-p): 0 %, 90 %, 99 %, 99.9 % ...; y is latency), and throughput over time. Each
+//! curve is a `<polyline class="curve">` whose `data-label` names its series, so the report test
+//! can find them in a browser's DOM.
 
 use std::fmt::Write as _;
 
@@ -30,7 +32,7 @@ fn x_of(pct: f64) -> f64 {
     (1.0 / (1.0 - q)).log10().min(X_DECADES_MAX)
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -51,18 +53,37 @@ fn nice_max(v: f64) -> f64 {
     10.0 * p
 }
 
+/// Latency by percentile with a linear latency axis (latency.svg of one run).
 pub fn svg(title: &str, series: &[Series]) -> String {
+    latency_svg(title, series, false)
+}
+
+/// Latency by percentile; with `log_latency` the latency axis is logarithmic too (decades of
+/// microseconds), so runs whose latencies differ by orders of magnitude stay readable together.
+pub fn latency_svg(title: &str, series: &[Series], log_latency: bool) -> String {
     let max_us = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(0.0, f64::max);
+    let min_us = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|&v| v > 0.0)
+        .fold(f64::INFINITY, f64::min);
     // Milliseconds once the tail passes 2 ms, microseconds below.
-    let (unit, div) = if max_us >= 2000.0 {
+    let (unit, div) = if max_us >= 2000.0 && !log_latency {
         ("ms", 1000.0)
     } else {
         ("us", 1.0)
     };
     let y_max = nice_max(max_us / div);
+    // Log axis: whole decades from below the fastest point to above the slowest.
+    let (dec_lo, dec_hi) = if min_us.is_finite() && max_us > 0.0 {
+        let lo = min_us.log10().floor();
+        (lo, max_us.log10().ceil().max(lo + 1.0))
+    } else {
+        (0.0, 1.0)
+    };
     let x_decades = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| x_of(p.0)))
@@ -72,7 +93,14 @@ pub fn svg(title: &str, series: &[Series]) -> String {
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
     let px = |x: f64| LEFT + x / x_decades * pw;
-    let py = |y: f64| TOP + ph - y / y_max * ph;
+    let py = |y: f64| {
+        if log_latency {
+            let d = y.max(10f64.powf(dec_lo)).log10();
+            TOP + ph - (d - dec_lo) / (dec_hi - dec_lo) * ph
+        } else {
+            TOP + ph - y / y_max * ph
+        }
+    };
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -105,8 +133,22 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             TOP + ph + 18.0
         );
     }
-    for i in 0..=5 {
-        let v = y_max * i as f64 / 5.0;
+    let ticks: Vec<(f64, String)> = if log_latency {
+        (dec_lo as i32..=dec_hi as i32)
+            .map(|d| {
+                let us = 10f64.powi(d);
+                (us, fmt_decade(us))
+            })
+            .collect()
+    } else {
+        (0..=5)
+            .map(|i| {
+                let v = y_max * i as f64 / 5.0;
+                (v, trim_num(v))
+            })
+            .collect()
+    };
+    for (v, text) in ticks {
         let y = py(v);
         let _ = writeln!(
             o,
@@ -115,10 +157,9 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         );
         let _ = writeln!(
             o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{text}</text>"#,
             LEFT - 6.0,
             y + 4.0,
-            trim_num(v)
         );
     }
     let _ = writeln!(
@@ -133,9 +174,10 @@ pub fn svg(title: &str, series: &[Series]) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<text x="20" y="{}" text-anchor="middle" transform="rotate(-90 20 {})">latency ({unit})</text>"#,
+        r#"<text x="20" y="{}" text-anchor="middle" transform="rotate(-90 20 {})">latency ({})</text>"#,
         TOP + ph / 2.0,
-        TOP + ph / 2.0
+        TOP + ph / 2.0,
+        if log_latency { "log scale" } else { unit }
     );
     // Series.
     for (i, s) in series.iter().enumerate() {
@@ -146,26 +188,132 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         }
         let _ = writeln!(
             o,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline class="curve" data-label="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            esc(&s.label),
             pts.trim_end()
         );
-        let ly = TOP + 18.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            o,
-            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/>"#,
-            LEFT + 12.0,
-            LEFT + 36.0
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-            LEFT + 42.0,
-            ly + 4.0,
-            esc(&s.label)
-        );
+        legend(&mut o, i, color, &s.label);
     }
     o.push_str("</svg>\n");
     o
+}
+
+fn legend(o: &mut String, i: usize, color: &str, label: &str) {
+    let ly = TOP + 18.0 + 18.0 * i as f64;
+    let _ = writeln!(
+        o,
+        r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/>"#,
+        LEFT + 12.0,
+        LEFT + 36.0
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+        LEFT + 42.0,
+        ly + 4.0,
+        esc(label)
+    );
+}
+
+/// Throughput over time: one curve per series of (seconds since the measured phase began,
+/// requests/s) points, both axes linear from zero.
+pub fn throughput_svg(title: &str, series: &[Series]) -> String {
+    let t_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(0.0, f64::max);
+    let r_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
+    let x_max = nice_max(t_max);
+    let y_max = nice_max(r_max);
+    let pw = W - LEFT - RIGHT;
+    let ph = H - TOP - BOTTOM;
+    let px = |x: f64| LEFT + x / x_max * pw;
+    let py = |y: f64| TOP + ph - y / y_max * ph;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    for i in 0..=5 {
+        let (xv, yv) = (x_max * i as f64 / 5.0, y_max * i as f64 / 5.0);
+        let (x, y) = (px(xv), py(yv));
+        let _ = writeln!(
+            o,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            TOP + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            TOP + ph + 18.0,
+            trim_num(xv)
+        );
+        let _ = writeln!(
+            o,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+            LEFT + pw
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            y + 4.0,
+            trim_num(yv)
+        );
+    }
+    let _ = writeln!(
+        o,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="{}" text-anchor="middle">seconds since the measured phase began</text>"#,
+        LEFT + pw / 2.0,
+        H - 15.0
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="20" y="{}" text-anchor="middle" transform="rotate(-90 20 {})">requests/s</text>"#,
+        TOP + ph / 2.0,
+        TOP + ph / 2.0
+    );
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut pts = String::new();
+        for &(t, r) in &s.points {
+            let _ = write!(pts, "{:.1},{:.1} ", px(t), py(r));
+        }
+        let _ = writeln!(
+            o,
+            r#"<polyline class="curve" data-label="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            esc(&s.label),
+            pts.trim_end()
+        );
+        legend(&mut o, i, color, &s.label);
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+/// A decade of microseconds as a tick label: 1us, 10us, 100us, 1ms, ..., 1s, 10s.
+fn fmt_decade(us: f64) -> String {
+    if us >= 1e6 {
+        format!("{}s", trim_num(us / 1e6))
+    } else if us >= 1e3 {
+        format!("{}ms", trim_num(us / 1e3))
+    } else {
+        format!("{}us", trim_num(us))
+    }
 }
 
 fn trim_num(v: f64) -> String {
@@ -200,5 +348,12 @@ mod tests {
         assert_eq!(nice_max(3.2), 5.0);
         assert_eq!(nice_max(10.0), 10.0);
         assert!((x_of(99.0) - 2.0).abs() < 1e-9);
+        // Log latency axis: decades from 10 us (below the fastest point) to 10 ms.
+        let log = latency_svg("t", &[s("a", 1.0), s("b", 2.0)], true);
+        for tick in [">10us<", ">100us<", ">1ms<", ">10ms<"] {
+            assert!(log.contains(tick), "{tick} missing");
+        }
+        assert!(!log.contains(">1us<") && !log.contains(">100ms<"));
+        assert!(log.contains("latency (log scale)"));
     }
 }

@@ -142,6 +142,13 @@ fn data_block(buf: &[u8], at: usize, len: usize) -> Result<Option<usize>, ProtoE
     Ok(Some(end))
 }
 
+/// Where one value of a reply lies in the buffer that was parsed: its key and its data block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueSpan {
+    pub key: (usize, usize),
+    pub data: (usize, usize),
+}
+
 /// Parses one reply to `cmd` at the start of `buf`, calling `on_value(key, data)` for each value
 /// only once the whole reply is known to be present (so a partial read never reports a value twice).
 /// `Ok(None)` means more bytes are needed.
@@ -150,22 +157,25 @@ pub fn parse_reply(
     cmd: Cmd,
     on_value: &mut dyn FnMut(&[u8], &[u8]),
 ) -> Result<Option<Reply>, ProtoError> {
-    match scan_reply(buf, cmd, &mut |_, _| {})? {
-        None => Ok(None),
-        Some(r) => {
-            if matches!(r.outcome, Outcome::Values(n) if n > 0) {
-                scan_reply(&buf[..r.consumed], cmd, on_value)?;
-            }
-            Ok(Some(r))
+    let mut spans = Vec::new();
+    let r = parse_reply_spans(buf, cmd, &mut spans)?;
+    if r.is_some() {
+        for v in &spans {
+            on_value(&buf[v.key.0..v.key.1], &buf[v.data.0..v.data.1]);
         }
     }
+    Ok(r)
 }
 
-fn scan_reply(
+/// [`parse_reply`] without a callback, for the hot path: one pass over the reply, the values'
+/// places left in `spans` (cleared first; meaningful only when a complete reply is returned), so
+/// the caller reuses one vector and nothing is allocated per reply.
+pub fn parse_reply_spans(
     buf: &[u8],
     cmd: Cmd,
-    on_value: &mut dyn FnMut(&[u8], &[u8]),
+    spans: &mut Vec<ValueSpan>,
 ) -> Result<Option<Reply>, ProtoError> {
+    spans.clear();
     let Some((first, mut pos)) = line(buf)? else {
         return Ok(None);
     };
@@ -192,7 +202,11 @@ fn scan_reply(
                 let Some(end) = data_block(buf, pos, len)? else {
                     return Ok(None);
                 };
-                on_value(key, &buf[pos..pos + len]);
+                let key_at = key.as_ptr() as usize - buf.as_ptr() as usize;
+                spans.push(ValueSpan {
+                    key: (key_at, key_at + key.len()),
+                    data: (pos, pos + len),
+                });
                 hits += 1;
                 pos = end;
                 match line(&buf[pos..])? {
@@ -234,7 +248,10 @@ fn scan_reply(
             let Some(end) = data_block(buf, pos, len)? else {
                 return Ok(None);
             };
-            on_value(b"", &buf[pos..pos + len]);
+            spans.push(ValueSpan {
+                key: (pos, pos),
+                data: (pos, pos + len),
+            });
             done(end, Outcome::Values(1))
         }
         Cmd::Ms => {

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::SIGNIFICANT_DIGITS;
 
-pub const SUMMARY_FORMAT_VERSION: u32 = 1;
+/// Version 2 added `throughput_interval_ms` and `throughput_per_interval`; version 1 files are
+/// still read (their throughput over time is the per-second series).
+pub const SUMMARY_FORMAT_VERSION: u32 = 2;
+/// The oldest summary version this build reads.
+pub const SUMMARY_FORMAT_VERSION_MIN: u32 = 1;
 /// Percentiles in the summary and tables.
 pub const PERCENTILES: [(&str, f64); 6] = [
     ("p50", 50.0),
@@ -101,8 +105,15 @@ pub struct Summary {
     pub measured_s: f64,
     pub requests: u64,
     pub throughput_rps: f64,
-    /// Completed requests in each second of the measured phase.
+    /// Completed requests in each second of the measured phase (the last one partial).
     pub throughput_per_second: Vec<u64>,
+    /// Width of each `throughput_per_interval` sample (version 2; 0 in a version 1 file).
+    #[serde(default)]
+    pub throughput_interval_ms: u64,
+    /// Completed requests in each interval of the measured phase (version 2; the last one
+    /// partial, and it includes the drain after issuing stopped).
+    #[serde(default)]
+    pub throughput_per_interval: Vec<u64>,
     pub hits: u64,
     pub misses: u64,
     pub errors: u64,
@@ -136,6 +147,61 @@ impl Summary {
     pub fn all(&self) -> Option<&CommandSummary> {
         self.commands.get("all")
     }
+
+    /// Throughput over time: (seconds since the measured phase began, requests/s) at the end of
+    /// each whole interval. The last, partial interval is left out (it also holds the drain).
+    /// Version 1 files have only per-second counts, so their samples are one second wide.
+    pub fn throughput_over_time(&self) -> Vec<(f64, f64)> {
+        let (ms, counts) = if self.throughput_interval_ms > 0 {
+            (self.throughput_interval_ms, &self.throughput_per_interval)
+        } else {
+            (1000, &self.throughput_per_second)
+        };
+        let whole = counts.len().saturating_sub(1);
+        counts[..whole]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ((i + 1) as f64 * ms as f64 / 1e3, n as f64 * 1e3 / ms as f64))
+            .collect()
+    }
+}
+
+/// Why a file could not be read as a summary; every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    #[error("reading {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{path}: not a keel-loadgen summary.json ({why})")]
+    NotASummary { path: String, why: String },
+    #[error(
+        "{path}: summary format version {found}; this keel-loadgen reads versions \
+         {SUMMARY_FORMAT_VERSION_MIN} to {SUMMARY_FORMAT_VERSION} (rerun the run with this build)"
+    )]
+    Version { path: String, found: u64 },
+}
+
+/// Reads a summary.json written by `keel-loadgen run` (this version or an older one it reads).
+pub fn load_summary(path: &std::path::Path) -> Result<Summary, SummaryError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| SummaryError::Read {
+        path: name.clone(),
+        err,
+    })?;
+    let not = |why: String| SummaryError::NotASummary {
+        path: name.clone(),
+        why,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| not(format!("not JSON: {e}")))?;
+    let found = value
+        .get("format_version")
+        .ok_or_else(|| not("no format_version field".into()))?
+        .as_u64()
+        .ok_or_else(|| not("format_version is not a number".into()))?;
+    if !(SUMMARY_FORMAT_VERSION_MIN as u64..=SUMMARY_FORMAT_VERSION as u64).contains(&found) {
+        return Err(SummaryError::Version { path: name, found });
+    }
+    serde_json::from_value(value).map_err(|e| not(e.to_string()))
 }
 
 /// The .hgrm text of `h` (nanoseconds), in milliseconds, like HdrHistogram's

@@ -1,9 +1,11 @@
-//! `keel-loadgen run`: starts the worker threads, prints a progress line each second, merges the
-//! results, writes the reports and decides the exit status.
+//! `keel-loadgen run`: starts the worker threads, prints a progress line each second (on a
+//! terminal, or with `--progress`), merges the results, writes the reports and decides the exit
+//! status.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -11,10 +13,10 @@ use anyhow::Context;
 
 use crate::config::Workload;
 use crate::engine::{Plan, Progress, Worker};
-use crate::plot;
 use crate::protocol::Cmd;
 use crate::report::{self, CommandSummary, Cpu, Latency, Prefill, Summary};
 use crate::stats::Stats;
+use crate::{html, plot};
 
 /// Exit statuses scripts can act on.
 pub const EXIT_OK: i32 = 0;
@@ -32,6 +34,94 @@ fn cpu_seconds() -> (f64, f64) {
         }
         Err(_) => (0.0, 0.0),
     }
+}
+
+/// How often the main thread looks at the workers' counters, and how often it prints.
+const PROGRESS_POLL: Duration = Duration::from_millis(50);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Sets the prefill issues: every key on every server, and a counter per key when `incr` is in
+/// the mix.
+fn prefill_total(w: &Workload) -> u64 {
+    let per_server = if w.has(Cmd::Incr) { 2 * w.keys } else { w.keys };
+    per_server * w.servers.len() as u64
+}
+
+/// When the next progress line is due, and the rate since the last one.
+struct Ticker {
+    next: Instant,
+    last: (Instant, u64),
+}
+
+impl Ticker {
+    fn new(start: Instant) -> Ticker {
+        Ticker {
+            next: start + PROGRESS_EVERY,
+            last: (start, 0),
+        }
+    }
+
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        // Skip ticks that were missed (a descheduled main thread) instead of printing a burst.
+        while self.next <= now {
+            self.next += PROGRESS_EVERY;
+        }
+        true
+    }
+
+    /// Completions per second since the previous call; records `done` for the next one.
+    fn rate(&mut self, now: Instant, done: u64) -> f64 {
+        let secs = (now - self.last.0).as_secs_f64();
+        let rate = if secs > 0.0 {
+            done.saturating_sub(self.last.1) as f64 / secs
+        } else {
+            0.0
+        };
+        self.last = (now, done);
+        rate
+    }
+}
+
+fn prefill_line(done: u64, total: u64, rate: f64, elapsed: Duration) -> String {
+    let pct = if total > 0 {
+        100.0 * done as f64 / total as f64
+    } else {
+        100.0
+    };
+    format!(
+        "prefill: {done}/{total} sets ({pct:.0}%)  {rate:.0}/s  {:.0}s elapsed",
+        elapsed.as_secs_f64()
+    )
+}
+
+/// `[warmup 2s/5s]`, `[  12s/30s]` or `[  12s]`, then the rate and the requests done (of the
+/// `--requests` budget when there is one).
+fn run_line(
+    elapsed: Duration,
+    warmup: Duration,
+    duration: Option<Duration>,
+    done: u64,
+    budget: Option<u64>,
+    rate: f64,
+) -> String {
+    let secs = elapsed.as_secs();
+    let clock = if elapsed < warmup {
+        format!("warmup {secs}s/{}s", warmup.as_secs())
+    } else {
+        let measured = (elapsed - warmup).as_secs();
+        match duration {
+            Some(d) => format!("{measured:>4}s/{}s", d.as_secs()),
+            None => format!("{measured:>4}s"),
+        }
+    };
+    let total = match budget {
+        Some(b) => format!("{done}/{b}"),
+        None => done.to_string(),
+    };
+    format!("[{clock}] {rate:>10.0} req/s  total {total}")
 }
 
 struct ThreadResult {
@@ -54,15 +144,20 @@ pub fn run(w: &Workload) -> anyhow::Result<(Summary, i32)> {
     let plan_cell: OnceLock<Plan> = OnceLock::new();
     let abort = AtomicBool::new(false);
     let progress: Vec<Progress> = (0..threads).map(|_| Progress::default()).collect();
+    let prefill_progress: Vec<Progress> = (0..threads).map(|_| Progress::default()).collect();
+    // Threads past their prefill (or their failed connect), so the main thread knows when to stop
+    // printing prefill progress and meet them at the barrier.
+    let prefilled = AtomicUsize::new(0);
+    let show_progress = w.progress || std::io::stderr().is_terminal();
     let mut results: Vec<Result<ThreadResult, String>> = Vec::new();
     let (mut cpu_start, mut cpu_end) = ((0.0, 0.0), (0.0, 0.0));
     let mut measured_s = 0.0;
-    let mut prefill_started = false;
     std::thread::scope(|s| {
         let mut handles = Vec::new();
         for t in 0..threads {
             let (barrier, plan_cell, abort, progress, cores) =
                 (&barrier, &plan_cell, &abort, &progress, &cores);
+            let (prefill_progress, prefilled) = (&prefill_progress, &prefilled);
             let budget = w
                 .requests
                 .map(|n| n * (t as u64 + 1) / threads as u64 - n * t as u64 / threads as u64);
@@ -75,12 +170,13 @@ pub fn run(w: &Workload) -> anyhow::Result<(Summary, i32)> {
                 if let Ok(wk) = worker.as_mut() {
                     if w.prefill {
                         let t0 = Instant::now();
-                        let st = wk.prefill();
+                        let st = wk.prefill(&prefill_progress[t]);
                         prefill = Some((st, t0.elapsed()));
                     }
                 } else {
                     abort.store(true, Ordering::Relaxed);
                 }
+                prefilled.fetch_add(1, Ordering::Release);
                 barrier.wait(); // everyone connected (and prefilled)
                 barrier.wait(); // the plan is set
                 let mut wk = worker?;
@@ -93,12 +189,30 @@ pub fn run(w: &Workload) -> anyhow::Result<(Summary, i32)> {
             }));
         }
         if w.prefill {
-            prefill_started = true;
-            eprintln!(
-                "prefill: {} keys on {} server(s)...",
-                w.keys,
-                w.servers.len()
-            );
+            let total = prefill_total(w);
+            if show_progress {
+                eprintln!(
+                    "prefill: {total} sets ({} keys on {} server(s))...",
+                    w.keys,
+                    w.servers.len()
+                );
+            }
+            // Until every thread is past its prefill (each bounds its own: a request that gets
+            // no reply within the timeout closes its connection).
+            let t0 = Instant::now();
+            let mut ticker = Ticker::new(t0);
+            while prefilled.load(Ordering::Acquire) < threads {
+                std::thread::sleep(PROGRESS_POLL);
+                let now = Instant::now();
+                if show_progress && ticker.due(now) {
+                    let done = prefill_progress
+                        .iter()
+                        .map(|p| p.requests.load(Ordering::Relaxed))
+                        .sum::<u64>();
+                    let rate = ticker.rate(now, done);
+                    eprintln!("{}", prefill_line(done, total, rate, now - t0));
+                }
+            }
         }
         barrier.wait();
         let start = Instant::now();
@@ -113,25 +227,21 @@ pub fn run(w: &Workload) -> anyhow::Result<(Summary, i32)> {
         let mut cpu_start_taken = w.warmup.is_zero();
         barrier.wait();
         // Progress line each second until the threads finish (each bounds itself).
-        let mut last = (Instant::now(), 0u64);
-        let mut next_tick = start + Duration::from_secs(1);
+        let mut ticker = Ticker::new(start);
         while !handles.iter().all(|h| h.is_finished()) {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(PROGRESS_POLL);
             let now = Instant::now();
             if !cpu_start_taken && now >= warmup_end {
                 cpu_start = cpu_seconds();
                 cpu_start_taken = true;
             }
-            if now >= next_tick && !abort.load(Ordering::Relaxed) {
-                next_tick += Duration::from_secs(1);
+            if show_progress && ticker.due(now) && !abort.load(Ordering::Relaxed) {
                 let sum = |f: fn(&Progress) -> u64| progress.iter().map(f).sum::<u64>();
                 let done = sum(|p| p.requests.load(Ordering::Relaxed));
-                let rate = (done - last.1.min(done)) as f64 / (now - last.0).as_secs_f64();
-                last = (now, done);
-                let phase = if now < warmup_end { "warmup " } else { "" };
+                let rate = ticker.rate(now, done);
                 eprintln!(
-                    "[{phase}{:>4}s] {rate:>10.0} req/s  total {done}  misses {}  errors {}  timeouts {}  mismatches {}",
-                    (now - start).as_secs(),
+                    "{}  misses {}  errors {}  timeouts {}  mismatches {}",
+                    run_line(now - start, w.warmup, w.duration, done, w.requests, rate),
                     sum(|p| p.misses.load(Ordering::Relaxed)),
                     sum(|p| p.errors.load(Ordering::Relaxed)),
                     sum(|p| p.timeouts.load(Ordering::Relaxed)),
@@ -150,7 +260,6 @@ pub fn run(w: &Workload) -> anyhow::Result<(Summary, i32)> {
             .as_secs_f64();
         cpu_end = cpu_seconds();
     });
-    let _ = prefill_started;
     let mut stats = Stats::default();
     let mut prefill_stats: Option<(Stats, Duration)> = None;
     let mut failures = Vec::new();
@@ -372,7 +481,9 @@ fn summarize(
         measured_s,
         requests: total.requests,
         throughput_rps: throughput,
-        throughput_per_second: stats.per_second.clone(),
+        throughput_per_second: stats.per_second(),
+        throughput_interval_ms: crate::stats::THROUGHPUT_INTERVAL_MS,
+        throughput_per_interval: stats.per_interval.clone(),
         hits: total.hits,
         misses: total.misses,
         errors: total.errors,
@@ -443,8 +554,60 @@ pub fn plot_files(inputs: &[std::path::PathBuf], out: &Path) -> anyhow::Result<(
     Ok(())
 }
 
+/// `keel-loadgen report`: every summary is read (and checked) before anything is written.
+pub fn report_files(inputs: &[std::path::PathBuf], out: &Path) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for p in inputs {
+        runs.push(html::Run {
+            file: p.display().to_string(),
+            summary: load_summary(p)?,
+        });
+    }
+    std::fs::write(out, html::page(&runs)).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
 pub fn load_summary(p: &Path) -> anyhow::Result<Summary> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a keel-loadgen summary.json", p.display()))
+    Ok(report::load_summary(p)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_say_done_of_total_rate_and_time() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            prefill_line(2500, 10000, 1234.4, s(3)),
+            "prefill: 2500/10000 sets (25%)  1234/s  3s elapsed"
+        );
+        assert_eq!(
+            run_line(s(2), s(5), Some(s(30)), 10, None, 5.0),
+            "[warmup 2s/5s]          5 req/s  total 10"
+        );
+        assert_eq!(
+            run_line(s(17), s(5), Some(s(30)), 900, None, 100.0),
+            "[  12s/30s]        100 req/s  total 900"
+        );
+        assert_eq!(
+            run_line(s(4), Duration::ZERO, None, 400, Some(1000), 100.0),
+            "[   4s]        100 req/s  total 400/1000"
+        );
+    }
+
+    #[test]
+    fn ticker_fires_once_a_second_and_skips_missed_ticks() {
+        let t0 = Instant::now();
+        let mut t = Ticker::new(t0);
+        assert!(!t.due(t0 + Duration::from_millis(999)));
+        assert!(t.due(t0 + Duration::from_millis(1000)));
+        assert!(!t.due(t0 + Duration::from_millis(1500)));
+        // The main thread slept 3.5 s: one line, then the next at 5 s.
+        assert!(t.due(t0 + Duration::from_millis(4500)));
+        assert!(!t.due(t0 + Duration::from_millis(4900)));
+        assert!(t.due(t0 + Duration::from_millis(5000)));
+        assert_eq!(t.rate(t0 + Duration::from_secs(2), 500), 250.0);
+        assert_eq!(t.rate(t0 + Duration::from_secs(3), 800), 300.0);
+    }
 }

@@ -9,6 +9,9 @@ use crate::protocol::Cmd;
 /// hit its per-request timeout).
 pub const LATENCY_NS_MAX: u64 = 60_000_000_000;
 pub const SIGNIFICANT_DIGITS: u8 = 3;
+/// Width of one throughput-over-time sample: fine enough to show a stall of a few hundred
+/// milliseconds, coarse enough that an hour's run keeps 36 000 numbers.
+pub const THROUGHPUT_INTERVAL_MS: u64 = 100;
 /// First data-mismatch messages kept for the report; the rest are only counted.
 pub const MISMATCH_MESSAGES_MAX: usize = 10;
 
@@ -46,7 +49,8 @@ pub struct Stats {
     /// Open loop only: intended to actual send (how far the sender fell behind its schedule).
     pub send_lag: Histogram<u64>,
     pub counters: Vec<Counters>,
-    pub per_second: Vec<u64>,
+    /// Completions in each THROUGHPUT_INTERVAL_MS of the measured phase.
+    pub per_interval: Vec<u64>,
     pub values_checked: u64,
     pub mismatches: u64,
     pub mismatch_messages: Vec<String>,
@@ -69,7 +73,7 @@ impl Default for Stats {
             service: new_histogram(),
             send_lag: new_histogram(),
             counters: vec![Counters::default(); Cmd::ALL.len()],
-            per_second: Vec::new(),
+            per_interval: Vec::new(),
             values_checked: 0,
             mismatches: 0,
             mismatch_messages: Vec::new(),
@@ -88,11 +92,22 @@ impl Stats {
         self.latency[cmd.index()].saturating_record(ns.max(1));
     }
 
-    pub fn count_second(&mut self, second: usize) {
-        if self.per_second.len() <= second {
-            self.per_second.resize(second + 1, 0);
+    /// Counts one completion `elapsed_ms` after the measured phase began.
+    pub fn count_completion(&mut self, elapsed_ms: u64) {
+        let i = (elapsed_ms / THROUGHPUT_INTERVAL_MS) as usize;
+        if self.per_interval.len() <= i {
+            self.per_interval.resize(i + 1, 0);
         }
-        self.per_second[second] += 1;
+        self.per_interval[i] += 1;
+    }
+
+    /// Completions in each whole second (the last one partial), summed from the intervals.
+    pub fn per_second(&self) -> Vec<u64> {
+        let per = (1000 / THROUGHPUT_INTERVAL_MS) as usize;
+        self.per_interval
+            .chunks(per)
+            .map(|c| c.iter().sum())
+            .collect()
     }
 
     pub fn mismatch(&mut self, msg: String) {
@@ -121,10 +136,10 @@ impl Stats {
         for (a, b) in self.counters.iter_mut().zip(&o.counters) {
             a.add(b);
         }
-        if self.per_second.len() < o.per_second.len() {
-            self.per_second.resize(o.per_second.len(), 0);
+        if self.per_interval.len() < o.per_interval.len() {
+            self.per_interval.resize(o.per_interval.len(), 0);
         }
-        for (a, b) in self.per_second.iter_mut().zip(&o.per_second) {
+        for (a, b) in self.per_interval.iter_mut().zip(&o.per_interval) {
             *a += b;
         }
         self.values_checked += o.values_checked;
@@ -174,11 +189,11 @@ mod tests {
         // a: 900 fast gets; b: 100 slow gets. Merged p90 is fast, p99 is slow.
         for _ in 0..900 {
             a.record_latency(Cmd::Get, 100_000);
-            a.count_second(0);
+            a.count_completion(50);
         }
         for _ in 0..100 {
             b.record_latency(Cmd::Get, 50_000_000);
-            b.count_second(2);
+            b.count_completion(2_150);
         }
         b.record_latency(Cmd::Set, 1_000);
         a.counters[Cmd::Get.index()].requests = 900;
@@ -191,7 +206,9 @@ mod tests {
         assert!(g.value_at_quantile(0.99) > 49_000_000);
         assert_eq!(a.latency[Cmd::Set.index()].len(), 1);
         assert_eq!(a.all_latency().len(), 1001);
-        assert_eq!(a.per_second, vec![900, 0, 100]);
+        assert_eq!(a.per_interval.len(), 22);
+        assert_eq!((a.per_interval[0], a.per_interval[21]), (900, 100));
+        assert_eq!(a.per_second(), vec![900, 0, 100]);
         assert_eq!(a.total().requests, 1000);
         assert_eq!(a.mismatches, 1);
         // Merge is order-independent.

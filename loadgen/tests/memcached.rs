@@ -281,3 +281,58 @@ fn two_servers_each_get_the_whole_key_space() {
     assert_eq!(u(&s, "misses"), 0);
     assert_eq!(u(&s, "requests"), 3000);
 }
+
+/// Progress lines go to stderr about once a second, for the prefill and the measured phase, with
+/// done/total, rate and time; a pipe (a script's log) gets none unless --progress asks for them.
+#[test]
+fn progress_lines_only_on_a_terminal_or_with_progress() {
+    let m = Memcached::start();
+    let addr = m.addr();
+    let out = out_dir("progress");
+    let args = |progress: bool| {
+        let mut a = vec![
+            "run",
+            "--server",
+            &addr,
+            "--out",
+            out.to_str().unwrap(),
+            "--duration",
+            "2200ms",
+            "--keys",
+            "1000",
+            "--prefill",
+            "--connections",
+            "2",
+        ];
+        if progress {
+            a.push("--progress");
+        }
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = |progress: bool| {
+        let a = args(progress);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = loadgen(&a, std::time::Duration::from_secs(30));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let quiet = run(false);
+    assert!(
+        !quiet.contains("req/s") && !quiet.contains("prefill:"),
+        "stderr is a pipe: no progress lines, got:\n{quiet}"
+    );
+    let loud = run(true);
+    assert!(
+        loud.contains("prefill: 1000 sets (1000 keys on 1 server(s))"),
+        "{loud}"
+    );
+    let lines: Vec<&str> = loud.lines().filter(|l| l.starts_with("[")).collect();
+    assert!(
+        (1..=3).contains(&lines.len()),
+        "about one line a second over 2.2 s: {loud}"
+    );
+    assert!(
+        lines[0].contains("s/2s]") && lines[0].contains("req/s  total "),
+        "{loud}"
+    );
+}
