@@ -56,8 +56,11 @@ pub struct ClientConfig {
     /// For one request's response (a commit on the meta group takes milliseconds; the
     /// service gives up on a commit after 5 s and says so).
     pub io_timeout: Duration,
-    /// Attempts per request at most (each: one replica tried once).
+    /// Attempts per request at most (each: one replica tried once)...
     pub attempts_max: u32,
+    /// ...and time per request at most: long enough for the meta group to elect a new leader
+    /// (one to two seconds) with room to spare.
+    pub retry_for: Duration,
     /// Pause after a round in which no replica could serve (an election, a bootstrap).
     pub retry_delay: Duration,
 }
@@ -67,7 +70,8 @@ impl Default for ClientConfig {
         ClientConfig {
             connect_timeout: Duration::from_millis(500),
             io_timeout: Duration::from_secs(8),
-            attempts_max: 40,
+            attempts_max: 1000,
+            retry_for: Duration::from_secs(10),
             retry_delay: Duration::from_millis(100),
         }
     }
@@ -130,7 +134,10 @@ impl MetaClient {
         proto::encode_frame(Kind::Request, &payload, &mut frame);
         let mut last = String::from("nothing tried");
         let mut failed_in_round = 0usize;
-        for _ in 0..self.cfg.attempts_max {
+        let deadline = Instant::now() + self.cfg.retry_for;
+        let mut attempts = 0;
+        while attempts < self.cfg.attempts_max && Instant::now() < deadline {
+            attempts += 1;
             let target = self.target();
             match self.exchange(&target, &frame) {
                 Ok(Response::NotLeader { leader }) => {
@@ -166,7 +173,7 @@ impl MetaClient {
         }
         Err(ClientError::Unavailable {
             addrs: self.addrs.join(","),
-            attempts: self.cfg.attempts_max,
+            attempts,
             last,
         })
     }
@@ -195,7 +202,9 @@ impl MetaClient {
             s.write_all(frame)?;
             let (kind, payload) = proto::read_frame_blocking(s)?;
             if kind != Kind::Response {
-                return Err(std::io::Error::other("the meta replica sent a non-response"));
+                return Err(std::io::Error::other(
+                    "the meta replica sent a non-response",
+                ));
             }
             proto::decode_response(&payload).map_err(|e| std::io::Error::other(e.to_string()))
         })();

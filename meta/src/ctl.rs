@@ -20,7 +20,7 @@ pub enum CtlCommand {
 /// Runs `cmd` against the meta group at `meta` ("ADDR[,ADDR...]") and returns what to print.
 pub fn run(meta: &str, cmd: &CtlCommand, json: bool) -> Result<String, ClientError> {
     let cfg = ClientConfig {
-        attempts_max: 20,
+        retry_for: std::time::Duration::from_secs(5),
         ..ClientConfig::default()
     };
     let mut c = MetaClient::from_list(meta, cfg)?;
@@ -68,7 +68,9 @@ fn health(h: Health) -> &'static str {
 /// A move in words.
 pub fn describe_move(m: &Move) -> String {
     match m {
-        Move::Create { partition, voters } => format!("partition {partition}: create on {voters:?}"),
+        Move::Create { partition, voters } => {
+            format!("partition {partition}: create on {voters:?}")
+        }
         Move::AddLearner {
             partition,
             node,
@@ -123,8 +125,17 @@ pub fn status_table(s: &Status) -> String {
         s.moves_in_flight.len()
     );
     let mut rows = vec![[
-        "NODE", "ZONE", "HEALTH", "CLIENT", "PEER", "REPLICAS", "LEADERS", "LEARNERS", "KEYS",
-        "BYTES", "HEARTBEAT",
+        "NODE",
+        "ZONE",
+        "HEALTH",
+        "CLIENT",
+        "PEER",
+        "REPLICAS",
+        "LEADERS",
+        "LEARNERS",
+        "KEYS",
+        "BYTES",
+        "HEARTBEAT",
     ]
     .map(String::from)];
     for n in &s.nodes {
@@ -166,7 +177,15 @@ pub fn status_table(s: &Status) -> String {
         .map(|(z, (n, up))| format!("{z}: {n} nodes ({up} up)"))
         .collect();
     let _ = writeln!(o);
-    let _ = writeln!(o, "zones: {}", if zs.is_empty() { "none".into() } else { zs.join(", ") });
+    let _ = writeln!(
+        o,
+        "zones: {}",
+        if zs.is_empty() {
+            "none".into()
+        } else {
+            zs.join(", ")
+        }
+    );
     if !s.moves_in_flight.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(o, "moves in flight:");

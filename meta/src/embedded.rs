@@ -32,7 +32,8 @@ pub fn run_embedded(cfg: ServiceConfig) -> Result<impl Future<Output = String>, 
         return Err("an embedded meta service is replica 1 of a group of one".into());
     }
     if let Some(dir) = cfg.data.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let lock = keel_nvme::lock_device(&cfg.data)?;
     Ok(async move {

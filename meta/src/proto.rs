@@ -78,11 +78,20 @@ pub enum NodeCommand {
         campaign: bool,
     },
     /// (To the partition's leader.) Propose adding `node` as a learner.
-    AddLearner { partition: PartitionId, node: NodeId },
+    AddLearner {
+        partition: PartitionId,
+        node: NodeId,
+    },
     /// (To the leader.) Propose making the learner `node` a voter, once it has caught up.
-    Promote { partition: PartitionId, node: NodeId },
+    Promote {
+        partition: PartitionId,
+        node: NodeId,
+    },
     /// (To the leader.) Propose removing `node`'s replica.
-    RemoveReplica { partition: PartitionId, node: NodeId },
+    RemoveReplica {
+        partition: PartitionId,
+        node: NodeId,
+    },
     /// (To the leader.) Hand leadership to the voter `to`.
     TransferLeader { partition: PartitionId, to: NodeId },
     /// The node hosts a replica the placement no longer has (removed): delete it.
@@ -126,9 +135,11 @@ impl RoutingTable {
 
     /// The voters and the learner of `partition`.
     pub fn replicas_of(&self, partition: PartitionId) -> Vec<NodeId> {
-        self.placements.get(partition as usize).map_or(Vec::new(), |p| {
-            p.voters.iter().copied().chain(p.learner).collect()
-        })
+        self.placements
+            .get(partition as usize)
+            .map_or(Vec::new(), |p| {
+                p.voters.iter().copied().chain(p.learner).collect()
+            })
     }
 
     /// The partitions `node` hosts (voter or learner).
@@ -144,11 +155,19 @@ pub enum Request {
     Register(Registration),
     Heartbeat(Heartbeat),
     /// The routing table if its epoch is above `epoch`.
-    GetRouting { epoch: u64 },
+    GetRouting {
+        epoch: u64,
+    },
     Status,
-    Drain { node: NodeId },
-    Remove { node: NodeId },
-    SetBalance { on: bool },
+    Drain {
+        node: NodeId,
+    },
+    Remove {
+        node: NodeId,
+    },
+    SetBalance {
+        on: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +241,9 @@ pub enum Response {
     Status(Box<Status>),
     Done,
     /// This replica does not lead; `leader` is the leader's address when it knows it.
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        leader: Option<String>,
+    },
     /// A heartbeat from a node the meta service does not know (removed, or never registered):
     /// the node registers again.
     NotRegistered,

@@ -145,7 +145,11 @@ fn move_done(m: &Move, leader: NodeId, f: &PartitionFact) -> bool {
 /// What `node` must do for the moves in flight, and which replicas it reported that it no
 /// longer hosts (removed by a completed move: it drops them). Sent with every heartbeat reply
 /// until the move is done: a node carries each out idempotently.
-pub fn node_commands(state: &MetaState, node: NodeId, reported: &[PartitionId]) -> Vec<NodeCommand> {
+pub fn node_commands(
+    state: &MetaState,
+    node: NodeId,
+    reported: &[PartitionId],
+) -> Vec<NodeCommand> {
     let mut out = Vec::new();
     let Some(cl) = state.cluster() else {
         return out;
@@ -153,24 +157,35 @@ pub fn node_commands(state: &MetaState, node: NodeId, reported: &[PartitionId]) 
     for (&p, m) in state.in_flight() {
         let leader = cl.placement(p).and_then(|pl| pl.leader);
         match m {
-            Move::Create { voters, .. } if voters.contains(&node) => out.push(NodeCommand::Create {
-                partition: p,
-                voters: voters.clone(),
-                campaign: voters[0] == node,
-            }),
+            Move::Create { voters, .. } if voters.contains(&node) => {
+                out.push(NodeCommand::Create {
+                    partition: p,
+                    voters: voters.clone(),
+                    campaign: voters[0] == node,
+                })
+            }
             &Move::AddLearner { node: n, .. } if n == node => out.push(NodeCommand::Create {
                 partition: p,
                 voters: Vec::new(),
                 campaign: false,
             }),
             &Move::AddLearner { node: n, .. } if leader == Some(node) => {
-                out.push(NodeCommand::AddLearner { partition: p, node: n })
+                out.push(NodeCommand::AddLearner {
+                    partition: p,
+                    node: n,
+                })
             }
             &Move::Promote { node: n, .. } if leader == Some(node) => {
-                out.push(NodeCommand::Promote { partition: p, node: n })
+                out.push(NodeCommand::Promote {
+                    partition: p,
+                    node: n,
+                })
             }
             &Move::RemoveReplica { node: n, .. } if leader == Some(node) => {
-                out.push(NodeCommand::RemoveReplica { partition: p, node: n })
+                out.push(NodeCommand::RemoveReplica {
+                    partition: p,
+                    node: n,
+                })
             }
             &Move::TransferLeader { from, to, .. } if from == node => {
                 out.push(NodeCommand::TransferLeader { partition: p, to })

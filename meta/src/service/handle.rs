@@ -8,8 +8,8 @@ use super::Service;
 use crate::machine::{unknown_node, Command, MetaState, Registration};
 use crate::placement::{Health, NodeId};
 use crate::proto::{
-    HeartbeatReply, MetaReplica, NodeStatus, Registered, Request, Response, RoutingTable,
-    RouteNode, Status,
+    HeartbeatReply, MetaReplica, NodeStatus, Registered, Request, Response, RouteNode,
+    RoutingTable, Status,
 };
 use crate::schedule::{self, Soft};
 
@@ -182,7 +182,14 @@ pub(super) fn status_of(svc: &Service) -> Status {
             .collect()
     };
     meta_replicas.sort_by_key(|m| m.id);
-    status(&st, &soft, now, role.term, svc.applied.get().0, meta_replicas)
+    status(
+        &st,
+        &soft,
+        now,
+        role.term,
+        svc.applied.get().0,
+        meta_replicas,
+    )
 }
 
 fn status(
@@ -231,7 +238,11 @@ fn status(
         .iter()
         .filter(|p| p.voters.iter().filter(|v| serving(v)).count() < rf)
         .count() as u32;
-    let leaderless = cl.placements().iter().filter(|p| p.leader.is_none()).count() as u32;
+    let leaderless = cl
+        .placements()
+        .iter()
+        .filter(|p| p.leader.is_none())
+        .count() as u32;
     Status {
         meta_replicas,
         term,
@@ -275,14 +286,20 @@ pub(super) async fn scheduler(svc: Rc<Service>) {
             let st = svc.state.borrow();
             let mut soft = svc.soft.borrow_mut();
             let mut c = schedule::silent_nodes(&st, &soft, now, svc.cfg.failure_timeout);
-            c.extend(schedule::stuck_moves(&st, &mut soft, now, svc.cfg.move_timeout));
+            c.extend(schedule::stuck_moves(
+                &st,
+                &mut soft,
+                now,
+                svc.cfg.move_timeout,
+            ));
             c
         };
         let key = {
             let st = svc.state.borrow();
             (st.epoch(), st.in_flight().len())
         };
-        let due = planned_at.is_none_or(|(e, n, at)| (e, n) != key || at.elapsed() >= PLAN_INTERVAL);
+        let due =
+            planned_at.is_none_or(|(e, n, at)| (e, n) != key || at.elapsed() >= PLAN_INTERVAL);
         if due && cmds.is_empty() {
             planned_at = Some((key.0, key.1, now));
             let moves = schedule::moves_to_start(&svc.state.borrow(), &svc.cfg.limits);

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-
 use ::raft::eraftpb::{ConfState, Message};
 use futures::channel::oneshot;
 use keel_nvme::{Region, UringDevice};
@@ -236,7 +235,8 @@ pub async fn run(cfg: ServiceConfig) -> String {
 pub fn start_thread(cfg: ServiceConfig) -> Result<std::thread::JoinHandle<String>, String> {
     cfg.validate()?;
     if let Some(dir) = cfg.data.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let lock = keel_nvme::lock_device(&cfg.data)?;
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)

@@ -154,7 +154,10 @@ fn check_applied(
     let first = storage.first_index().map_err(fail)?;
     let last = storage.last_index().map_err(fail)?;
     if applied < BOOTSTRAP_INDEX {
-        return Ok((BOOTSTRAP_INDEX.max(first - 1), storage.term(first - 1).map_err(fail)?));
+        return Ok((
+            BOOTSTRAP_INDEX.max(first - 1),
+            storage.term(first - 1).map_err(fail)?,
+        ));
     }
     if applied > last {
         let mut meta = SnapshotMetadata {
@@ -269,13 +272,21 @@ fn update_role(svc: &Service) {
     let old = svc.role.replace(r);
     if old.leader && !r.leader {
         for (_, tx) in svc.pending.borrow_mut().drain() {
-            let _ = tx.send(Err("the meta leader changed before the commit; retry".into()));
+            let _ = tx.send(Err(
+                "the meta leader changed before the commit; retry".into()
+            ));
         }
-        eprintln!("keel-meta: replica {}: no longer leading (term {})", svc.cfg.id, r.term);
+        eprintln!(
+            "keel-meta: replica {}: no longer leading (term {})",
+            svc.cfg.id, r.term
+        );
     }
     if r.ready && !old.ready {
         *svc.soft.borrow_mut() = Soft::taking_over(&svc.state.borrow(), Instant::now());
-        eprintln!("keel-meta: replica {}: leading (term {})", svc.cfg.id, r.term);
+        eprintln!(
+            "keel-meta: replica {}: leading (term {})",
+            svc.cfg.id, r.term
+        );
     }
     if r.leader_id != old.leader_id || r.ready != old.ready {
         svc.changed.notify();
