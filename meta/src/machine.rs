@@ -135,6 +135,8 @@ pub struct Image {
     pub in_flight: Vec<Move>,
     pub balance: bool,
     pub epoch: u64,
+    /// The planner state's own epoch (moves applied).
+    pub moves_applied: u64,
 }
 
 /// The replicated state. See the module doc.
@@ -428,6 +430,7 @@ impl MetaState {
             in_flight: self.in_flight.values().cloned().collect(),
             balance: self.balance,
             epoch: self.epoch,
+            moves_applied: self.cluster.as_ref().map_or(0, |c| c.epoch()),
         }
     }
 
@@ -465,6 +468,7 @@ impl MetaState {
                 cl.set_placement(i as PartitionId, p)
                     .map_err(|e| e.to_string())?;
             }
+            cl.set_epoch(img.moves_applied);
             s.cluster = Some(cl);
         } else if !img.nodes.is_empty() {
             return Err("state image: nodes without a keyspace".into());

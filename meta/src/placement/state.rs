@@ -263,6 +263,11 @@ impl ClusterState {
         self.epoch
     }
 
+    /// Sets the epoch (loading saved state: a restored state then equals the one saved).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
     /// The nodes in id order.
     pub fn nodes(&self) -> impl ExactSizeIterator<Item = &Node> + '_ {
         self.nodes.values()
