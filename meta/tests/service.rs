@@ -367,3 +367,72 @@ fn three_replicas_lose_their_leader_and_keep_placing() {
     assert_eq!(after.placements, want.placements);
     c.round();
 }
+
+#[test]
+fn a_replica_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let dir = TempDir::new("snap");
+    let addrs: Vec<String> = (0..3).map(|_| addr()).collect();
+    let peers = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let mut metas: Vec<Meta> = (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            Meta::start(
+                &addrs[i],
+                &dir.path(&format!("meta{}.data", i + 1)),
+                &[
+                    "--id",
+                    &id,
+                    "--peers",
+                    &peers,
+                    "--partitions",
+                    "8",
+                    "--replicas",
+                    "2",
+                ],
+            )
+        })
+        .collect();
+    let s = wait_ready(&addrs);
+    let leader = |s: &Status| {
+        let a = &s.meta_replicas.iter().find(|r| r.leader).unwrap().addr;
+        addrs.iter().position(|x| x == a).unwrap()
+    };
+    let l = leader(&s);
+    let x = (l + 1) % 3; // the one that falls behind
+    let y = (l + 2) % 3;
+    let mut c = FakeCluster::new(&addrs, 8);
+    c.add(1, "a").unwrap();
+    metas[x].kill();
+    // Enough entries that the others checkpoint and compact past everything x has.
+    let mut cl = client(&addrs);
+    for i in 0..2600 {
+        cl.set_balance(i % 2 == 0).unwrap();
+    }
+    cl.set_balance(true).unwrap();
+    c.add(2, "b").unwrap();
+    // The leader checkpoints within 2 s and compacts to 1024 entries behind it.
+    std::thread::sleep(Duration::from_millis(2500));
+    cl.set_balance(true).unwrap();
+    metas[x].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metas[x].log().contains("installed a snapshot") {
+        assert!(
+            Instant::now() < deadline,
+            "replica {} never got a snapshot:\n{}",
+            x + 1,
+            metas[x].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Without y, every commit needs x: a drain commits; then l goes too, and x with the
+    // restarted y (which missed the drain) must serve everything.
+    metas[y].kill();
+    let (ok, _, err) = ctl(&addrs, &["drain", "2"]);
+    assert!(ok, "{err}");
+    metas[l].kill();
+    metas[y].restart();
+    let s = wait_ready(&addrs);
+    let n2 = s.nodes.iter().find(|n| n.id == 2).expect("node 2 known");
+    assert_eq!(n2.health, Health::Draining, "{s:?}");
+    assert_eq!(s.nodes.len(), 2);
+}

@@ -355,6 +355,13 @@ fn send(svc: &Service, msgs: Vec<raft::eraftpb::Message>) {
     for m in msgs {
         if let Some(p) = svc.peers.get(&m.to) {
             p.send_raft(&m);
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                // Queued whole (the state is small): raft-rs may go on with that peer. If it
+                // is lost, the peer's next reply asks for another.
+                with_raw(svc, |raw| {
+                    raw.report_snapshot(m.to, raft::SnapshotStatus::Finish)
+                });
+            }
         }
     }
 }
@@ -398,6 +405,10 @@ async fn install_snapshot(svc: &Service, snap: &Snapshot) -> Result<(), String> 
     *svc.state.borrow_mut() = state;
     svc.applied.set((meta.index, meta.term));
     checkpoint(svc).await?;
+    eprintln!(
+        "keel-meta: replica {}: installed a snapshot of the state at index {} (term {})",
+        svc.cfg.id, meta.index, meta.term
+    );
     svc.changed.notify();
     Ok(())
 }
