@@ -283,6 +283,16 @@ impl MetaState {
                 }
                 cl.set_leader(partition, Some(leader))
                     .map_err(|e| e.to_string())?;
+                // A move the new leader cannot carry out is given up (the planner plans again):
+                // a transfer from another node, or the removal of the new leader itself.
+                let stale = match self.in_flight.get(&partition) {
+                    Some(&Move::TransferLeader { from, .. }) => from != leader,
+                    Some(&Move::RemoveReplica { node, .. }) => node == leader,
+                    _ => false,
+                };
+                if stale {
+                    self.in_flight.remove(&partition);
+                }
                 self.epoch += 1;
                 Ok(())
             }

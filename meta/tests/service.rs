@@ -436,3 +436,96 @@ fn a_replica_behind_the_compacted_log_catches_up_from_a_snapshot() {
     assert_eq!(n2.health, Health::Draining, "{s:?}");
     assert_eq!(s.nodes.len(), 2);
 }
+
+/// Runs `keel-meta args...` to its exit (bounded): (exit ok, stderr).
+fn run_bin(args: &[&str]) -> (bool, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (status.success(), err);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keel-meta {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_message_naming_them() {
+    let dir = TempDir::new("flags");
+    let data = dir.path("m.data").display().to_string();
+    let a = addr();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--data", &data], "--listen"),
+        (
+            vec!["--listen", "nowhere", "--data", &data],
+            "--listen nowhere",
+        ),
+        (
+            vec!["--listen", &a, "--data", &data, "--peers", "1=x"],
+            "1=x",
+        ),
+        (
+            vec!["--listen", &a, "--data", &data, "--peers", "1=127.0.0.1:1"],
+            "they must be the same",
+        ),
+        (
+            vec![
+                "--listen",
+                &a,
+                "--data",
+                &data,
+                "--id",
+                "3",
+                "--peers",
+                "1=127.0.0.1:1",
+            ],
+            "does not name this replica's --id 3",
+        ),
+        (
+            vec!["--listen", &a, "--data", &data, "--id", "2"],
+            "without --peers",
+        ),
+        (
+            vec!["--listen", &a, "--data", &data, "--partitions", "48"],
+            "--partitions 48: must be a power of two",
+        ),
+        (
+            vec!["--listen", &a, "--data", &data, "--replicas", "0"],
+            "--replicas 0",
+        ),
+        (vec!["ctl", "--meta", &a, "drain", "abc"], "abc"),
+        (vec!["ctl", "--meta", &a, "balance", "maybe"], "maybe"),
+    ];
+    for (args, want) in cases {
+        let (ok, err) = run_bin(&args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {want:?} not in: {err}");
+    }
+
+    // A data file belongs to one process, and to one replica id.
+    let mut m = Meta::start(&a, &dir.path("m.data"), &[]);
+    wait_ready(&[a.clone()]);
+    let (ok, err) = run_bin(&["--listen", &addr(), "--data", &data]);
+    assert!(!ok && err.contains("in use"), "{err}");
+    m.kill();
+    let peers = format!("1={},2={},3={}", addr(), a, addr());
+    let (ok, err) = run_bin(&[
+        "--listen", &a, "--data", &data, "--id", "2", "--peers", &peers,
+    ]);
+    assert!(
+        !ok && err.contains("belongs to meta replica 1, not --id 2"),
+        "{err}"
+    );
+}

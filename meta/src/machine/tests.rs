@@ -303,3 +303,35 @@ fn damaged_or_newer_encodings_are_refused() {
     huge[n - 8..].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(decode_entry(&huge).is_err());
 }
+
+#[test]
+fn a_leader_change_gives_up_the_moves_the_new_leader_cannot_carry_out() {
+    let mut s = booted();
+    create(&mut s, 0, vec![1, 2]);
+    create(&mut s, 1, vec![1, 2]);
+    s.apply(&Command::StartMoves {
+        moves: vec![
+            Move::TransferLeader {
+                partition: 0,
+                from: 1,
+                to: 2,
+            },
+            Move::RemoveReplica {
+                partition: 1,
+                node: 2,
+            },
+        ],
+    })
+    .unwrap();
+    // Elections moved both leaders to node 2: no transfer from node 1 is possible any more,
+    // and node 2 cannot remove itself. Both are given up, to be planned again.
+    for p in [0, 1] {
+        s.apply(&Command::SetLeader {
+            partition: p,
+            leader: 2,
+        })
+        .unwrap();
+        assert_eq!(s.cluster().unwrap().placement(p).unwrap().leader, Some(2));
+    }
+    assert!(s.in_flight().is_empty(), "{:?}", s.in_flight());
+}

@@ -17,6 +17,7 @@ use crate::schedule::{self, Soft};
 const SCHEDULE_INTERVAL: Duration = Duration::from_millis(100);
 /// The planner runs at least this often even when nothing changed (moves abandoned elsewhere).
 const PLAN_INTERVAL: Duration = Duration::from_secs(1);
+const PLAN_GAP: Duration = Duration::from_millis(50);
 
 pub(super) async fn handle(svc: &Rc<Service>, req: Request) -> Response {
     let role = svc.role();
@@ -298,8 +299,11 @@ pub(super) async fn scheduler(svc: Rc<Service>) {
             let st = svc.state.borrow();
             (st.epoch(), st.in_flight().len())
         };
-        let due =
-            planned_at.is_none_or(|(e, n, at)| (e, n) != key || at.elapsed() >= PLAN_INTERVAL);
+        // On a change, but at most every PLAN_GAP (a plan of 65,536 partitions takes tens of
+        // milliseconds); and every PLAN_INTERVAL regardless.
+        let due = planned_at.is_none_or(|(e, n, at)| {
+            ((e, n) != key && at.elapsed() >= PLAN_GAP) || at.elapsed() >= PLAN_INTERVAL
+        });
         if due && cmds.is_empty() {
             planned_at = Some((key.0, key.1, now));
             let moves = schedule::moves_to_start(&svc.state.borrow(), &svc.cfg.limits);
