@@ -516,7 +516,7 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
 
     // A data file belongs to one process, and to one replica id.
     let mut m = Meta::start(&a, &dir.path("m.data"), &[]);
-    wait_ready(&[a.clone()]);
+    wait_ready(std::slice::from_ref(&a));
     let (ok, err) = run_bin(&["--listen", &addr(), "--data", &data]);
     assert!(!ok && err.contains("in use"), "{err}");
     m.kill();

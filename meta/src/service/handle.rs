@@ -263,6 +263,7 @@ fn status(
 /// moves, hand out the planner's next moves. Runs on every replica; acts only while leading.
 pub(super) async fn scheduler(svc: Rc<Service>) {
     let mut planned_at: Option<(u64, usize, Instant)> = None;
+    let mut keyspace_checked = false;
     loop {
         futures_lite::future::or(svc.changed.wait(), glommio::timer::sleep(SCHEDULE_INTERVAL))
             .await;
@@ -281,6 +282,17 @@ pub(super) async fn scheduler(svc: Rc<Service>) {
                 }
             }
             continue;
+        }
+        if !keyspace_checked {
+            keyspace_checked = true;
+            let want = (svc.cfg.partitions, svc.cfg.replication_factor);
+            if let Some(have) = svc.state.borrow().keyspace().filter(|&k| k != want) {
+                eprintln!(
+                    "keel-meta: the keyspace was bootstrapped with {} partitions at replication \
+                     factor {}; --partitions {} --replicas {} are ignored",
+                    have.0, have.1, want.0, want.1
+                );
+            }
         }
         let now = Instant::now();
         let mut cmds = {
