@@ -10,8 +10,7 @@
 //!
 //! [`NodeSession`] is a node's side of registration and heartbeats: it registers, heartbeats
 //! with the node's per-partition facts, keeps the latest [`RoutingTable`] in a
-//! [`RoutingCache`], registers again when the meta service no longer knows the node, and hands
-//! back the [`NodeCommand`]s the node must carry out. [`spawn_heartbeats`] runs it on a thread
+//! [`RoutingCache`], and hands back the [`NodeCommand`]s the node must carry out. [`spawn_heartbeats`] runs it on a thread
 //! at the interval the meta service asks for.
 
 use std::io::Write;
@@ -362,8 +361,10 @@ impl NodeSession {
         Ok(())
     }
 
-    /// One heartbeat with these facts (registering first if needed, and again if the meta
-    /// service lost the node).
+    /// One heartbeat with these facts, registering first if the session is not registered.
+    /// [`ClientError::NotRegistered`]: the meta service does not know the node (an operator
+    /// removed it with `ctl remove`); the session forgets its registration, and the next call
+    /// registers the node again as a new, empty one. A node that should stay out stops calling.
     pub fn heartbeat(&mut self, partitions: Vec<PartitionFact>) -> Result<Beat, ClientError> {
         if !self.registered {
             self.register()?;
@@ -376,11 +377,7 @@ impl NodeSession {
         let reply = match self.client.heartbeat(&hb) {
             Err(ClientError::NotRegistered) => {
                 self.registered = false;
-                self.register()?;
-                self.client.heartbeat(&Heartbeat {
-                    epoch: self.cache.epoch(),
-                    ..hb
-                })?
+                return Err(ClientError::NotRegistered);
             }
             r => r?,
         };

@@ -77,6 +77,46 @@ fn an_embedded_meta_service_serves_a_single_node() {
     assert!(cache.update(client(&addrs).routing(0).unwrap().unwrap()));
     assert_eq!(cache.table().unwrap().partitions, 16);
     assert_eq!(cache.table().unwrap().replication_factor, 1);
+    // The heartbeat thread of the library: the node reports the partitions it now leads, and
+    // the table the thread keeps shows them led by it.
+    let facts = move || {
+        (0..16)
+            .map(|p| keel_meta::proto::PartitionFact {
+                partition: p,
+                role: keel_meta::proto::Role::Leader,
+                term: 2,
+                applied_index: 1,
+                keys: 0,
+                bytes: 0,
+                voters: vec![1],
+                learners: vec![],
+            })
+            .collect()
+    };
+    let (btx, brx) = std::sync::mpsc::channel();
+    let hb = keel_meta::client::spawn_heartbeats(
+        session,
+        facts,
+        move |beat, cache| {
+            let _ = btx.send((beat.commands.len(), cache.epoch()));
+        },
+        |e| panic!("heartbeat failed: {e}"),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, epoch) = brx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let t = hb.cache.lock().unwrap().table();
+        if t.is_some_and(|t| t.epoch == epoch && (0..16).all(|p| t.leader_of(p).is_some())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table never showed the leaders"
+        );
+    }
+    hb.stop();
+
     // The host's own task kept running all along.
     std::thread::sleep(Duration::from_millis(50));
     let last = rx.try_iter().last().expect("ticks");

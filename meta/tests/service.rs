@@ -112,7 +112,14 @@ fn four_nodes_in_two_zones_then_a_fifth_then_drain_and_remove() {
     assert!(ok, "{out}{err}");
     let s = client(&addrs).status().unwrap();
     assert!(s.nodes.iter().all(|n| n.id != 5));
-    // The removed node's heartbeat is answered "not registered"; the session registers again.
+    // The removed node's heartbeat is answered "not registered".
+    let hb = keel_meta::proto::Heartbeat {
+        node: 5,
+        epoch: 0,
+        partitions: Vec::new(),
+    };
+    let e = client(&addrs).heartbeat(&hb).unwrap_err();
+    assert!(matches!(e, ClientError::NotRegistered), "{e}");
     c.nodes.remove(&5);
 }
 
