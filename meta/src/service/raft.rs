@@ -140,10 +140,9 @@ pub(super) async fn start(cfg: ServiceConfig) -> Result<Rc<Service>, String> {
     Ok(svc)
 }
 
-/// The checkpoint's applied index must lie within what the raftlog holds (entries after it are
-/// replayed). Beyond its last entry: a snapshot installed and checkpointed whose raftlog record
-/// the crash lost, recorded now. Above the commit index: the commit is raised (only committed
-/// entries are applied; a hard state carrying the commit may not have been flushed).
+/// The applied index to start from: the checkpoint's, once the raftlog agrees with it
+/// (`align_to_checkpoint`); without a checkpoint, the bootstrap configuration (or whatever
+/// snapshot point the raftlog starts at) is all that is applied.
 fn check_applied(
     log: &RaftLog<keel_nvme::UringDevice>,
     applied: u64,
@@ -151,38 +150,17 @@ fn check_applied(
 ) -> Result<(u64, u64), String> {
     let storage = log.storage(GROUP).map_err(|e| e.to_string())?;
     let fail = |e: raft::Error| format!("meta raftlog: {e}");
-    let first = storage.first_index().map_err(fail)?;
-    let last = storage.last_index().map_err(fail)?;
     if applied < BOOTSTRAP_INDEX {
-        return Ok((
-            BOOTSTRAP_INDEX.max(first - 1),
-            storage.term(first - 1).map_err(fail)?,
-        ));
+        let first = storage.first_index().map_err(fail)?;
+        return Ok((first - 1, storage.term(first - 1).map_err(fail)?));
     }
-    if applied > last {
-        let mut meta = SnapshotMetadata {
-            index: applied,
-            term: applied_term,
-            ..Default::default()
-        };
-        meta.set_conf_state(storage.initial_state().map_err(fail)?.conf_state);
-        log.apply_snapshot(GROUP, &meta)
-            .map_err(|e| format!("meta raftlog: {e}"))?;
-        return Ok((applied, applied_term));
-    }
-    if applied + 1 < first {
-        return Err(format!(
-            "the checkpoint has applied index {applied}, but the raftlog holds entries \
-             {first}..={last}: the data file is damaged; start this replica from a new file (it \
-             catches up from its peers)"
-        ));
-    }
-    let mut hs = storage.initial_state().map_err(fail)?.hard_state;
-    if applied > hs.commit {
-        hs.commit = applied;
-        log.set_hard_state(GROUP, &hs, Flush::Now)
-            .map_err(|e| format!("meta raftlog: {e}"))?;
-    }
+    log.align_to_checkpoint(GROUP, applied, applied_term)
+        .map_err(|e| match e {
+            keel_raftlog::RaftLogError::CheckpointMismatch { .. } => format!(
+                "{e}: start this replica from a new data file (it catches up from its peers)"
+            ),
+            e => format!("meta raftlog: {e}"),
+        })?;
     Ok((applied, applied_term))
 }
 
