@@ -195,3 +195,85 @@ pub fn status_table(s: &Status) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{MetaReplica, NodeStatus};
+
+    #[test]
+    fn the_status_table_shows_nodes_zones_and_moves() {
+        let node = |id, zone: &str, health, replicas, leaders| NodeStatus {
+            id,
+            client_addr: format!("10.0.0.{id}:11211"),
+            peer_addr: format!("10.0.0.{id}:7100"),
+            zone: zone.into(),
+            health,
+            weight: 1,
+            cores: 4,
+            device_bytes: 1 << 30,
+            memory_bytes: 1 << 30,
+            last_heartbeat_ms: (id != 3).then_some(250),
+            replicas,
+            leaders,
+            learners: 0,
+            keys: 10,
+            bytes: 1000,
+        };
+        let s = Status {
+            meta_replicas: vec![
+                MetaReplica {
+                    id: 1,
+                    addr: "10.0.1.1:7000".into(),
+                    leader: false,
+                },
+                MetaReplica {
+                    id: 2,
+                    addr: "10.0.1.2:7000".into(),
+                    leader: true,
+                },
+            ],
+            term: 7,
+            applied_index: 99,
+            epoch: 12,
+            partitions: 8,
+            replication_factor: 2,
+            balance: false,
+            nodes: vec![
+                node(1, "a", Health::Up, 6, 4),
+                node(2, "b", Health::Draining, 6, 4),
+                node(3, "b", Health::Down, 4, 0),
+            ],
+            under_replicated: 4,
+            leaderless: 0,
+            moves_in_flight: vec![Move::AddLearner {
+                partition: 5,
+                node: 1,
+                replaces: Some(3),
+            }],
+        };
+        let t = status_table(&s);
+        assert!(
+            t.starts_with("meta: 1=10.0.1.1:7000, 2=10.0.1.2:7000 (leader); term 7"),
+            "{t}"
+        );
+        assert!(t.contains("8 partitions, replication factor 2; placement epoch 12; balance off"));
+        assert!(t.contains("partitions: 4 under-replicated, 0 without a leader; 1 moves in flight"));
+        assert!(
+            t.contains("zones: a: 1 nodes (1 up), b: 2 nodes (0 up)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  partition 5: add learner 1 (replaces 3)"),
+            "{t}"
+        );
+        let row = |id: &str| t.lines().find(|l| l.starts_with(id)).unwrap().to_string();
+        assert!(row("2 ").contains("draining"));
+        assert!(row("3 ").contains("down") && row("3 ").trim_end().ends_with('-'));
+        assert!(row("1 ").contains("250 ms ago"));
+        // Columns line up: every row's REPLICAS column starts where its header does.
+        let header = row("NODE");
+        let at = header.find("REPLICAS").unwrap();
+        assert_eq!(&row("1 ")[at..at + 1], "6");
+    }
+}

@@ -223,10 +223,25 @@ impl Service {
 /// Runs one meta replica on the current glommio executor until it fails (a failed raftlog, a
 /// listener that cannot bind). Returns the failure. The data file must not be used by another
 /// process: the caller takes its lock ([`keel_nvme::lock_device`]); [`start_thread`] does.
+///
+/// Its tasks run in a task queue of their own with 100 shares (what a node gives its
+/// checkpoints): embedded in keel-node, the meta service takes what requests leave.
 pub async fn run(cfg: ServiceConfig) -> String {
-    match raft::start(cfg).await {
-        Ok(svc) => raft::serve(svc).await,
-        Err(e) => e,
+    let tq = glommio::executor().create_task_queue(
+        glommio::Shares::Static(100),
+        glommio::Latency::Matters(Duration::from_millis(20)),
+        "keel-meta",
+    );
+    let replica = async move {
+        match raft::start(cfg).await {
+            // Tasks spawned from here on go into this queue too.
+            Ok(svc) => raft::serve(svc).await,
+            Err(e) => e,
+        }
+    };
+    match glommio::spawn_local_into(replica, tq) {
+        Ok(t) => t.await,
+        Err(e) => format!("cannot start the meta task queue: {e}"),
     }
 }
 
