@@ -220,6 +220,13 @@ fn registrations_refused_with_the_reason() {
         matches!(&e, ClientError::Refused(m) if m.contains("unreachable") && m.contains(&r.peer_addr)),
         "{e}"
     );
+    r.peer_addr = paddr.clone();
+    r.zone = "z".repeat(300);
+    let e = client(&addrs).register(&r).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(m) if m.contains("the zone is 300 bytes")),
+        "{e}"
+    );
     let s = client(&addrs).status().unwrap();
     assert_eq!(s.nodes.len(), 1, "nothing refused was registered");
 }
@@ -375,6 +382,9 @@ fn three_replicas_lose_their_leader_and_keep_placing() {
     c.round();
 }
 
+/// Replica x misses 2,600 entries (the others compact past all it has), then comes back.
+/// (With its data file, as Raft requires: a replica that lost its file would come back having
+/// forgotten its votes and what it acknowledged, which raft-rs refuses with a panic.)
 #[test]
 fn a_replica_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let dir = TempDir::new("snap");
@@ -535,4 +545,94 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
         !ok && err.contains("belongs to meta replica 1, not --id 2"),
         "{err}"
     );
+}
+
+#[test]
+fn sigkill_of_all_three_replicas_keeps_all_state() {
+    let dir = TempDir::new("kill3");
+    let addrs: Vec<String> = (0..3).map(|_| addr()).collect();
+    let peers = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let mut metas: Vec<Meta> = (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            Meta::start(
+                &addrs[i],
+                &dir.path(&format!("meta{}.data", i + 1)),
+                &[
+                    "--id",
+                    &id,
+                    "--peers",
+                    &peers,
+                    "--partitions",
+                    "16",
+                    "--replicas",
+                    "2",
+                ],
+            )
+        })
+        .collect();
+    wait_ready(&addrs);
+    let mut c = FakeCluster::new(&addrs, 16);
+    for (id, zone) in [(1, "a"), (2, "b"), (3, "c")] {
+        c.add(id, zone).unwrap();
+    }
+    c.settle();
+    let (ok, _, err) = ctl(&addrs, &["drain", "3"]);
+    assert!(ok, "{err}");
+    let before = client(&addrs).routing(0).unwrap().unwrap();
+    for m in &mut metas {
+        m.kill();
+    }
+    for m in &mut metas {
+        m.restart();
+    }
+    wait_ready(&addrs);
+    let after = client(&addrs).routing(0).unwrap().unwrap();
+    assert_eq!(before, after, "every acknowledged change survives");
+    // The drain goes on under the new leader.
+    let s = c.settle();
+    let n3 = s.nodes.iter().find(|n| n.id == 3).unwrap();
+    assert_eq!((n3.health, n3.replicas), (Health::Draining, 0));
+}
+
+#[test]
+fn a_replica_that_lost_its_data_file_stops_and_says_so() {
+    let dir = TempDir::new("lost");
+    let addrs: Vec<String> = (0..3).map(|_| addr()).collect();
+    let peers = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let mut metas: Vec<Meta> = (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            Meta::start(
+                &addrs[i],
+                &dir.path(&format!("meta{}.data", i + 1)),
+                &[
+                    "--id",
+                    &id,
+                    "--peers",
+                    &peers,
+                    "--partitions",
+                    "8",
+                    "--replicas",
+                    "1",
+                ],
+            )
+        })
+        .collect();
+    let s = wait_ready(&addrs);
+    let l = s.meta_replicas.iter().position(|r| r.leader).unwrap();
+    let x = (l + 1) % 3;
+    let mut c = FakeCluster::new(&addrs, 8);
+    c.add(1, "a").unwrap();
+    c.settle();
+    metas[x].kill();
+    std::fs::remove_file(&metas[x].data).unwrap();
+    metas[x].restart();
+    let st = metas[x].wait_exit(Duration::from_secs(30));
+    assert!(st.is_some_and(|s| !s.success()), "it stopped: {st:?}");
+    let log = metas[x].log();
+    assert!(log.contains("its data file was lost or replaced"), "{log}");
+    // The other two go on.
+    c.add(2, "b").unwrap();
+    assert_eq!(client(&addrs).status().unwrap().nodes.len(), 2);
 }

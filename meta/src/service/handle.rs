@@ -39,6 +39,14 @@ pub(super) async fn handle(svc: &Rc<Service>, req: Request) -> Response {
             if svc.state.borrow().node(hb.node).is_none() {
                 return Response::NotRegistered;
             }
+            let partitions = svc.state.borrow().keyspace().map_or(0, |k| k.0);
+            if hb.partitions.len() > partitions as usize {
+                return Response::Refused(format!(
+                    "node {}: a heartbeat with {} partition facts; the keyspace has {partitions}",
+                    hb.node,
+                    hb.partitions.len()
+                ));
+            }
             let reported: Vec<_> = hb.partitions.iter().map(|f| f.partition).collect();
             let cmds = schedule::on_heartbeat(
                 &svc.state.borrow(),
@@ -105,8 +113,24 @@ async fn one(svc: &Service, c: Command) -> Response {
     }
 }
 
+/// Bytes an address or zone name may take.
+const NAME_BYTES_MAX: usize = 255;
+
 async fn register(svc: &Service, r: Registration) -> Response {
     let now = Instant::now();
+    for (what, v) in [
+        ("client address", &r.client_addr),
+        ("peer address", &r.peer_addr),
+        ("zone", &r.zone),
+    ] {
+        if v.len() > NAME_BYTES_MAX {
+            return Response::Refused(format!(
+                "node {}: the {what} is {} bytes, more than {NAME_BYTES_MAX}",
+                r.node,
+                v.len()
+            ));
+        }
+    }
     if let Err(why) = schedule::check_registration(
         &svc.state.borrow(),
         &svc.soft.borrow(),

@@ -27,6 +27,10 @@ const BOOTSTRAP_TERM: u64 = 1;
 const CHECKPOINT_ENTRIES: u64 = 1024;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Bytes one entry may take: well inside a raftlog segment (1 MiB), so an append never fails
+/// for size (a plan's 4,096 creates take about 160 KiB).
+const ENTRY_BYTES_MAX: usize = 512 << 10;
+
 /// Entries kept behind the checkpoint for a replica that lags; one further behind gets a
 /// snapshot.
 const COMPACT_LAG_ENTRIES: u64 = 1024;
@@ -201,10 +205,28 @@ async fn drive(svc: &Rc<Service>) -> String {
         }
         let msgs: Vec<_> = svc.inbox.borrow_mut().drain(..).collect();
         let props: Vec<_> = std::mem::take(&mut *svc.to_propose.borrow_mut());
-        with_raw(svc, |raw| {
+        let lost = with_raw(svc, |raw| {
             for m in msgs {
+                let last = raw.raft.raft_log.last_index();
+                if m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat && m.commit > last {
+                    // A leader sends a follower at most what it acknowledged: this replica
+                    // has lost entries it acknowledged (raft-rs would panic on it).
+                    return Some(format!(
+                        "replica {id}: the leader (replica {}) says this replica acknowledged \
+                         entries up to {}, but its log ends at {last}: its data file was lost or \
+                         replaced. A replica cannot rejoin under the same id without its data \
+                         (Raft needs its votes and log): restore the file",
+                        m.from, m.commit
+                    ));
+                }
                 let _ = raw.step(m);
             }
+            None
+        });
+        if let Some(e) = lost {
+            return e;
+        }
+        with_raw(svc, |raw| {
             for (seq, commands) in props {
                 let data = machine::encode_entry(&machine::Entry {
                     version: machine::FORMAT_VERSION,
@@ -212,6 +234,16 @@ async fn drive(svc: &Rc<Service>) -> String {
                     seq,
                     commands,
                 });
+                if data.len() > ENTRY_BYTES_MAX {
+                    if let Some(tx) = svc.pending.borrow_mut().remove(&seq) {
+                        let why = format!(
+                            "a meta entry of {} bytes is over the {ENTRY_BYTES_MAX}-byte limit",
+                            data.len()
+                        );
+                        let _ = tx.send(Err(why));
+                    }
+                    continue;
+                }
                 if let Err(e) = raw.propose(vec![], data) {
                     if let Some(tx) = svc.pending.borrow_mut().remove(&seq) {
                         let _ = tx.send(Err(format!("proposal refused ({e}); retry")));

@@ -114,6 +114,19 @@ impl Meta {
         }
     }
 
+    /// Waits (bounded) for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Starts it again with the same flags and data.
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
