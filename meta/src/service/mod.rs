@@ -90,10 +90,11 @@ impl ServiceConfig {
                         self.id
                     ))
                 }
-                Some(a) if *a != self.listen => {
+                Some(a) if !same_address(a, &self.listen) => {
                     return Err(format!(
                         "--peers gives replica {} the address {a}, but --listen is {}: they must \
-                         be the same (peers and clients share one address)",
+                         be the same, or --listen 0.0.0.0 on that port (peers and clients share \
+                         one address)",
                         self.id, self.listen
                     ))
                 }
@@ -129,6 +130,21 @@ impl ServiceConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Whether `peer` (how the others reach this replica) names `listen` (where it listens): the
+/// same address, or the same port when it listens on every address (0.0.0.0, ::).
+fn same_address(peer: &str, listen: &str) -> bool {
+    if peer == listen {
+        return true;
+    }
+    match (
+        peer.parse::<std::net::SocketAddr>(),
+        listen.parse::<std::net::SocketAddr>(),
+    ) {
+        (Ok(p), Ok(l)) => p == l || (l.ip().is_unspecified() && l.port() == p.port()),
+        _ => false,
     }
 }
 
@@ -265,4 +281,31 @@ pub fn start_thread(cfg: ServiceConfig) -> Result<std::thread::JoinHandle<String
         ex.join()
             .unwrap_or_else(|e| format!("the meta executor failed: {e}"))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_is_named_in_peers_at_its_listen_address() {
+        let mut c = ServiceConfig::new(2, "10.0.0.2:7000", "/tmp/x");
+        c.peers = [
+            (1, "10.0.0.1:7000"),
+            (2, "10.0.0.2:7000"),
+            (3, "10.0.0.3:7000"),
+        ]
+        .map(|(i, a)| (i, a.to_string()))
+        .into();
+        c.validate().unwrap();
+        c.listen = "0.0.0.0:7000".into();
+        c.validate().unwrap();
+        c.listen = "0.0.0.0:7001".into();
+        assert!(c.validate().unwrap_err().contains("must be the same"));
+        c.listen = "10.0.0.2:7000".into();
+        c.peers.remove(&3);
+        assert!(c.validate().unwrap_err().contains("1 or 3"));
+        c.peers.remove(&2);
+        assert!(c.validate().unwrap_err().contains("does not name"));
+    }
 }
