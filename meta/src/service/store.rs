@@ -5,12 +5,12 @@
 //!
 //! | offset | bytes | what |
 //! |---|---|---|
-//! | 0 | 4 KiB (1 MiB reserved) | superblock: u8[8] `KEELMETA`, u32 version (1), u32 zero, u64 replica id, u64 device bytes, u32 CRC32C of bytes 0..32 |
+//! | 0 | 4 KiB (1 MiB reserved) | superblock: `u8[8]` `KEELMETA`, u32 version (1), u32 zero, u64 replica id, u64 device bytes, u32 CRC32C of bytes 0..32 |
 //! | 1 MiB | 8 MiB | checkpoint slot 0 |
 //! | 9 MiB | 8 MiB | checkpoint slot 1 |
 //! | 17 MiB | 31 MiB | the raftlog region (1 MiB segments) |
 //!
-//! Checkpoint slot: u8[8] `KEELMCK1`, u64 generation, u64 applied index, u64 its term, u32 image
+//! Checkpoint slot: `u8[8]` `KEELMCK1`, u64 generation, u64 applied index, u64 its term, u32 image
 //! length, u32 CRC32C of bytes 0..36 and the image, then at byte 64 the image (the state
 //! machine, `machine::encode_image`); written in whole 4 KiB blocks into the slot the generation
 //! selects, then fdatasynced. The valid slot with the highest generation wins.
