@@ -385,8 +385,9 @@ impl MetaState {
             {
                 continue;
             }
-            if move_nodes(m).iter().any(|n| !self.nodes.contains_key(n)) {
-                continue;
+            let nodes = move_nodes(m);
+            if nodes.is_empty() || nodes.iter().any(|n| !self.nodes.contains_key(n)) {
+                continue; // names no node, or one that is gone: nothing to carry out
             }
             self.in_flight.insert(m.partition(), m.clone());
         }
@@ -397,9 +398,10 @@ impl MetaState {
         if self.in_flight.get(&m.partition()) != Some(m) {
             return Err(format!("move {m:?} is not in flight"));
         }
-        self.in_flight.remove(&m.partition());
         let cl = self.cluster_mut()?;
+        // Refused, the move stays in flight; the leader gives up moves that no longer apply.
         placement::apply(cl, m).map_err(|e| format!("move {m:?}: {e}"))?;
+        self.in_flight.remove(&m.partition());
         self.epoch += 1;
         Ok(())
     }

@@ -206,26 +206,39 @@ pub fn node_commands(
     out
 }
 
+/// What one planning round hands out and gives up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// New moves, for partitions without one in flight.
+    pub start: Vec<Move>,
+    /// Partitions whose move in flight no longer applies to the state (it could never
+    /// complete): given up, so the planner chooses again.
+    pub stale: Vec<PartitionId>,
+}
+
 /// The moves to hand out now: the planner runs over the state as it will be once the moves in
 /// flight are done (so it counts them against `moves_in_flight_max` and plans around them), and
 /// partitions that already have a move in flight get no second one.
-pub fn moves_to_start(state: &MetaState, limits: &Limits) -> Vec<Move> {
+pub fn moves_to_start(state: &MetaState, limits: &Limits) -> Round {
     let Some(cl) = state.cluster() else {
-        return Vec::new();
+        return Round::default();
     };
     let mut projected = cl.clone();
+    let mut stale = Vec::new();
     for m in state.in_flight().values() {
-        // A move the state no longer takes (a node went down meanwhile) is simply not counted.
-        let _ = placement::apply(&mut projected, m);
+        if placement::apply(&mut projected, m).is_err() {
+            stale.push(m.partition());
+        }
     }
     let limits = Limits {
         balance: limits.balance && state.balance(),
         ..limits.clone()
     };
-    plan(&projected, &limits)
+    let start = plan(&projected, &limits)
         .into_iter()
         .filter(|m| !state.in_flight().contains_key(&m.partition()))
-        .collect()
+        .collect();
+    Round { start, stale }
 }
 
 /// Nodes heard last more than `failure_timeout` before `now` that are not marked Down yet.

@@ -49,7 +49,7 @@ fn fact(
 /// Hands out and completes every planned move until the planner has nothing left.
 fn settle(s: &mut MetaState) {
     for _ in 0..100 {
-        let moves = moves_to_start(s, &Limits::default());
+        let moves = moves_to_start(s, &Limits::default()).start;
         if moves.is_empty() && s.in_flight().is_empty() {
             return;
         }
@@ -234,7 +234,7 @@ fn moves_in_flight_count_against_the_limit_and_get_no_second_move() {
         moves_in_flight_max: 4,
         ..Limits::default()
     };
-    let first = moves_to_start(&s, &limits);
+    let first = moves_to_start(&s, &limits).start;
     let learners = first
         .iter()
         .filter(|m| matches!(m, Move::AddLearner { .. }))
@@ -245,7 +245,7 @@ fn moves_in_flight_count_against_the_limit_and_get_no_second_move() {
     })
     .unwrap();
     // Nothing done yet: no more learners, and nothing for the partitions already moving.
-    let again = moves_to_start(&s, &limits);
+    let again = moves_to_start(&s, &limits).start;
     assert!(
         again.iter().all(|m| !matches!(m, Move::AddLearner { .. })),
         "{again:?}"
@@ -259,7 +259,7 @@ fn moves_in_flight_count_against_the_limit_and_get_no_second_move() {
     for p in all.iter().map(|m| m.partition()) {
         s.apply(&Command::AbortMove { partition: p }).unwrap();
     }
-    assert!(moves_to_start(&s, &limits).is_empty());
+    assert_eq!(moves_to_start(&s, &limits), Round::default());
 }
 
 #[test]
@@ -290,4 +290,24 @@ fn silent_nodes_are_marked_down_after_the_timeout_and_stuck_moves_given_up() {
         stuck_moves(&s, &mut soft, t0 + mt, mt),
         vec![Command::AbortMove { partition: 2 }]
     );
+}
+
+#[test]
+fn a_move_in_flight_that_no_longer_applies_is_given_up() {
+    let mut s = state(&[(1, "a"), (2, "b")]);
+    settle(&mut s);
+    // A promote of a node that is no learner: it can never complete.
+    let m = Move::Promote {
+        partition: 3,
+        node: 2,
+    };
+    s.apply(&Command::StartMoves {
+        moves: vec![m.clone()],
+    })
+    .unwrap();
+    let before = s.image();
+    assert!(s.apply(&Command::CompleteMove { m }).is_err());
+    assert_eq!(s.image(), before, "refused: nothing changed");
+    let round = moves_to_start(&s, &Limits::default());
+    assert_eq!(round.stale, vec![3]);
 }

@@ -342,9 +342,12 @@ pub(super) async fn scheduler(svc: Rc<Service>) {
         });
         if due && cmds.is_empty() {
             planned_at = Some((key.0, key.1, now));
-            let moves = schedule::moves_to_start(&svc.state.borrow(), &svc.cfg.limits);
-            if !moves.is_empty() {
-                cmds.push(Command::StartMoves { moves });
+            let round = schedule::moves_to_start(&svc.state.borrow(), &svc.cfg.limits);
+            for partition in round.stale {
+                cmds.push(Command::AbortMove { partition });
+            }
+            if !round.start.is_empty() {
+                cmds.push(Command::StartMoves { moves: round.start });
             }
         }
         if cmds.is_empty() {
