@@ -19,10 +19,12 @@ use keel_meta::proto::{NodeCommand, PartitionFact, Role, Status};
 pub const BIN: &str = env!("CARGO_BIN_EXE_keel-meta");
 
 /// A loopback port no other test in this run gets: each test process draws from its own band
-/// (by PID), and the port is checked free by binding it.
+/// (by PID) of 150 ports between 20,000 and 32,000, below the kernel's ephemeral range (where
+/// outgoing connections and port-0 listeners take theirs), and the port is checked free by
+/// binding it.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let band = 20_000 + (std::process::id() % 200) * 150;
+    let band = 20_000 + (std::process::id() % 80) * 150;
     for _ in 0..150 {
         let p = band + NEXT.fetch_add(1, Ordering::SeqCst) % 150;
         if TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
