@@ -46,7 +46,14 @@ fn one_replica(dir: &TempDir) -> Meta {
     Meta::start(
         &a,
         &dir.path("meta.data"),
-        &["--partitions", "64", "--replicas", "3"],
+        &[
+            "--partitions",
+            "64",
+            "--replicas",
+            "3",
+            "--moves-in-flight-max",
+            "8",
+        ],
     )
 }
 
@@ -57,6 +64,7 @@ fn four_nodes_in_two_zones_then_a_fifth_then_drain_and_remove() {
     let addrs = vec![meta.addr.clone()];
     wait_ready(&addrs);
     let mut c = FakeCluster::new(&addrs, 64);
+    c.moves_max = Some(8);
     for (id, zone) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
         c.add(id, zone).unwrap();
     }
@@ -358,6 +366,13 @@ fn three_replicas_lose_their_leader_and_keep_placing() {
     assert_within(&s, &[1, 2, 3, 4, 5], (38, 39), (12, 13));
     let new_leader = s.meta_replicas.iter().find(|r| r.leader).expect("a leader");
     assert_ne!(new_leader.addr, addrs[li]);
+    // A client that knows only a follower is redirected to the leader.
+    let follower = (0..3)
+        .find(|&i| i != li && addrs[i] != new_leader.addr)
+        .unwrap();
+    let mut only = client(std::slice::from_ref(&addrs[follower]));
+    assert_eq!(only.status().unwrap().epoch, s.epoch);
+    assert_eq!(only.leader(), Some(new_leader.addr.as_str()));
 
     // The killed replica comes back; then the new leader is killed too: the two left (one of
     // them the restarted one, which must have caught up to vote and commit) keep the state.

@@ -226,6 +226,9 @@ pub struct FakeCluster {
     pub nodes: BTreeMap<u64, FakeNode>,
     pub groups: BTreeMap<u32, Group>,
     pub partitions: u32,
+    /// When set, `settle` checks that no more partitions than this are mid-move at once (the
+    /// meta service's --moves-in-flight-max).
+    pub moves_max: Option<usize>,
 }
 
 impl FakeCluster {
@@ -235,6 +238,7 @@ impl FakeCluster {
             nodes: BTreeMap::new(),
             groups: BTreeMap::new(),
             partitions,
+            moves_max: None,
         }
     }
 
@@ -372,6 +376,17 @@ impl FakeCluster {
             );
             let handed = self.round();
             let s = client(&self.meta).status().unwrap();
+            if let Some(max) = self.moves_max {
+                let mid_move = self
+                    .groups
+                    .values()
+                    .filter(|g| !g.learners.is_empty() || g.voters.len() > 3)
+                    .count();
+                assert!(
+                    mid_move <= max,
+                    "{mid_move} partitions mid-move, limit {max}"
+                );
+            }
             if handed == 0 && s.moves_in_flight.is_empty() {
                 quiet += 1;
                 // The planner runs at least every second; two quiet seconds mean it has nothing.
