@@ -252,6 +252,11 @@ impl MetaClient {
         self.done(Request::Drain { node })
     }
 
+    /// Ends a drain of node `node`.
+    pub fn undrain(&mut self, node: NodeId) -> Result<(), ClientError> {
+        self.done(Request::Undrain { node })
+    }
+
     /// Forgets node `node`; refused while it still hosts a replica.
     pub fn remove(&mut self, node: NodeId) -> Result<(), ClientError> {
         self.done(Request::Remove { node })

@@ -13,6 +13,7 @@ use crate::proto::Status;
 pub enum CtlCommand {
     Status,
     Drain(NodeId),
+    Undrain(NodeId),
     Remove(NodeId),
     Balance(bool),
 }
@@ -36,6 +37,10 @@ pub fn run(meta: &str, cmd: &CtlCommand, json: bool) -> Result<String, ClientErr
         CtlCommand::Drain(n) => {
             c.drain(*n)?;
             Ok(done(json, &format!("node {n} is draining")))
+        }
+        CtlCommand::Undrain(n) => {
+            c.undrain(*n)?;
+            Ok(done(json, &format!("node {n} is no longer draining")))
         }
         CtlCommand::Remove(n) => {
             c.remove(*n)?;

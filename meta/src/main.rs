@@ -74,6 +74,8 @@ enum CtlCmd {
     Status,
     /// Empty a node: its replicas and leaders move to others.
     Drain { id: u64 },
+    /// End a drain: the node takes replicas again.
+    Undrain { id: u64 },
     /// Forget a node (refused while it hosts a replica: drain it first).
     Remove { id: u64 },
     /// Turn replica and leader balancing on or off.
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
             let cmd = match what {
                 CtlCmd::Status => CtlCommand::Status,
                 CtlCmd::Drain { id } => CtlCommand::Drain(id),
+                CtlCmd::Undrain { id } => CtlCommand::Undrain(id),
                 CtlCmd::Remove { id } => CtlCommand::Remove(id),
                 CtlCmd::Balance { state } => CtlCommand::Balance(state == "on"),
             };

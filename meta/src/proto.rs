@@ -162,6 +162,10 @@ pub enum Request {
     Drain {
         node: NodeId,
     },
+    /// Ends a drain: the node takes replicas again.
+    Undrain {
+        node: NodeId,
+    },
     Remove {
         node: NodeId,
     },

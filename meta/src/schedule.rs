@@ -216,6 +216,39 @@ pub struct Round {
     pub stale: Vec<PartitionId>,
 }
 
+/// Replicas a partition's Raft group has that its placement does not, as its leader `node`
+/// reports them, with no move in flight for the partition: a learner added for a move that was
+/// given up, a voter promoted for one. The leader is told to remove them (not recorded as moves:
+/// repeated with each heartbeat until the group agrees with the placement). The leader itself is
+/// never among them.
+pub fn drift_commands(
+    state: &MetaState,
+    node: NodeId,
+    facts: &[PartitionFact],
+) -> Vec<NodeCommand> {
+    let mut out = Vec::new();
+    let Some(cl) = state.cluster() else {
+        return out;
+    };
+    for f in facts.iter().filter(|f| f.role == Role::Leader) {
+        let Some(pl) = cl.placement(f.partition) else {
+            continue;
+        };
+        if pl.voters.is_empty() || state.in_flight().contains_key(&f.partition) {
+            continue;
+        }
+        for &n in f.voters.iter().chain(&f.learners) {
+            if n != node && !pl.hosts(n) {
+                out.push(NodeCommand::RemoveReplica {
+                    partition: f.partition,
+                    node: n,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The moves to hand out now: the planner runs over the state as it will be once the moves in
 /// flight are done (so it counts them against `moves_in_flight_max` and plans around them), and
 /// partitions that already have a move in flight get no second one.

@@ -41,6 +41,24 @@ fn assert_within(s: &Status, ids: &[u64], replicas: (u32, u32), leaders: (u32, u
     }
 }
 
+/// The pretend Raft groups hold exactly the replicas and leaders the meta service placed.
+fn assert_groups_match(c: &FakeCluster, routing: &keel_meta::proto::RoutingTable) {
+    for (p, pl) in routing.placements.iter().enumerate() {
+        let g = &c.groups[&(p as u32)];
+        let mut a = g.voters.clone();
+        let mut b = pl.voters.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "partition {p}");
+        assert_eq!(
+            g.learners,
+            pl.learner.into_iter().collect::<Vec<_>>(),
+            "partition {p}"
+        );
+        assert_eq!(g.leader, pl.leader, "partition {p}");
+    }
+}
+
 fn one_replica(dir: &TempDir) -> Meta {
     let a = addr();
     Meta::start(
@@ -91,16 +109,7 @@ fn four_nodes_in_two_zones_then_a_fifth_then_drain_and_remove() {
     for (p, z) in zones_of(&s, &routing.placements).iter().enumerate() {
         assert_eq!(z.len(), 2, "partition {p} still spans both zones");
     }
-    // The pretend groups agree with what the meta service thinks.
-    for (p, pl) in routing.placements.iter().enumerate() {
-        let g = &c.groups[&(p as u32)];
-        let mut a = g.voters.clone();
-        let mut b = pl.voters.clone();
-        a.sort_unstable();
-        b.sort_unstable();
-        assert_eq!(a, b, "partition {p}");
-        assert_eq!(g.leader, pl.leader, "partition {p}");
-    }
+    assert_groups_match(&c, &routing);
 
     // Remove is refused while the node hosts replicas; an unknown id is named.
     let (ok, _, err) = ctl(&addrs, &["remove", "5"]);
@@ -116,6 +125,18 @@ fn four_nodes_in_two_zones_then_a_fifth_then_drain_and_remove() {
     assert_eq!(n5.health, Health::Draining);
     assert_eq!((n5.replicas, n5.leaders), (0, 0), "{:?}", counts(&s));
     assert_within(&s, &[1, 2, 3, 4], (47, 49), (15, 17));
+    // Undrain and drain again: it is Up (and empty) in between.
+    let (ok, out, err) = ctl(&addrs, &["undrain", "5"]);
+    assert!(ok && out.contains("no longer draining"), "{out}{err}");
+    let s = client(&addrs).status().unwrap();
+    assert_eq!(
+        s.nodes.iter().find(|n| n.id == 5).unwrap().health,
+        Health::Up
+    );
+    let (ok, out, err) = ctl(&addrs, &["drain", "5"]);
+    assert!(ok, "{out}{err}");
+    c.settle();
+    assert_groups_match(&c, &client(&addrs).routing(0).unwrap().unwrap());
     let (ok, out, err) = ctl(&addrs, &["remove", "5"]);
     assert!(ok, "{out}{err}");
     let s = client(&addrs).status().unwrap();

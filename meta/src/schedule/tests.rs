@@ -311,3 +311,35 @@ fn a_move_in_flight_that_no_longer_applies_is_given_up() {
     let round = moves_to_start(&s, &Limits::default());
     assert_eq!(round.stale, vec![3]);
 }
+
+#[test]
+fn replicas_a_group_has_beyond_its_placement_are_removed_by_its_leader() {
+    let mut s = state(&[(1, "a"), (2, "b"), (3, "c")]);
+    settle(&mut s);
+    let pl = s.cluster().unwrap().placement(2).unwrap().clone();
+    let leader = pl.leader.unwrap();
+    let spare = (1..=3).find(|n| !pl.hosts(*n)).unwrap();
+    // A learner left from a move given up.
+    let f = fact(2, Role::Leader, 2, &pl.voters, &[spare]);
+    assert_eq!(
+        drift_commands(&s, leader, std::slice::from_ref(&f)),
+        vec![NodeCommand::RemoveReplica {
+            partition: 2,
+            node: spare
+        }]
+    );
+    // Not while a move is in flight for the partition (that learner may be the move's), nor
+    // from a follower's report.
+    s.apply(&Command::StartMoves {
+        moves: vec![Move::AddLearner {
+            partition: 2,
+            node: spare,
+            replaces: None,
+        }],
+    })
+    .unwrap();
+    assert!(drift_commands(&s, leader, std::slice::from_ref(&f)).is_empty());
+    let follower = pl.voters.iter().copied().find(|&v| v != leader).unwrap();
+    let f = fact(2, Role::Follower, 2, &pl.voters, &[spare]);
+    assert!(drift_commands(&s, follower, &[f]).is_empty());
+}

@@ -61,9 +61,13 @@ pub(super) async fn handle(svc: &Rc<Service>, req: Request) -> Response {
                 }
             }
             let st = svc.state.borrow();
+            let mut commands = schedule::node_commands(&st, hb.node, &reported);
+            if let Some(facts) = svc.soft.borrow().facts.get(&hb.node) {
+                commands.extend(schedule::drift_commands(&st, hb.node, facts));
+            }
             Response::Heartbeat(HeartbeatReply {
                 table: (st.epoch() > hb.epoch).then(|| routing_table(&st)),
-                commands: schedule::node_commands(&st, hb.node, &reported),
+                commands,
             })
         }
         Request::GetRouting { epoch } => {
@@ -78,6 +82,17 @@ pub(super) async fn handle(svc: &Rc<Service>, req: Request) -> Response {
                 Command::SetDraining {
                     node,
                     draining: true,
+                },
+            )
+            .await
+        }
+        Request::Undrain { node } => {
+            ctl(
+                svc,
+                node,
+                Command::SetDraining {
+                    node,
+                    draining: false,
                 },
             )
             .await
