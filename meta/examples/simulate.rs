@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             moves_in_flight_max: a.moves_in_flight,
             leader_transfers_per_plan_max: a.leader_transfers,
             creates_per_plan_max: a.creates,
+            balance: true,
         },
         steps_max: a.steps_max,
         seed: a.seed,

@@ -112,6 +112,17 @@ pub enum RaftLogError {
     TooManyGroups { groups: usize },
     #[error("raftlog storage failed, nothing more is durable until restart: {0}")]
     Poisoned(Rc<str>),
+    #[error(
+        "group {group}: the checkpoint has applied index {applied}, but the raftlog holds \
+         entries {first}..={last}: the raftlog does not match the checkpoint (damaged or \
+         replaced)"
+    )]
+    CheckpointMismatch {
+        group: u64,
+        applied: u64,
+        first: u64,
+        last: u64,
+    },
     #[error("raft group {0} does not exist on this shard")]
     UnknownGroup(u64),
     #[error("group {group}: entries must be contiguous: expected index {expected}, got {got}")]

@@ -328,6 +328,63 @@ impl<D: Device + 'static> RaftLog<D> {
         Ok(inner.next_lsn - 1)
     }
 
+    /// Makes `group`'s log agree with a checkpoint of its state machine, which has applied every
+    /// entry through `applied` (of term `applied_term`), before a `RawNode` starts from it:
+    ///
+    /// - `applied` beyond the last entry, with a term: a snapshot was installed and checkpointed
+    ///   and the crash came before the raftlog recorded it; its point is recorded now, from the
+    ///   checkpoint (with the group's conf state).
+    /// - entries after `applied` compacted (`applied + 1 < first index`), or `applied` beyond
+    ///   the last entry without a term: [`RaftLogError::CheckpointMismatch`] (the log and the
+    ///   checkpoint are not of one history).
+    /// - `applied` above the commit index: the commit is raised (only committed entries are
+    ///   applied; a hard state carrying the commit may not have been flushed, and raft-rs
+    ///   refuses an applied index above the commit).
+    pub fn align_to_checkpoint(
+        &self,
+        group: u64,
+        applied: u64,
+        applied_term: u64,
+    ) -> Result<(), RaftLogError> {
+        let (first, last, conf, mut hs) = {
+            let inner = self.inner.borrow();
+            let g = inner
+                .groups
+                .map
+                .get(&group)
+                .ok_or(RaftLogError::UnknownGroup(group))?;
+            (
+                g.first_index(),
+                g.last_index(),
+                g.conf.clone(),
+                g.hs.clone(),
+            )
+        };
+        if applied > last && applied_term > 0 {
+            let mut meta = SnapshotMetadata {
+                index: applied,
+                term: applied_term,
+                ..Default::default()
+            };
+            meta.set_conf_state(conf);
+            self.apply_snapshot(group, &meta)?;
+            return Ok(());
+        }
+        if applied + 1 < first || applied > last {
+            return Err(RaftLogError::CheckpointMismatch {
+                group,
+                applied,
+                first,
+                last,
+            });
+        }
+        if applied > hs.commit {
+            hs.commit = applied;
+            self.set_hard_state(group, &hs, Flush::Now)?;
+        }
+        Ok(())
+    }
+
     /// The group's hard state as last recorded (in memory; durable once its LSN is).
     pub fn hard_state(&self, group: u64) -> Option<HardState> {
         self.inner

@@ -57,6 +57,11 @@ pub struct Limits {
     /// Partitions one plan creates at most (a new table's partitions are created over several
     /// plans, which keeps each plan's time short).
     pub creates_per_plan_max: usize,
+    /// Balancing on: replicas move to even out load and leaders move toward each node's share.
+    /// Off (`keel-meta ctl balance off`): only what keeps data safe and drains finish still
+    /// happens (creates, repairs, drains, the zone rule, moves under way, leaders off Draining
+    /// nodes).
+    pub balance: bool,
 }
 
 impl Default for Limits {
@@ -65,6 +70,7 @@ impl Default for Limits {
             moves_in_flight_max: 32,
             leader_transfers_per_plan_max: 1024,
             creates_per_plan_max: 16384,
+            balance: true,
         }
     }
 }
@@ -443,7 +449,9 @@ impl<'a> Planner<'a> {
                 budget -= 1;
             }
         }
-        self.rebalance(&voter_of, budget);
+        if self.limits.balance {
+            self.rebalance(&voter_of, budget);
+        }
         let settled = in_flight == 0 && self.out.is_empty();
         self.balance_leaders(&led, &draining_led, settled);
         debug_assert!({
@@ -688,6 +696,9 @@ impl<'a> Planner<'a> {
             {
                 self.transfer(p, from, to);
             }
+        }
+        if !self.limits.balance {
+            return;
         }
         let vt = self.votes_total;
         let mut by_dev: BTreeSet<(i128, usize)> = (0..self.t.ids.len())

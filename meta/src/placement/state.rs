@@ -21,7 +21,9 @@ pub const REPLICAS_MAX: usize = REPLICATION_FACTOR_MAX + 1;
 pub const PARTITIONS_MAX: u32 = 1 << 20;
 
 /// What the meta service knows of a node's availability.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Health {
     /// Heartbeating; takes new replicas and leaders.
     Up,
@@ -55,7 +57,7 @@ pub struct Node {
 ///
 /// `voters` is kept in the order the replicas joined (a promoted learner goes last), which the
 /// planner uses: without a `replaces`, the newest voter is never the one removed to finish a move.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Placement {
     /// The Raft voters; empty for a partition not placed yet.
     pub voters: Vec<NodeId>,
@@ -84,7 +86,9 @@ impl Placement {
 /// has one voter more than its replication factor), `RemoveReplica{A}`; if A leads,
 /// `TransferLeader{A, _}` comes before the removal. So a partition never has fewer serving voters
 /// than before the move.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Move {
     /// Create the Raft group of a partition that has no replicas, with these voters; the first is
     /// asked to campaign, so it is meant to lead. Moves no data: the group starts empty.
@@ -259,6 +263,11 @@ impl ClusterState {
         self.epoch
     }
 
+    /// Sets the epoch (loading saved state: a restored state then equals the one saved).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
     /// The nodes in id order.
     pub fn nodes(&self) -> impl ExactSizeIterator<Item = &Node> + '_ {
         self.nodes.values()
@@ -285,6 +294,20 @@ impl ClusterState {
             return Err(StateError::ZeroWeight(node.id));
         }
         self.nodes.insert(node.id, node);
+        Ok(())
+    }
+
+    /// Changes a known node's zone, weight and health (a node that registers again, moved or
+    /// resized); its replicas stay where they are.
+    pub fn replace_node(&mut self, node: Node) -> Result<(), StateError> {
+        if node.weight == 0 {
+            return Err(StateError::ZeroWeight(node.id));
+        }
+        let slot = self
+            .nodes
+            .get_mut(&node.id)
+            .ok_or(StateError::UnknownNode(node.id))?;
+        *slot = node;
         Ok(())
     }
 

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use keel_nvme::UringDevice;
-use keel_raftlog::{Flush, GroupStorage, RaftLog};
+use keel_raftlog::{GroupStorage, RaftLog};
 use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 
@@ -334,7 +334,7 @@ impl Replicas {
                 // Created, not checkpointed yet: the bootstrap configuration is all there is.
                 (applied, applied_term) = (membership::BOOTSTRAP_INDEX, membership::BOOTSTRAP_TERM);
             }
-            check_applied(&log, &storage, p, applied, applied_term)?;
+            check_applied(&log, p, applied, applied_term)?;
             let cfg = raft::Config {
                 id: settings.node_id,
                 election_tick: settings.election_ticks,
@@ -1039,48 +1039,21 @@ impl Replicas {
     }
 }
 
-/// The checkpoint's applied index must fall inside what the raftlog holds: entries after it
-/// are replayed, so none may be compacted, and it cannot be past the last entry. An applied
-/// index above the persisted commit index is fine (only committed entries are applied; the
-/// hard state recording the commit may not have been flushed): the commit index is raised.
+/// The checkpoint's applied index must fall inside what the raftlog holds (entries after it are
+/// replayed); the rules are `RaftLog::align_to_checkpoint`'s.
 fn check_applied(
     log: &RaftLog<UringDevice>,
-    storage: &GroupStorage<UringDevice>,
     p: u64,
     applied: u64,
     applied_term: u64,
 ) -> Result<(), String> {
-    use raft::Storage;
-    let fail = |e: raft::Error| format!("group {p}: raftlog: {e}");
-    let first = storage.first_index().map_err(fail)?;
-    let last = storage.last_index().map_err(fail)?;
-    if applied > last && applied_term > 0 {
-        // A snapshot was installed and checkpointed, but the crash came before the raftlog
-        // recorded it: record it now, from the checkpoint.
-        let mut meta = SnapshotMetadata {
-            index: applied,
-            term: applied_term,
-            ..Default::default()
-        };
-        meta.set_conf_state(storage.initial_state().map_err(fail)?.conf_state);
-        log.apply_snapshot(p, &meta)
-            .map_err(|e| format!("group {p}: raftlog: {e}"))?;
-        return Ok(());
-    }
-    if applied + 1 < first || applied > last {
-        return Err(format!(
-            "group {p}: the checkpoint has applied index {applied}, but the raftlog holds entries \
-             {first}..={last}: the raftlog does not match the checkpoint (damaged or replaced); \
-             start this node from a new data file and let it catch up from its peers"
-        ));
-    }
-    let mut hs = storage.initial_state().map_err(fail)?.hard_state;
-    if applied > hs.commit {
-        hs.commit = applied;
-        log.set_hard_state(p, &hs, Flush::Now)
-            .map_err(|e| format!("group {p}: raftlog: {e}"))?;
-    }
-    Ok(())
+    log.align_to_checkpoint(p, applied, applied_term)
+        .map_err(|e| match e {
+            keel_raftlog::RaftLogError::CheckpointMismatch { .. } => format!(
+                "{e}; start this node from a new data file and let it catch up from its peers"
+            ),
+            e => format!("group {p}: raftlog: {e}"),
+        })
 }
 
 /// Where this process starts numbering its forwarded requests: random, so a reply the leader

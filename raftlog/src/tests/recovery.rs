@@ -354,3 +354,56 @@ fn roll_after_full_compaction_leaves_one_segment_and_ignores_old_damage() {
         assert_eq!(s.initial_state().unwrap().hard_state.commit, 50);
     });
 }
+
+#[test]
+fn a_checkpoint_is_aligned_with_the_log_it_was_taken_from() {
+    run(|| async {
+        let dev = Rc::new(SimDevice::new(4 * SEG, 3));
+        let log = open(&dev, cfg()).await.unwrap();
+        let _f = flusher(&log);
+        log.create_group(1, conf(&[1])).unwrap();
+        let ents: Vec<_> = (1..=10).map(|i| entry(i, 2, &data(1, i, 2, 10))).collect();
+        log.append(1, &ents).unwrap();
+        let hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 4,
+            ..Default::default()
+        };
+        log.set_hard_state(1, &hs, Flush::Now).unwrap();
+        // Applied beyond the recorded commit: the commit is raised to it.
+        log.align_to_checkpoint(1, 7, 2).unwrap();
+        assert_eq!(log.hard_state(1).unwrap().commit, 7);
+        log.align_to_checkpoint(1, 3, 2).unwrap();
+        assert_eq!(log.hard_state(1).unwrap().commit, 7, "never lowered");
+        // A snapshot installed and checkpointed that the raftlog never recorded.
+        log.align_to_checkpoint(1, 30, 3).unwrap();
+        let s = log.storage(1).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.term(30).unwrap()), (31, 3));
+        assert_eq!(s.initial_state().unwrap().conf_state, conf(&[1]));
+        // A checkpoint older than what the log still holds: entries it needs are gone.
+        log.append(1, &[entry(31, 3, b"x"), entry(32, 3, b"y")])
+            .unwrap();
+        log.compact(1, 32).unwrap();
+        let e = log.align_to_checkpoint(1, 20, 3).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RaftLogError::CheckpointMismatch {
+                    applied: 20,
+                    first: 33,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("does not match the checkpoint"),
+            "{e}"
+        );
+        assert!(matches!(
+            log.align_to_checkpoint(5, 1, 1),
+            Err(RaftLogError::UnknownGroup(5))
+        ));
+    });
+}

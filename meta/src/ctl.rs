@@ -1,0 +1,284 @@
+//! `keel-meta ctl`: the operator's commands, and how their answers are printed (a table by
+//! default, JSON with `--json`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::client::{ClientConfig, ClientError, MetaClient};
+use crate::placement::{Health, Move, NodeId};
+use crate::proto::Status;
+
+/// One ctl command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CtlCommand {
+    Status,
+    Drain(NodeId),
+    Undrain(NodeId),
+    Remove(NodeId),
+    Balance(bool),
+}
+
+/// Runs `cmd` against the meta group at `meta` ("ADDR[,ADDR...]") and returns what to print.
+pub fn run(meta: &str, cmd: &CtlCommand, json: bool) -> Result<String, ClientError> {
+    let cfg = ClientConfig {
+        retry_for: std::time::Duration::from_secs(5),
+        ..ClientConfig::default()
+    };
+    let mut c = MetaClient::from_list(meta, cfg)?;
+    match cmd {
+        CtlCommand::Status => {
+            let s = c.status()?;
+            Ok(if json {
+                serde_json::to_string_pretty(&s).expect("a status encodes") + "\n"
+            } else {
+                status_table(&s)
+            })
+        }
+        CtlCommand::Drain(n) => {
+            c.drain(*n)?;
+            Ok(done(json, &format!("node {n} is draining")))
+        }
+        CtlCommand::Undrain(n) => {
+            c.undrain(*n)?;
+            Ok(done(json, &format!("node {n} is no longer draining")))
+        }
+        CtlCommand::Remove(n) => {
+            c.remove(*n)?;
+            Ok(done(json, &format!("node {n} removed")))
+        }
+        CtlCommand::Balance(on) => {
+            c.set_balance(*on)?;
+            let what = if *on { "on" } else { "off" };
+            Ok(done(json, &format!("balance {what}")))
+        }
+    }
+}
+
+fn done(json: bool, msg: &str) -> String {
+    if json {
+        serde_json::json!({ "ok": true, "message": msg }).to_string() + "\n"
+    } else {
+        format!("{msg}\n")
+    }
+}
+
+fn health(h: Health) -> &'static str {
+    match h {
+        Health::Up => "up",
+        Health::Draining => "draining",
+        Health::Down => "down",
+    }
+}
+
+/// A move in words.
+pub fn describe_move(m: &Move) -> String {
+    match m {
+        Move::Create { partition, voters } => {
+            format!("partition {partition}: create on {voters:?}")
+        }
+        Move::AddLearner {
+            partition,
+            node,
+            replaces,
+        } => match replaces {
+            Some(r) => format!("partition {partition}: add learner {node} (replaces {r})"),
+            None => format!("partition {partition}: add learner {node}"),
+        },
+        Move::Promote { partition, node } => format!("partition {partition}: promote {node}"),
+        Move::RemoveReplica { partition, node } => {
+            format!("partition {partition}: remove replica {node}")
+        }
+        Move::TransferLeader {
+            partition,
+            from,
+            to,
+        } => format!("partition {partition}: transfer leader {from} -> {to}"),
+    }
+}
+
+/// The readable form of `ctl status`.
+pub fn status_table(s: &Status) -> String {
+    let mut o = String::new();
+    let replicas: Vec<String> = s
+        .meta_replicas
+        .iter()
+        .map(|r| {
+            let l = if r.leader { " (leader)" } else { "" };
+            format!("{}={}{l}", r.id, r.addr)
+        })
+        .collect();
+    let _ = writeln!(
+        o,
+        "meta: {}; term {}, applied index {}",
+        replicas.join(", "),
+        s.term,
+        s.applied_index
+    );
+    let _ = writeln!(
+        o,
+        "keyspace: {} partitions, replication factor {}; placement epoch {}; balance {}",
+        s.partitions,
+        s.replication_factor,
+        s.epoch,
+        if s.balance { "on" } else { "off" }
+    );
+    let _ = writeln!(
+        o,
+        "partitions: {} under-replicated, {} without a leader; {} moves in flight",
+        s.under_replicated,
+        s.leaderless,
+        s.moves_in_flight.len()
+    );
+    let mut rows = vec![[
+        "NODE",
+        "ZONE",
+        "HEALTH",
+        "CLIENT",
+        "PEER",
+        "REPLICAS",
+        "LEADERS",
+        "LEARNERS",
+        "KEYS",
+        "BYTES",
+        "HEARTBEAT",
+    ]
+    .map(String::from)];
+    for n in &s.nodes {
+        rows.push([
+            n.id.to_string(),
+            n.zone.clone(),
+            health(n.health).to_string(),
+            n.client_addr.clone(),
+            n.peer_addr.clone(),
+            n.replicas.to_string(),
+            n.leaders.to_string(),
+            n.learners.to_string(),
+            n.keys.to_string(),
+            n.bytes.to_string(),
+            n.last_heartbeat_ms
+                .map_or("-".to_string(), |ms| format!("{ms} ms ago")),
+        ]);
+    }
+    let _ = writeln!(o);
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(o, "{}", line.join("  ").trim_end());
+    }
+    let mut zones: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for n in &s.nodes {
+        let z = zones.entry(&n.zone).or_default();
+        z.0 += 1;
+        z.1 += (n.health == Health::Up) as u32;
+    }
+    let zs: Vec<String> = zones
+        .iter()
+        .map(|(z, (n, up))| format!("{z}: {n} nodes ({up} up)"))
+        .collect();
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "zones: {}",
+        if zs.is_empty() {
+            "none".into()
+        } else {
+            zs.join(", ")
+        }
+    );
+    if !s.moves_in_flight.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "moves in flight:");
+        for m in &s.moves_in_flight {
+            let _ = writeln!(o, "  {}", describe_move(m));
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{MetaReplica, NodeStatus};
+
+    #[test]
+    fn the_status_table_shows_nodes_zones_and_moves() {
+        let node = |id, zone: &str, health, replicas, leaders| NodeStatus {
+            id,
+            client_addr: format!("10.0.0.{id}:11211"),
+            peer_addr: format!("10.0.0.{id}:7100"),
+            zone: zone.into(),
+            health,
+            weight: 1,
+            cores: 4,
+            device_bytes: 1 << 30,
+            memory_bytes: 1 << 30,
+            last_heartbeat_ms: (id != 3).then_some(250),
+            replicas,
+            leaders,
+            learners: 0,
+            keys: 10,
+            bytes: 1000,
+        };
+        let s = Status {
+            meta_replicas: vec![
+                MetaReplica {
+                    id: 1,
+                    addr: "10.0.1.1:7000".into(),
+                    leader: false,
+                },
+                MetaReplica {
+                    id: 2,
+                    addr: "10.0.1.2:7000".into(),
+                    leader: true,
+                },
+            ],
+            term: 7,
+            applied_index: 99,
+            epoch: 12,
+            partitions: 8,
+            replication_factor: 2,
+            balance: false,
+            nodes: vec![
+                node(1, "a", Health::Up, 6, 4),
+                node(2, "b", Health::Draining, 6, 4),
+                node(3, "b", Health::Down, 4, 0),
+            ],
+            under_replicated: 4,
+            leaderless: 0,
+            moves_in_flight: vec![Move::AddLearner {
+                partition: 5,
+                node: 1,
+                replaces: Some(3),
+            }],
+        };
+        let t = status_table(&s);
+        assert!(
+            t.starts_with("meta: 1=10.0.1.1:7000, 2=10.0.1.2:7000 (leader); term 7"),
+            "{t}"
+        );
+        assert!(t.contains("8 partitions, replication factor 2; placement epoch 12; balance off"));
+        assert!(t.contains("partitions: 4 under-replicated, 0 without a leader; 1 moves in flight"));
+        assert!(
+            t.contains("zones: a: 1 nodes (1 up), b: 2 nodes (0 up)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  partition 5: add learner 1 (replaces 3)"),
+            "{t}"
+        );
+        let row = |id: &str| t.lines().find(|l| l.starts_with(id)).unwrap().to_string();
+        assert!(row("2 ").contains("draining"));
+        assert!(row("3 ").contains("down") && row("3 ").trim_end().ends_with('-'));
+        assert!(row("1 ").contains("250 ms ago"));
+        // Columns line up: every row's REPLICAS column starts where its header does.
+        let header = row("NODE");
+        let at = header.find("REPLICAS").unwrap();
+        assert_eq!(&row("1 ")[at..at + 1], "6");
+    }
+}

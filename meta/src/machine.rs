@@ -1,0 +1,586 @@
+//! The meta service's replicated state machine: what every meta replica holds alike, changed
+//! only by [`Command`]s applied in Raft log order.
+//!
+//! State: the keyspace (partition count and replication factor, fixed by the first
+//! [`Command::Bootstrap`]), the nodes (addresses, zone, capacity, drain and down flags), the
+//! placement of every partition (the planner's [`ClusterState`]), the moves handed out and not yet
+//! completed (at most one per partition), the balance switch and the placement epoch, which goes
+//! up with every change a routing table shows.
+//!
+//! Apply is deterministic: no clock, no I/O, no randomness; a command that does not fit the state
+//! is refused with a message and changes nothing, on every replica alike. Decisions that need a
+//! clock or the network (a node silent too long, a peer address unreachable) are taken by the
+//! leader before it proposes (see `schedule.rs`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement::{self, ClusterState, Health, Move, Node, NodeId, PartitionId, Placement};
+
+/// Partitions the meta service accepts at most: its state (and so a snapshot) stays within one
+/// checkpoint slot (see `service/store.rs`).
+pub const META_PARTITIONS_MAX: u32 = 1 << 16;
+
+/// Bytes of device capacity one unit of placement weight stands for: a node with 4 TB holds about
+/// 58 times the replicas of one with 64 GiB; every node weighs at least 1.
+pub const WEIGHT_UNIT_BYTES: u64 = 64 << 30;
+
+/// Version of the encoded [`Entry`] and [`Image`]; a replica refuses to apply a newer one.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// What a node tells about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub node: NodeId,
+    /// Where clients reach it (memcached protocol), "IP:PORT".
+    pub client_addr: String,
+    /// Where its peers reach it (Raft transport, shard 0), "IP:PORT".
+    pub peer_addr: String,
+    pub zone: String,
+    pub cores: u32,
+    pub device_bytes: u64,
+    pub memory_bytes: u64,
+    /// The node's own partition count (its profile's `node.partitions`): must match the keyspace.
+    pub partitions: u32,
+}
+
+/// A registered node as the state holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub zone: String,
+    pub cores: u32,
+    pub device_bytes: u64,
+    pub memory_bytes: u64,
+    /// The planner's capacity weight, from `device_bytes` ([`WEIGHT_UNIT_BYTES`]).
+    pub weight: u32,
+    /// Being emptied (`keel-meta ctl drain`): takes nothing new, its replicas move away.
+    pub draining: bool,
+    /// Silent past the failure timeout (marked by the leader); cleared when it heartbeats again.
+    pub down: bool,
+}
+
+impl NodeInfo {
+    /// The health the planner reads: Down wins over Draining.
+    pub fn health(&self) -> Health {
+        match (self.down, self.draining) {
+            (true, _) => Health::Down,
+            (false, true) => Health::Draining,
+            (false, false) => Health::Up,
+        }
+    }
+}
+
+/// The weight of a node with `device_bytes` of device.
+pub fn weight_of(device_bytes: u64) -> u32 {
+    (device_bytes / WEIGHT_UNIT_BYTES).clamp(1, 1 << 16) as u32
+}
+
+/// One change of the state. Every variant is applied by [`MetaState::apply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Fixes the keyspace; only the first one counts (later ones that agree are no-ops).
+    Bootstrap {
+        partitions: u32,
+        replication_factor: u32,
+    },
+    /// A node joins, or a known node comes back (its addresses, zone and capacity are updated
+    /// and its down flag cleared). The leader has checked liveness and reachability.
+    Register(Registration),
+    /// The leader saw the node silent past the failure timeout (`down`), or heard it again.
+    SetDown { node: NodeId, down: bool },
+    /// `ctl drain` (true), or an undrain (false).
+    SetDraining { node: NodeId, draining: bool },
+    /// `ctl remove`: refused while the node hosts a replica.
+    Remove { node: NodeId },
+    /// `ctl balance on|off`.
+    SetBalance { on: bool },
+    /// The leader hands these moves out (one per partition; a partition with a move in flight
+    /// is skipped).
+    StartMoves { moves: Vec<Move> },
+    /// The nodes reported the move done: the placement takes it.
+    CompleteMove { m: Move },
+    /// The move of this partition is given up (a node it needs went down, or it took too long).
+    AbortMove { partition: PartitionId },
+    /// The replicas reported this leader (Raft elects; the meta service only hears of it).
+    SetLeader {
+        partition: PartitionId,
+        leader: NodeId,
+    },
+}
+
+/// One Raft entry: who proposed it (to answer the proposer once applied) and its commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub version: u8,
+    /// The meta replica that proposed it and its sequence number there.
+    pub proposer: u64,
+    pub seq: u64,
+    pub commands: Vec<Command>,
+}
+
+/// Why a command was refused. The message names what was wrong.
+pub type Refusal = String;
+
+/// The whole state, as a snapshot or checkpoint carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub version: u8,
+    pub keyspace: Option<(u32, u32)>,
+    pub nodes: Vec<NodeInfo>,
+    pub placements: Vec<Placement>,
+    pub in_flight: Vec<Move>,
+    pub balance: bool,
+    pub epoch: u64,
+    /// The planner state's own epoch (moves applied).
+    pub moves_applied: u64,
+}
+
+/// The replicated state. See the module doc.
+#[derive(Clone, Debug)]
+pub struct MetaState {
+    cluster: Option<ClusterState>,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    in_flight: BTreeMap<PartitionId, Move>,
+    balance: bool,
+    epoch: u64,
+}
+
+impl Default for MetaState {
+    fn default() -> Self {
+        MetaState {
+            cluster: None,
+            nodes: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            balance: true,
+            epoch: 0,
+        }
+    }
+}
+
+/// The nodes a move needs alive: the ones that must act or receive a replica.
+pub fn move_targets(m: &Move) -> Vec<NodeId> {
+    match m {
+        Move::Create { voters, .. } => voters.clone(),
+        &Move::AddLearner { node, .. } | &Move::Promote { node, .. } => vec![node],
+        &Move::TransferLeader { to, .. } => vec![to],
+        Move::RemoveReplica { .. } => Vec::new(),
+    }
+}
+
+impl MetaState {
+    /// The placement (None before bootstrap).
+    pub fn cluster(&self) -> Option<&ClusterState> {
+        self.cluster.as_ref()
+    }
+
+    pub fn bootstrapped(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// (partition count, replication factor), once bootstrapped.
+    pub fn keyspace(&self) -> Option<(u32, u32)> {
+        self.cluster
+            .as_ref()
+            .map(|c| (c.partition_count(), c.replication_factor() as u32))
+    }
+
+    pub fn nodes(&self) -> &BTreeMap<NodeId, NodeInfo> {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&id)
+    }
+
+    /// Moves handed out and not completed, by partition.
+    pub fn in_flight(&self) -> &BTreeMap<PartitionId, Move> {
+        &self.in_flight
+    }
+
+    pub fn balance(&self) -> bool {
+        self.balance
+    }
+
+    /// The placement epoch: +1 for every change a routing table shows (nodes, their health,
+    /// replicas, leaders).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Applies one command; a refusal leaves the state as it was.
+    pub fn apply(&mut self, c: &Command) -> Result<(), Refusal> {
+        match c {
+            &Command::Bootstrap {
+                partitions,
+                replication_factor,
+            } => self.bootstrap(partitions, replication_factor),
+            Command::Register(r) => self.register(r),
+            &Command::SetDown { node, down } => {
+                let n = self.known_mut(node)?;
+                if n.down == down {
+                    return Ok(());
+                }
+                n.down = down;
+                let health = n.health();
+                self.cluster_mut()?
+                    .set_health(node, health)
+                    .map_err(|e| e.to_string())?;
+                if down {
+                    self.abort_moves_needing(node);
+                }
+                self.epoch += 1;
+                Ok(())
+            }
+            &Command::SetDraining { node, draining } => {
+                let n = self.known_mut(node)?;
+                if n.draining == draining {
+                    return Ok(());
+                }
+                n.draining = draining;
+                let health = n.health();
+                self.cluster_mut()?
+                    .set_health(node, health)
+                    .map_err(|e| e.to_string())?;
+                if draining {
+                    // A draining node takes nothing new.
+                    self.abort_moves_needing(node);
+                }
+                self.epoch += 1;
+                Ok(())
+            }
+            &Command::Remove { node } => {
+                self.known_mut(node)?;
+                self.cluster_mut()?
+                    .remove_node(node)
+                    .map_err(|e| format!("{e}"))?;
+                self.nodes.remove(&node);
+                self.abort_moves_needing(node);
+                self.in_flight.retain(|_, m| !move_nodes(m).contains(&node));
+                self.epoch += 1;
+                Ok(())
+            }
+            &Command::SetBalance { on } => {
+                self.balance = on;
+                Ok(())
+            }
+            Command::StartMoves { moves } => self.start_moves(moves),
+            Command::CompleteMove { m } => self.complete(m),
+            &Command::AbortMove { partition } => {
+                self.in_flight.remove(&partition);
+                Ok(())
+            }
+            &Command::SetLeader { partition, leader } => {
+                let cl = self.cluster_mut()?;
+                if cl
+                    .placement(partition)
+                    .is_some_and(|p| p.leader == Some(leader))
+                {
+                    return Ok(());
+                }
+                cl.set_leader(partition, Some(leader))
+                    .map_err(|e| e.to_string())?;
+                // A move the new leader cannot carry out is given up (the planner plans again):
+                // a transfer from another node, or the removal of the new leader itself.
+                let stale = match self.in_flight.get(&partition) {
+                    Some(&Move::TransferLeader { from, .. }) => from != leader,
+                    Some(&Move::RemoveReplica { node, .. }) => node == leader,
+                    _ => false,
+                };
+                if stale {
+                    self.in_flight.remove(&partition);
+                }
+                self.epoch += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn bootstrap(&mut self, partitions: u32, rf: u32) -> Result<(), Refusal> {
+        if let Some((p, r)) = self.keyspace() {
+            if (p, r) == (partitions, rf) {
+                return Ok(());
+            }
+            return Err(format!(
+                "the keyspace is already {p} partitions with replication factor {r}; \
+                 {partitions} partitions with replication factor {rf} refused"
+            ));
+        }
+        if !partitions.is_power_of_two() || partitions > META_PARTITIONS_MAX {
+            return Err(format!(
+                "partitions {partitions}: must be a power of two, at most {META_PARTITIONS_MAX}"
+            ));
+        }
+        let cl = ClusterState::new(partitions, rf as usize).map_err(|e| e.to_string())?;
+        self.cluster = Some(cl);
+        self.epoch += 1;
+        Ok(())
+    }
+
+    fn register(&mut self, r: &Registration) -> Result<(), Refusal> {
+        let (partitions, _) = self
+            .keyspace()
+            .ok_or_else(|| "the meta service is not bootstrapped yet; retry".to_string())?;
+        if r.partitions != partitions {
+            return Err(partition_mismatch(r.node, r.partitions, partitions));
+        }
+        if r.node == 0 {
+            return Err("node id 0 is not allowed: ids start at 1".into());
+        }
+        if r.zone.is_empty() {
+            return Err(format!("node {}: the zone name is empty", r.node));
+        }
+        let weight = weight_of(r.device_bytes);
+        let (draining, was) = match self.nodes.get(&r.node) {
+            Some(n) => (n.draining, Some(n.clone())),
+            None => (false, None),
+        };
+        let info = NodeInfo {
+            id: r.node,
+            client_addr: r.client_addr.clone(),
+            peer_addr: r.peer_addr.clone(),
+            zone: r.zone.clone(),
+            cores: r.cores,
+            device_bytes: r.device_bytes,
+            memory_bytes: r.memory_bytes,
+            weight,
+            draining,
+            down: false,
+        };
+        if was.as_ref() == Some(&info) {
+            return Ok(()); // a retried registration
+        }
+        let cl = self.cluster.as_mut().expect("bootstrapped: checked");
+        if was.is_some() {
+            // Zone or weight may have changed: rebuild the node in the planner's state in place
+            // (its replicas stay; the planner fixes the zone rule if it now breaks).
+            cl.replace_node(Node {
+                id: r.node,
+                zone: info.zone.clone(),
+                weight,
+                health: info.health(),
+            })
+            .map_err(|e| e.to_string())?;
+        } else {
+            cl.add_node(Node {
+                id: r.node,
+                zone: info.zone.clone(),
+                weight,
+                health: info.health(),
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        self.nodes.insert(r.node, info);
+        self.epoch += 1;
+        Ok(())
+    }
+
+    fn start_moves(&mut self, moves: &[Move]) -> Result<(), Refusal> {
+        let cl = self.cluster.as_ref().ok_or("not bootstrapped")?;
+        for m in moves {
+            if m.partition() >= cl.partition_count() || self.in_flight.contains_key(&m.partition())
+            {
+                continue;
+            }
+            let nodes = move_nodes(m);
+            if nodes.is_empty() || nodes.iter().any(|n| !self.nodes.contains_key(n)) {
+                continue; // names no node, or one that is gone: nothing to carry out
+            }
+            self.in_flight.insert(m.partition(), m.clone());
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, m: &Move) -> Result<(), Refusal> {
+        if self.in_flight.get(&m.partition()) != Some(m) {
+            return Err(format!("move {m:?} is not in flight"));
+        }
+        let cl = self.cluster_mut()?;
+        // Refused, the move stays in flight; the leader gives up moves that no longer apply.
+        placement::apply(cl, m).map_err(|e| format!("move {m:?}: {e}"))?;
+        self.in_flight.remove(&m.partition());
+        self.epoch += 1;
+        Ok(())
+    }
+
+    /// Gives up the moves in flight that need `node` to act or to receive a replica.
+    fn abort_moves_needing(&mut self, node: NodeId) {
+        self.in_flight
+            .retain(|_, m| !move_targets(m).contains(&node));
+    }
+
+    fn known_mut(&mut self, node: NodeId) -> Result<&mut NodeInfo, Refusal> {
+        let known = self.known_ids();
+        self.nodes
+            .get_mut(&node)
+            .ok_or_else(|| unknown_node(node, &known))
+    }
+
+    fn known_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn cluster_mut(&mut self) -> Result<&mut ClusterState, Refusal> {
+        self.cluster
+            .as_mut()
+            .ok_or_else(|| "the meta service is not bootstrapped yet; retry".to_string())
+    }
+
+    /// The state as a snapshot carries it.
+    pub fn image(&self) -> Image {
+        Image {
+            version: FORMAT_VERSION,
+            keyspace: self.keyspace(),
+            nodes: self.nodes.values().cloned().collect(),
+            placements: self
+                .cluster
+                .as_ref()
+                .map_or(Vec::new(), |c| c.placements().to_vec()),
+            in_flight: self.in_flight.values().cloned().collect(),
+            balance: self.balance,
+            epoch: self.epoch,
+            moves_applied: self.cluster.as_ref().map_or(0, |c| c.epoch()),
+        }
+    }
+
+    /// Rebuilds a state from an image, checking its structure.
+    pub fn from_image(img: Image) -> Result<MetaState, Refusal> {
+        if img.version != FORMAT_VERSION {
+            return Err(format!(
+                "state image version {} (this build reads {FORMAT_VERSION})",
+                img.version
+            ));
+        }
+        let mut s = MetaState {
+            balance: img.balance,
+            epoch: img.epoch,
+            ..MetaState::default()
+        };
+        if let Some((partitions, rf)) = img.keyspace {
+            let mut cl = ClusterState::new(partitions, rf as usize).map_err(|e| e.to_string())?;
+            for n in &img.nodes {
+                cl.add_node(Node {
+                    id: n.id,
+                    zone: n.zone.clone(),
+                    weight: n.weight,
+                    health: n.health(),
+                })
+                .map_err(|e| e.to_string())?;
+            }
+            if img.placements.len() != partitions as usize {
+                return Err(format!(
+                    "state image: {} placements for {partitions} partitions",
+                    img.placements.len()
+                ));
+            }
+            for (i, p) in img.placements.into_iter().enumerate() {
+                cl.set_placement(i as PartitionId, p)
+                    .map_err(|e| e.to_string())?;
+            }
+            cl.set_epoch(img.moves_applied);
+            s.cluster = Some(cl);
+        } else if !img.nodes.is_empty() {
+            return Err("state image: nodes without a keyspace".into());
+        }
+        for n in img.nodes {
+            s.nodes.insert(n.id, n);
+        }
+        for m in img.in_flight {
+            s.in_flight.insert(m.partition(), m);
+        }
+        Ok(s)
+    }
+}
+
+/// Every node a move names.
+pub fn move_nodes(m: &Move) -> Vec<NodeId> {
+    match m {
+        Move::Create { voters, .. } => voters.clone(),
+        &Move::AddLearner { node, replaces, .. } => once_and(node, replaces),
+        &Move::Promote { node, .. } | &Move::RemoveReplica { node, .. } => vec![node],
+        &Move::TransferLeader { from, to, .. } => vec![from, to],
+    }
+}
+
+fn once_and(a: NodeId, b: Option<NodeId>) -> Vec<NodeId> {
+    let mut v = vec![a];
+    v.extend(b);
+    v
+}
+
+/// The refusal of a node whose partition count differs from the keyspace's.
+pub fn partition_mismatch(node: NodeId, have: u32, want: u32) -> Refusal {
+    format!(
+        "node {node}: partition count mismatch: the node has {have} partitions, the keyspace has \
+         {want} (set node.partitions = {want} in its profile)"
+    )
+}
+
+/// The refusal for an id no node has, naming the ones that exist.
+pub fn unknown_node(node: NodeId, known: &[NodeId]) -> Refusal {
+    let list: Vec<String> = known.iter().map(|n| n.to_string()).collect();
+    format!(
+        "unknown node id {node} (registered: {})",
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    )
+}
+
+/// bincode 1 with fixed-size little-endian integers, a bound on what one decode may allocate
+/// and no trailing bytes: the one encoding of commands, images and RPC payloads.
+pub(crate) fn codec(limit: u64) -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .reject_trailing_bytes()
+        .with_limit(limit)
+}
+
+/// Bytes one decoded entry or image may take at most (a checkpoint slot's worth).
+pub const DECODE_BYTES_MAX: u64 = 8 << 20;
+
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    use bincode::Options;
+    codec(DECODE_BYTES_MAX)
+        .serialize(e)
+        .expect("an entry encodes")
+}
+
+pub fn decode_entry(b: &[u8]) -> Result<Entry, String> {
+    use bincode::Options;
+    let e: Entry = codec(DECODE_BYTES_MAX)
+        .deserialize(b)
+        .map_err(|e| format!("undecodable meta entry: {e}"))?;
+    if e.version != FORMAT_VERSION {
+        return Err(format!(
+            "meta entry version {} (this build reads {FORMAT_VERSION})",
+            e.version
+        ));
+    }
+    Ok(e)
+}
+
+pub fn encode_image(s: &MetaState) -> Vec<u8> {
+    use bincode::Options;
+    codec(u64::MAX)
+        .serialize(&s.image())
+        .expect("an image encodes")
+}
+
+pub fn decode_image(b: &[u8]) -> Result<MetaState, String> {
+    use bincode::Options;
+    let img: Image = codec(DECODE_BYTES_MAX)
+        .deserialize(b)
+        .map_err(|e| format!("undecodable meta state image: {e}"))?;
+    MetaState::from_image(img)
+}
+
+#[cfg(test)]
+mod tests;
