@@ -24,7 +24,7 @@
 //! docs/design.md.
 
 mod batcher;
-mod format;
+pub mod format;
 mod log;
 mod state;
 mod storage;

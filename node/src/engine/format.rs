@@ -217,7 +217,7 @@ pub fn encode_seg_header(out: &mut [u8], h: &SegHeader) {
 
 /// `None` for a free (zeroed) or damaged header; a damaged one is reported by the caller.
 pub fn decode_seg_header(b: &[u8]) -> Option<SegHeader> {
-    if u64_at(b, 0) != SEG_MAGIC || u32_at(b, 12) != VERSION {
+    if b.len() < 28 || u64_at(b, 0) != SEG_MAGIC || u32_at(b, 12) != VERSION {
         return None;
     }
     if crc32c::crc32c(&b[0..24]) != u32_at(b, 24) {
@@ -269,6 +269,12 @@ pub fn encode_superblock(out: &mut [u8], s: &Superblock) {
 
 /// Ok(None): a blank device. Err: something that is not a Keel superblock, or a damaged one.
 pub fn decode_superblock(b: &[u8]) -> Result<Option<Superblock>, String> {
+    if b.len() < SUPERBLOCK_CRC_AT + 4 {
+        return Err(format!(
+            "block 0 is {} bytes, too short for a superblock",
+            b.len()
+        ));
+    }
     if b[..SUPERBLOCK_CRC_AT + 4].iter().all(|&x| x == 0) {
         return Ok(None);
     }
@@ -414,6 +420,13 @@ mod tests {
             assert!(decode_superblock(&bad).is_err(), "flip at {at}");
         }
         assert_eq!(decode_superblock(&[0u8; 4096]), Ok(None));
+        // Found by the value_log fuzz target: short blocks are refused, not a panic.
+        for n in [0, 8, 27, 75] {
+            assert_eq!(decode_seg_header(&b[..n]), None);
+            assert!(decode_superblock(&b[..n])
+                .unwrap_err()
+                .contains("too short"));
+        }
     }
 
     /// Data files written before several devices (superblock version 2) keep opening: they read

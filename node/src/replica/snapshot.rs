@@ -50,6 +50,9 @@ pub fn encode(peers: &BTreeMap<u64, SocketAddr>, items: &[SnapshotItem]) -> Vec<
 
 pub type Decoded = (BTreeMap<u64, SocketAddr>, Vec<SnapshotItem>);
 
+/// An item's fixed fields: key length, flags, exptime, cas, bits, value length.
+const ITEM_FIXED_BYTES: usize = 4 + 4 + 4 + 8 + 1 + 4;
+
 pub fn decode(b: &[u8]) -> Result<Decoded, DecodeError> {
     let bad = |why| DecodeError {
         what: "snapshot",
@@ -62,13 +65,17 @@ pub fn decode(b: &[u8]) -> Result<Decoded, DecodeError> {
     }
     let (peers, mut at) =
         super::checkpoint::decode_peers(b, 1).ok_or(bad("truncated or bad peer list"))?;
+    let count = b.get(at..at + 4).ok_or(bad("truncated"))?;
+    let n = u32::from_le_bytes(count.try_into().unwrap()) as usize;
+    at += 4;
+    // Room for no more items than the bytes left could hold (each takes at least its fixed
+    // fields): a count from a peer must not reserve memory the snapshot does not carry.
+    let mut items = Vec::with_capacity(n.min((b.len() - at) / ITEM_FIXED_BYTES));
     let mut take = |n: usize| -> Result<&[u8], DecodeError> {
         let s = b.get(at..at + n).ok_or(bad("truncated"))?;
         at += n;
         Ok(s)
     };
-    let n = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-    let mut items = Vec::with_capacity(n.min(1 << 20));
     for _ in 0..n {
         let klen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
         let key = take(klen)?.to_vec();

@@ -21,7 +21,7 @@ mod inbound;
 mod outbound;
 #[cfg(test)]
 mod tests;
-mod wire;
+pub mod wire;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
