@@ -56,8 +56,18 @@ fn main() {
     write("protocol", "pipeline", &all);
 
     // The value log: a record of each kind, a segment header, a superblock.
-    for (i, kind) in [Kind::Put, Kind::Delete, Kind::Touch, Kind::Flush].into_iter().enumerate() {
-        let (key, value): (&[u8], &[u8]) = (b"feature:123", if kind == Kind::Put { b"value bytes" } else { b"" });
+    for (i, kind) in [Kind::Put, Kind::Delete, Kind::Touch, Kind::Flush]
+        .into_iter()
+        .enumerate()
+    {
+        let (key, value): (&[u8], &[u8]) = (
+            b"feature:123",
+            if kind == Kind::Put {
+                b"value bytes"
+            } else {
+                b""
+            },
+        );
         let h = Header {
             seq: 10 + i as u64,
             cas: 99,
@@ -74,7 +84,13 @@ fn main() {
         write("value_log", &format!("record-{kind:?}"), &out);
     }
     let mut seg = vec![0u8; vlog::SEG_HEADER_BYTES as usize];
-    vlog::encode_seg_header(&mut seg, &SegHeader { seg_no: 3, first_seq: 1000 });
+    vlog::encode_seg_header(
+        &mut seg,
+        &SegHeader {
+            seg_no: 3,
+            first_seq: 1000,
+        },
+    );
     write("value_log", "segment-header", &seg);
     let mut sb = vec![0u8; 4096];
     vlog::encode_superblock(
@@ -112,20 +128,41 @@ fn main() {
         rlog::Rec::Entry(entry),
         rlog::Rec::HardState(hs.clone()),
         rlog::Rec::ConfState(conf.clone()),
-        rlog::Rec::Snapshot { index: 9, term: 4, conf: conf.clone() },
+        rlog::Rec::Snapshot {
+            index: 9,
+            term: 4,
+            conf: conf.clone(),
+        },
         rlog::Rec::Compact { index: 8, term: 4 },
         rlog::Rec::Create(conf.clone()),
-        rlog::Rec::State { hs, conf, compacted_index: 8, compacted_term: 4 },
+        rlog::Rec::State {
+            hs,
+            conf,
+            compacted_index: 8,
+            compacted_term: 4,
+        },
     ];
     let mut log = Vec::new();
     for (i, rec) in recs.into_iter().enumerate() {
-        rlog::encode(&mut log, &rlog::Record { lsn: 100 + i as u64, group: 7, rec });
+        rlog::encode(
+            &mut log,
+            &rlog::Record {
+                lsn: 100 + i as u64,
+                group: 7,
+                rec,
+            },
+        );
     }
     write("raftlog", "records", &log);
     let mut rseg = vec![0u8; rlog::SEG_HEADER_BYTES as usize];
     rlog::encode_seg_header(
         &mut rseg,
-        &rlog::SegHeader { seq: 4, first_lsn: 100, segment_bytes: 8 << 20, oldest_seq: 2 },
+        &rlog::SegHeader {
+            seq: 4,
+            first_lsn: 100,
+            segment_bytes: 8 << 20,
+            oldest_seq: 2,
+        },
     );
     write("raftlog", "segment-header", &rseg);
 
@@ -149,19 +186,45 @@ fn main() {
     }];
     let snap = snapshot::encode(&peers(), &items);
     write("snapshot", "snapshot", &snap);
-    write("snapshot", "chunk", &snapshot::encode_chunk(7, 18, 0, 1, &snap));
+    write(
+        "snapshot",
+        "chunk",
+        &snapshot::encode_chunk(7, 18, 0, 1, &snap),
+    );
 
     // Entries, forwards, replies.
     let ops = [
         store(b"a", b"1"),
-        Op::Delete { key: b"b".to_vec(), cas: None, invalidate: Some(Some(30)) },
+        Op::Delete {
+            key: b"b".to_vec(),
+            cas: None,
+            invalidate: Some(Some(30)),
+        },
     ];
-    write("entry", "entry", &command::encode_entry(1_800_000_000, ops.iter(), 32));
-    write("entry", "forward", &command::encode_forward(5, 1, 1_800_000_000, 3, &ops[0]));
-    write("entry", "reply", &command::encode_reply(5, &OpResult::Stored { cas: 1 << 24 }));
+    write(
+        "entry",
+        "entry",
+        &command::encode_entry(1_800_000_000, ops.iter(), 32),
+    );
+    write(
+        "entry",
+        "forward",
+        &command::encode_forward(5, 1, 1_800_000_000, 3, &ops[0]),
+    );
+    write(
+        "entry",
+        "reply",
+        &command::encode_reply(5, &OpResult::Stored { cas: 1 << 24 }),
+    );
 
     // A peer connection: a hello, then a frame of each payload kind.
-    let hello = Hello { from_node: 1, from_shard: 0, to_node: 2, to_shard: 1, auth: false };
+    let hello = Hello {
+        from_node: 1,
+        from_shard: 0,
+        to_node: 2,
+        to_shard: 1,
+        auth: false,
+    };
     let mut conn = hello.encode().to_vec();
     let mut msg = Message::default();
     msg.set_msg_type(MessageType::MsgAppend);

@@ -16,15 +16,31 @@ fuzz_target!(|data: &[u8]| {
         match parse(buf, &limits) {
             Parse::Incomplete => break,
             Parse::Done { consumed, .. } => {
-                assert!(consumed > 0 && consumed <= buf.len(), "consumed {consumed} of {}", buf.len());
+                assert!(
+                    consumed > 0 && consumed <= buf.len(),
+                    "consumed {consumed} of {}",
+                    buf.len()
+                );
                 pos += consumed;
             }
-            Parse::Invalid { consumed, swallow, close, .. } => {
-                assert!(consumed <= buf.len(), "consumed {consumed} of {}", buf.len());
+            Parse::Invalid {
+                consumed,
+                swallow,
+                close,
+                ..
+            } => {
+                assert!(
+                    consumed <= buf.len(),
+                    "consumed {consumed} of {}",
+                    buf.len()
+                );
                 if close {
                     break;
                 }
-                assert!(consumed > 0 || swallow > 0, "an error that consumes nothing");
+                assert!(
+                    consumed > 0 || swallow > 0,
+                    "an error that consumes nothing"
+                );
                 pos += consumed + swallow;
             }
         }

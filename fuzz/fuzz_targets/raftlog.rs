@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     while pos < data.len() {
         match format::decode(&data[pos..]) {
             Ok((_, used)) => {
-                assert!(used > 0 && used <= data.len() - pos, "record of {used} bytes");
+                assert!(
+                    used > 0 && used <= data.len() - pos,
+                    "record of {used} bytes"
+                );
                 pos += used;
             }
             Err(_) => break,
