@@ -12,6 +12,9 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
+/// The plot area inside the margins.
+const PW: f64 = W - LEFT - RIGHT;
+const PH: f64 = H - TOP - BOTTOM;
 /// Percentiles past 99.9999 % are drawn at 99.9999 %.
 const X_DECADES_MAX: f64 = 6.0;
 const COLORS: [&str; 8] = [
@@ -90,8 +93,7 @@ pub fn latency_svg(title: &str, series: &[Series], log_latency: bool) -> String 
         .fold(2.0f64, f64::max)
         .ceil()
         .min(X_DECADES_MAX);
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
+    let (pw, ph) = (PW, PH);
     let px = |x: f64| LEFT + x / x_decades * pw;
     let py = |y: f64| {
         if log_latency {
@@ -101,18 +103,7 @@ pub fn latency_svg(title: &str, series: &[Series], log_latency: bool) -> String 
             TOP + ph - y / y_max * ph
         }
     };
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        o,
-        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
-        W / 2.0,
-        esc(title)
-    );
+    let mut o = open(title);
     // Grid and axes.
     for i in 0..=(x_decades as usize) {
         let x = px(i as f64);
@@ -122,16 +113,7 @@ pub fn latency_svg(title: &str, series: &[Series], log_latency: bool) -> String 
             2 => "99%".to_string(),
             n => format!("99.{}%", "9".repeat(n - 2)),
         };
-        let _ = writeln!(
-            o,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
-            TOP + ph
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
-            TOP + ph + 18.0
-        );
+        x_tick(&mut o, x, &label);
     }
     let ticks: Vec<(f64, String)> = if log_latency {
         (dec_lo as i32..=dec_hi as i32)
@@ -150,52 +132,98 @@ pub fn latency_svg(title: &str, series: &[Series], log_latency: bool) -> String 
     };
     for (v, text) in ticks {
         let y = py(v);
-        let _ = writeln!(
-            o,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
-            LEFT + pw
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{text}</text>"#,
-            LEFT - 6.0,
-            y + 4.0,
-        );
+        y_tick(&mut o, y, &text);
     }
-    let _ = writeln!(
-        o,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
-    );
-    let _ = writeln!(
-        o,
-        r#"<text x="{}" y="{}" text-anchor="middle">percentile</text>"#,
-        LEFT + pw / 2.0,
-        H - 15.0
-    );
-    let _ = writeln!(
-        o,
-        r#"<text x="20" y="{}" text-anchor="middle" transform="rotate(-90 20 {})">latency ({})</text>"#,
-        TOP + ph / 2.0,
-        TOP + ph / 2.0,
-        if log_latency { "log scale" } else { unit }
-    );
+    let y_label = format!("latency ({})", if log_latency { "log scale" } else { unit });
+    frame(&mut o, "percentile", &y_label);
     // Series.
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
         let mut pts = String::new();
         for &(p, us) in &s.points {
             let _ = write!(pts, "{:.1},{:.1} ", px(x_of(p)), py(us / div));
         }
-        let _ = writeln!(
-            o,
-            r#"<polyline class="curve" data-label="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            esc(&s.label),
-            pts.trim_end()
-        );
-        legend(&mut o, i, color, &s.label);
+        curve(&mut o, i, &s.label, &pts);
     }
     o.push_str("</svg>\n");
     o
+}
+
+/// A plot's document, background and title.
+fn open(title: &str) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    o
+}
+
+/// A vertical grid line at `x` with its label under the plot.
+fn x_tick(o: &mut String, x: f64, label: &str) {
+    let _ = writeln!(
+        o,
+        r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+        TOP + PH
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+        TOP + PH + 18.0
+    );
+}
+
+/// A horizontal grid line at `y` with its label left of the plot.
+fn y_tick(o: &mut String, y: f64, label: &str) {
+    let _ = writeln!(
+        o,
+        r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+        LEFT + PW
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
+        LEFT - 6.0,
+        y + 4.0,
+    );
+}
+
+/// The plot's border and its axis names.
+fn frame(o: &mut String, x_label: &str, y_label: &str) {
+    let _ = writeln!(
+        o,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
+        LEFT + PW / 2.0,
+        H - 15.0
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="20" y="{}" text-anchor="middle" transform="rotate(-90 20 {})">{y_label}</text>"#,
+        TOP + PH / 2.0,
+        TOP + PH / 2.0
+    );
+}
+
+/// Series `i`'s curve through `pts` ("x,y x,y ..."), and its legend entry.
+fn curve(o: &mut String, i: usize, label: &str, pts: &str) {
+    let color = COLORS[i % COLORS.len()];
+    let _ = writeln!(
+        o,
+        r#"<polyline class="curve" data-label="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+        esc(label),
+        pts.trim_end()
+    );
+    legend(o, i, color, label);
 }
 
 fn legend(o: &mut String, i: usize, color: &str, label: &str) {
@@ -228,78 +256,27 @@ pub fn throughput_svg(title: &str, series: &[Series]) -> String {
         .fold(0.0, f64::max);
     let x_max = nice_max(t_max);
     let y_max = nice_max(r_max);
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
+    let (pw, ph) = (PW, PH);
     let px = |x: f64| LEFT + x / x_max * pw;
     let py = |y: f64| TOP + ph - y / y_max * ph;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        o,
-        r#"<text x="{}" y="25" text-anchor="middle" font-size="16">{}</text>"#,
-        W / 2.0,
-        esc(title)
-    );
+    let mut o = open(title);
     for i in 0..=5 {
         let (xv, yv) = (x_max * i as f64 / 5.0, y_max * i as f64 / 5.0);
         let (x, y) = (px(xv), py(yv));
-        let _ = writeln!(
-            o,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
-            TOP + ph
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            TOP + ph + 18.0,
-            trim_num(xv)
-        );
-        let _ = writeln!(
-            o,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
-            LEFT + pw
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT - 6.0,
-            y + 4.0,
-            trim_num(yv)
-        );
+        x_tick(&mut o, x, &trim_num(xv));
+        y_tick(&mut o, y, &trim_num(yv));
     }
-    let _ = writeln!(
-        o,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
-    );
-    let _ = writeln!(
-        o,
-        r#"<text x="{}" y="{}" text-anchor="middle">seconds since the measured phase began</text>"#,
-        LEFT + pw / 2.0,
-        H - 15.0
-    );
-    let _ = writeln!(
-        o,
-        r#"<text x="20" y="{}" text-anchor="middle" transform="rotate(-90 20 {})">requests/s</text>"#,
-        TOP + ph / 2.0,
-        TOP + ph / 2.0
+    frame(
+        &mut o,
+        "seconds since the measured phase began",
+        "requests/s",
     );
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
         let mut pts = String::new();
         for &(t, r) in &s.points {
             let _ = write!(pts, "{:.1},{:.1} ", px(t), py(r));
         }
-        let _ = writeln!(
-            o,
-            r#"<polyline class="curve" data-label="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            esc(&s.label),
-            pts.trim_end()
-        );
-        legend(&mut o, i, color, &s.label);
+        curve(&mut o, i, &s.label, &pts);
     }
     o.push_str("</svg>\n");
     o
