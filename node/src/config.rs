@@ -158,7 +158,7 @@ fn secret_rule(key: &str, secret: &str, off: &str) -> Result<(), String> {
     ))
 }
 
-/// What `--print-profile` shows instead of a set `net.admin_token`.
+/// What `--print-profile` shows instead of a set `net.admin_token` or `node.cluster_secret`.
 pub const REDACTED: &str = "<redacted>";
 
 const MIB: u64 = 1 << 20;
@@ -737,10 +737,16 @@ mod tests {
             assert!(!e.contains(weak), "the token is echoed: {e}");
         }
         p.net.admin_token = "0123456789abcdef".into();
+        p.node.cluster_secret = "cluster-secret-fedcba".into();
         p.validate().unwrap();
         let shown = toml::to_string(&p.redacted()).unwrap();
         assert!(shown.contains("admin_token = \"<redacted>\""), "{shown}");
-        assert!(!shown.contains("0123456789abcdef"));
+        assert!(shown.contains("cluster_secret = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains("0123456789abcdef") && !shown.contains("fedcba"));
+        p.node.cluster_secret = "too-short".into();
+        let e = p.validate().unwrap_err();
+        assert!(e.starts_with("node.cluster_secret = (9 bytes)"), "{e}");
+        p.node.cluster_secret.clear();
         p.net.tls_cert = "/etc/keel/tls.crt".into();
         let e = p.validate().unwrap_err();
         assert!(
