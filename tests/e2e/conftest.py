@@ -405,6 +405,16 @@ def _new_server(tmp_root: Path) -> Server:
     return Server(TARGET, workdir)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_data_files(tmp_path_factory):
+    """At the end of the session, deletes every data file left under pytest's temporary
+    directories (each node's is gigabytes allocated up front, and pytest keeps the last three
+    sessions' directories); logs stay for reading."""
+    yield
+    for f in tmp_path_factory.getbasetemp().rglob("*.data"):
+        f.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def _tmp_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("servers")

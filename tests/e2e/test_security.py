@@ -58,9 +58,13 @@ def profile_with(path: Path, **net: str) -> Path:
 class ProfiledNode(Server):
     """A keel-node on a profile of the test's own (dev.toml with some net keys set)."""
 
+    # Nodes of the running test; `_remove_data` stops them and deletes their data files.
+    made: list["ProfiledNode"] = []
+
     def __init__(self, workdir: Path, profile: Path, prefix: list[str] | None = None,
                  listen_host: str = HOST):
         super().__init__("keel", workdir)
+        ProfiledNode.made.append(self)
         self.profile = profile
         self.prefix = prefix or []
         self.listen_host = listen_host
@@ -70,6 +74,17 @@ class ProfiledNode(Server):
         cmd[cmd.index("--profile") + 1] = str(self.profile)
         cmd[cmd.index("--listen") + 1] = f"{self.listen_host}:{self.port}"
         return self.prefix + cmd
+
+
+@pytest.fixture(autouse=True)
+def _remove_data():
+    """Each node's data file is 2 GiB allocated up front: deleted after its test, since pytest
+    keeps the tmp_path of recent sessions."""
+    yield
+    for n in ProfiledNode.made:
+        n.stop()
+        n.data_path.unlink(missing_ok=True)
+    ProfiledNode.made.clear()
 
 
 def run_keel(*args: str) -> subprocess.CompletedProcess:
