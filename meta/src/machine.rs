@@ -219,38 +219,9 @@ impl MetaState {
                 replication_factor,
             } => self.bootstrap(partitions, replication_factor),
             Command::Register(r) => self.register(r),
-            &Command::SetDown { node, down } => {
-                let n = self.known_mut(node)?;
-                if n.down == down {
-                    return Ok(());
-                }
-                n.down = down;
-                let health = n.health();
-                self.cluster_mut()?
-                    .set_health(node, health)
-                    .map_err(|e| e.to_string())?;
-                if down {
-                    self.abort_moves_needing(node);
-                }
-                self.epoch += 1;
-                Ok(())
-            }
+            &Command::SetDown { node, down } => self.set_flag(node, down, |n| &mut n.down),
             &Command::SetDraining { node, draining } => {
-                let n = self.known_mut(node)?;
-                if n.draining == draining {
-                    return Ok(());
-                }
-                n.draining = draining;
-                let health = n.health();
-                self.cluster_mut()?
-                    .set_health(node, health)
-                    .map_err(|e| e.to_string())?;
-                if draining {
-                    // A draining node takes nothing new.
-                    self.abort_moves_needing(node);
-                }
-                self.epoch += 1;
-                Ok(())
+                self.set_flag(node, draining, |n| &mut n.draining)
             }
             &Command::Remove { node } => {
                 self.known_mut(node)?;
@@ -410,6 +381,30 @@ impl MetaState {
     fn abort_moves_needing(&mut self, node: NodeId) {
         self.in_flight
             .retain(|_, m| !move_targets(m).contains(&node));
+    }
+
+    /// Sets a node's Down or draining flag. A node that is either takes nothing new, so the
+    /// moves that need it are aborted when the flag goes on.
+    fn set_flag(
+        &mut self,
+        node: NodeId,
+        on: bool,
+        flag: impl Fn(&mut NodeInfo) -> &mut bool,
+    ) -> Result<(), Refusal> {
+        let n = self.known_mut(node)?;
+        if *flag(n) == on {
+            return Ok(());
+        }
+        *flag(n) = on;
+        let health = n.health();
+        self.cluster_mut()?
+            .set_health(node, health)
+            .map_err(|e| e.to_string())?;
+        if on {
+            self.abort_moves_needing(node);
+        }
+        self.epoch += 1;
+        Ok(())
     }
 
     fn known_mut(&mut self, node: NodeId) -> Result<&mut NodeInfo, Refusal> {
