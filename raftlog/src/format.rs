@@ -73,6 +73,8 @@ pub enum Kind {
     Create = 6,
     /// One group's whole state, written at the start of every segment.
     State = 7,
+    /// The group is gone (its replica moved to another node).
+    Drop = 8,
 }
 
 impl Kind {
@@ -85,6 +87,7 @@ impl Kind {
             5 => Kind::Compact,
             6 => Kind::Create,
             7 => Kind::State,
+            8 => Kind::Drop,
             _ => return None,
         })
     }
@@ -114,6 +117,8 @@ pub enum Rec {
         compacted_index: u64,
         compacted_term: u64,
     },
+    /// Forget the group: its entries, hard state and configuration.
+    Drop,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -206,7 +211,7 @@ pub fn record_bytes(rec: &Rec) -> usize {
             Rec::Entry(e) => return entry_record_bytes(e),
             Rec::HardState(_) => 8,
             Rec::ConfState(c) | Rec::Create(c) | Rec::Snapshot { conf: c, .. } => conf_bytes(c),
-            Rec::Compact { .. } => 0,
+            Rec::Compact { .. } | Rec::Drop => 0,
             Rec::State { conf, .. } => return state_record_bytes(conf),
         }
 }
@@ -221,6 +226,7 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
         Rec::Snapshot { index, term, .. } => (Kind::Snapshot, *term, *index),
         Rec::Compact { index, term } => (Kind::Compact, *term, *index),
         Rec::Create(_) => (Kind::Create, 0, 0),
+        Rec::Drop => (Kind::Drop, 0, 0),
         Rec::State {
             compacted_index,
             compacted_term,
@@ -247,7 +253,7 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
         }
         Rec::HardState(hs) => out.extend_from_slice(&hs.vote.to_le_bytes()),
         Rec::ConfState(c) | Rec::Create(c) | Rec::Snapshot { conf: c, .. } => put_conf(out, c),
-        Rec::Compact { .. } => {}
+        Rec::Compact { .. } | Rec::Drop => {}
         Rec::State { hs, conf, .. } => {
             out.extend_from_slice(&hs.term.to_le_bytes());
             out.extend_from_slice(&hs.vote.to_le_bytes());
@@ -341,6 +347,12 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), Bad> {
             Rec::Compact { index, term }
         }
         Kind::Create => Rec::Create(get_conf(p)?),
+        Kind::Drop => {
+            if !p.is_empty() {
+                return Err(Bad::Payload("drop has a payload"));
+            }
+            Rec::Drop
+        }
         Kind::State => {
             if p.len() < 24 {
                 return Err(Bad::Payload("state length"));
@@ -410,6 +422,7 @@ mod tests {
             },
             Rec::Compact { index: 5, term: 1 },
             Rec::Create(conf(&[])),
+            Rec::Drop,
             Rec::State {
                 hs,
                 conf: conf(&[1, 2]),

@@ -177,6 +177,17 @@ impl<D: Device + 'static> RaftLog<D> {
         Ok(self.place(&mut inner, group, rec, Flush::Now))
     }
 
+    /// Forgets `group` (its replica moved to another node): its entries, hard state and
+    /// configuration; the segments it alone kept become reusable. A later `create_group` of the
+    /// same id starts it afresh. Durable once the returned LSN is; an absent group is a no-op.
+    pub fn drop_group(&self, group: u64) -> Result<Lsn, RaftLogError> {
+        if !self.inner.borrow().groups.map.contains_key(&group) {
+            self.check_poisoned()?;
+            return Ok(self.inner.borrow().next_lsn - 1);
+        }
+        self.simple(group, Rec::Drop, Flush::Now)
+    }
+
     /// This group's view for raft-rs.
     pub fn storage(&self, group: u64) -> Result<GroupStorage<D>, RaftLogError> {
         if !self.inner.borrow().groups.map.contains_key(&group) {

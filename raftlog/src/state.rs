@@ -92,13 +92,24 @@ impl Groups {
         if let Rec::State { .. } = &r.rec {
             self.map.entry(r.group).or_default();
         }
+        if let Rec::Drop = &r.rec {
+            let Some(mut g) = self.map.remove(&r.group) else {
+                // Recovery may start at a segment whose state set no longer names the group.
+                return match recovering {
+                    true => Ok(()),
+                    false => Err("drop of a group that does not exist"),
+                };
+            };
+            drop_back(&mut g, 0, &mut self.seg_live, &mut self.entries_bytes);
+            return Ok(());
+        }
         let Some(g) = self.map.get_mut(&r.group) else {
             return Err("record for a group that does not exist");
         };
         let live = &mut self.seg_live;
         let bytes = &mut self.entries_bytes;
         match &r.rec {
-            Rec::Create(_) => unreachable!("handled above"),
+            Rec::Create(_) | Rec::Drop => unreachable!("handled above"),
             Rec::Entry(e) => {
                 if e.index < g.first_index() {
                     return Err("entry at or below the compacted index");

@@ -407,3 +407,43 @@ fn a_checkpoint_is_aligned_with_the_log_it_was_taken_from() {
         ));
     });
 }
+
+#[test]
+fn a_dropped_group_stays_gone_after_reopen_and_its_segments_are_reused() {
+    // A replica moved to another node: its group is forgotten, entries and all, and the same id
+    // can be created again later (the partition moves back) starting afresh.
+    run(|| async {
+        let dev = Rc::new(SimDevice::new(4 * SEG, 4));
+        let log = open(&dev, cfg()).await.unwrap();
+        let _f = flusher(&log);
+        log.create_group(3, conf(&[1, 2, 3])).unwrap();
+        log.create_group(4, conf(&[1])).unwrap();
+        let ents: Vec<_> = (1..=30).map(|i| entry(i, 1, &data(3, i, 1, 100))).collect();
+        log.append(3, &ents).unwrap();
+        log.append(4, &[entry(1, 1, &data(4, 1, 1, 10))]).unwrap();
+        let lsn = log.drop_group(3).unwrap();
+        assert_eq!(log.groups(), vec![4]);
+        assert!(log.storage(3).is_err(), "a dropped group has no storage");
+        assert_eq!(log.drop_group(3).unwrap(), lsn, "dropping it again changes nothing");
+        log.durable(lsn).await.unwrap();
+
+        let dev2 = Rc::new(SimDevice::from_image(dev.durable_image(), 5));
+        let back = open(&dev2, cfg()).await.unwrap();
+        let _f2 = flusher(&back);
+        assert_eq!(back.groups(), vec![4]);
+        assert_eq!(all_entries(&back, 4).len(), 1);
+        back.create_group(3, conf(&[]))
+            .expect("the id can be created again");
+        let s3 = back.storage(3).unwrap();
+        assert_eq!(s3.last_index().unwrap(), 0, "it starts empty");
+        assert_eq!(s3.initial_state().unwrap().conf_state, conf(&[]));
+        // Rolling past the drop: the new segment's state set names only the live groups, and
+        // the dropped group's old entries no longer hold their segment.
+        let lsn = back.roll().unwrap();
+        back.durable(lsn).await.unwrap();
+        let dev3 = Rc::new(SimDevice::from_image(dev2.durable_image(), 6));
+        let again = open(&dev3, cfg()).await.unwrap();
+        assert_eq!(again.groups(), vec![3, 4]);
+        assert_eq!(again.storage(3).unwrap().last_index().unwrap(), 0);
+    });
+}
