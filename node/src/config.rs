@@ -43,6 +43,23 @@ pub struct NodeSection {
     /// this (an HMAC challenge). Empty: peer ports accept any Keel node.
     #[serde(default)]
     pub cluster_secret: String,
+    /// The meta service's replicas, "IP:PORT" each. Set: the node registers there, hosts only
+    /// the partitions placed on it and learns its peers from the routing table (`node.peers`
+    /// stays empty). Empty: static placement through `node.peers`.
+    #[serde(default)]
+    pub meta: Vec<String>,
+    /// With `node.meta`: where shard 0 accepts peer connections (shard s on PORT + s), as the
+    /// meta service tells the other nodes.
+    #[serde(default)]
+    pub peer_listen: String,
+    /// With `node.meta`: the failure domain (rack, availability zone) this node is in; the
+    /// meta service spreads each partition's replicas over zones.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+}
+
+fn default_zone() -> String {
+    "default".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -207,6 +224,7 @@ impl Profile {
                 ));
             }
         }
+        self.validate_meta()?;
         if n.cores.is_empty() || n.cores.len() > 256 {
             return Err(rule(
                 "node.cores",
@@ -500,6 +518,48 @@ impl Profile {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `node.meta`, `node.peer_listen` and `node.zone` go together, and not with `node.peers`.
+    fn validate_meta(&self) -> Result<(), String> {
+        let n = &self.node;
+        if n.meta.is_empty() {
+            return Ok(());
+        }
+        for m in &n.meta {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                return Err(rule(
+                    "node.meta",
+                    format!("{:?}", n.meta),
+                    &format!("{m:?} is not IP:PORT"),
+                ));
+            }
+        }
+        if !n.peers.is_empty() || n.join {
+            return Err(rule(
+                "node.peers",
+                format!("{:?}", n.peers),
+                "must be empty (and node.join false) with node.meta: the meta service places \
+                 the partitions and names the peers",
+            ));
+        }
+        let peer: Option<std::net::SocketAddr> = n.peer_listen.parse().ok();
+        if peer.is_none_or(|a| a.port() == 0 || n.peer_listen == n.listen) {
+            return Err(rule(
+                "node.peer_listen",
+                format!("{:?}", n.peer_listen),
+                "must be IP:PORT other than node.listen with node.meta (--peer-listen), e.g. \
+                 127.0.0.1:7100",
+            ));
+        }
+        if n.zone.is_empty() || n.zone.len() > 64 || !n.zone.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(rule(
+                "node.zone",
+                format!("{:?}", n.zone),
+                "must be 1 to 64 printable characters without spaces",
+            ));
         }
         Ok(())
     }

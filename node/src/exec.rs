@@ -517,6 +517,10 @@ fn stats_group(group: Option<&[u8]>) -> Option<StatsGroup> {
     }
 }
 
+/// Stats that are the same kind of figure on every shard (not a share of a total): the node's
+/// is the highest shard's.
+const MAX_OVER_SHARDS: &[&str] = &["keel_placement_epoch"];
+
 /// The shards' counters of plain `stats`, summed (wrapping), in the first shard's order.
 fn sum_stats(results: Vec<OpResult>) -> Vec<(&'static str, u64)> {
     let mut sums: Vec<(&'static str, u64)> = Vec::new();
@@ -524,6 +528,7 @@ fn sum_stats(results: Vec<OpResult>) -> Vec<(&'static str, u64)> {
         if let OpResult::Stats(v) = r {
             for (name, val) in v {
                 match sums.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, s)) if MAX_OVER_SHARDS.contains(&name) => *s = (*s).max(val),
                     Some((_, s)) => *s = s.wrapping_add(val),
                     None => sums.push((name, val)),
                 }

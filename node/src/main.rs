@@ -1,5 +1,6 @@
 //! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH[,PATH...]]
 //! [--cores LIST] [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]]
+//! [--node-id N --meta ADDR[,ADDR...] --peer-listen IP:PORT --zone NAME]
 //! [--metrics-listen IP:PORT]` runs a node; `keel-node --check-profile PATH` checks a profile
 //! and exits; `keel-node tune --device PATH --out PROFILE` probes a device and writes a
 //! profile for it.
@@ -48,6 +49,17 @@ struct Args {
     /// running cluster (`member_add` on any member).
     #[arg(long)]
     join: bool,
+    /// Overrides node.meta: the meta service's replicas, IP:PORT, comma separated. The node
+    /// registers there and hosts the partitions placed on it.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    meta: Option<String>,
+    /// Overrides node.peer_listen: where shard 0 accepts peers (shard s on PORT + s); with
+    /// --meta.
+    #[arg(long, value_name = "IP:PORT")]
+    peer_listen: Option<String>,
+    /// Overrides node.zone: this node's failure domain; with --meta.
+    #[arg(long)]
+    zone: Option<String>,
     /// Overrides node.metrics_listen: serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -186,6 +198,15 @@ fn effective_profile(path: &std::path::Path, args: &Args) -> Result<Profile, Str
     }
     if let Some(c) = &args.cores {
         p.node.cores = parse_cores(c)?;
+    }
+    if let Some(m) = &args.meta {
+        p.node.meta = m.split(',').map(|a| a.trim().to_string()).collect();
+    }
+    if let Some(a) = &args.peer_listen {
+        p.node.peer_listen = a.clone();
+    }
+    if let Some(z) = &args.zone {
+        p.node.zone = z.clone();
     }
     p.validate()
         .map_err(|e| format!("profile {}: {e}", path.display()))?;

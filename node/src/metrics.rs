@@ -48,6 +48,7 @@ const GAUGES: &[&str] = &[
     "keel_raft_groups",
     "keel_raft_leading",
     "keel_raftlog_durable_lsn",
+    "keel_placement_epoch",
 ];
 
 /// `stats` values left out: a hash, meaningless as a number to graph or sum.

@@ -209,6 +209,10 @@ impl Stop {
     }
 }
 
+/// Peer connections a shard accepts per other shard, as if the cluster had at least this many
+/// nodes (placed by the meta service, a node learns its peers as they come).
+const PLACED_PEERS_MAX: usize = 256;
+
 /// How long a shutdown may take before the process exits anyway (what was not checkpointed is
 /// replayed from the Raft log at the next start, as after a crash).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -298,6 +302,7 @@ pub fn run(p: Profile) -> Result<(), String> {
     let mesh: MeshBuilder<Msg, _> = MeshBuilder::full(n, 4096);
     // Client connections open on all shards together (net.connections_max is per node).
     let conns_open = Arc::new(AtomicUsize::new(0));
+    let cluster = (!p.node.meta.is_empty()).then(|| crate::cluster::Cluster::new(&p));
     let mut handles = Vec::new();
     for (i, &cpu) in p.node.cores.iter().enumerate() {
         let p = p.clone();
@@ -306,12 +311,13 @@ pub fn run(p: Profile) -> Result<(), String> {
         let stop = stop.clone();
         let tls = tls.clone();
         let conns_open = conns_open.clone();
+        let cluster = cluster.clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("keel-shard-{i}"))
             .io_memory(p.io.io_memory_bytes as usize)
             .ring_depth(p.io.ring_depth)
             .spawn(move || async move {
-                if let Err(e) = run_shard(p, geo, mesh, stop, tls, conns_open).await {
+                if let Err(e) = run_shard(p, geo, mesh, stop, tls, conns_open, cluster).await {
                     eprintln!("keel-node: {e}");
                     std::process::exit(1);
                 }
@@ -333,6 +339,7 @@ async fn run_shard(
     stop: Stop,
     tls: Option<futures_rustls::TlsAcceptor>,
     conns_open: Arc<AtomicUsize>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh
         .join()
@@ -403,6 +410,7 @@ async fn run_shard(
     );
     engine.resume_pending_flush();
 
+    let placed = cluster.is_some();
     let mut peers = p.peer_map()?;
     if !peers.is_empty() {
         // Members added at run time, remembered by the checkpoint; `--peers` wins for the
@@ -411,15 +419,20 @@ async fn run_shard(
             peers.entry(*node).or_insert(*addr);
         }
     }
-    let voters: Vec<u64> = if p.node.join {
+    let voters: Vec<u64> = if p.node.join || placed {
         Vec::new()
     } else if peers.is_empty() {
         vec![p.node.id]
     } else {
         peers.keys().copied().collect()
     };
+    let peer_addr = match placed {
+        true => p.node.peer_listen.parse().ok(),
+        false => peers.get(&p.node.id).copied(),
+    };
     let settings = RaftSettings {
         node_id: p.node.id,
+        placed,
         voters,
         tick: Duration::from_millis(p.raft.tick_ms),
         election_ticks: p.raft.election_ticks,
@@ -431,11 +444,16 @@ async fn run_shard(
         compact_lag_entries: p.raft.compact_lag_entries,
         snapshot_inflight_bytes: p.raft.snapshot_inflight_bytes,
         shards: n as u32,
-        peer_addr: peers.get(&p.node.id).copied(),
+        peer_addr,
     };
-    let partitions: Vec<u64> = (0..p.node.partitions as u64)
-        .filter(|q| q % n as u64 == id as u64)
-        .collect();
+    // Placed by the meta service: the groups the raftlog holds (what was placed here before),
+    // more as the meta service places them. Static: every partition of this shard.
+    let partitions: Vec<u64> = match placed {
+        true => raftlog.groups(),
+        false => (0..p.node.partitions as u64)
+            .filter(|q| q % n as u64 == id as u64)
+            .collect(),
+    };
     let replicas = Replicas::new(
         settings,
         id as u32,
@@ -446,12 +464,15 @@ async fn run_shard(
         &ckpt.applied,
     )
     .map_err(|e| format!("shard {id}: {e}"))?;
-    if !peers.is_empty() {
+    if placed {
+        replicas.drop_orphaned_items(Engine::<UringDevice>::now());
+    }
+    if let Some(peer_addr) = peer_addr {
         let at = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip(), a.port() + id as u16);
         let cfg = TransportConfig {
             node_id: p.node.id,
             shard: id as u32,
-            listen: at(peers[&p.node.id]),
+            listen: at(peer_addr),
             peers: peers
                 .iter()
                 .filter(|(&k, _)| k != p.node.id)
@@ -462,7 +483,7 @@ async fn run_shard(
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(1000),
             io_timeout: Duration::from_millis(p.raft.request_timeout_ms),
-            inbound_conns_max: 4 * peers.len() * n,
+            inbound_conns_max: 4 * peers.len().max(PLACED_PEERS_MAX) * n,
             secret: (!p.node.cluster_secret.is_empty())
                 .then(|| crate::transport::PeerSecret::new(p.node.cluster_secret.as_bytes())),
         };
@@ -537,6 +558,11 @@ async fn run_shard(
     )
     .map_err(|e| e.to_string())?
     .detach();
+    if let Some(c) = &cluster {
+        // Control work: what requests leave, like checkpoints.
+        c.spawn_shard_task(id, replicas.clone(), ckpt_tq)?;
+        c.shard_ready()?;
+    }
     let gc_tq = ex.create_task_queue(Shares::Static(50), glommio::Latency::NotImportant, "gc");
     let log = engine.log.clone();
     glommio::spawn_local_into(

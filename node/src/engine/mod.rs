@@ -917,6 +917,19 @@ impl<D: Device + 'static> Engine<D> {
         }
     }
 
+    /// Items (live or expired) and bytes (key + value) per partition that has any, counted
+    /// now: one pass over the index.
+    pub fn partition_tally(&self) -> std::collections::BTreeMap<u64, (u64, u64)> {
+        let mask = self.partitions_mask;
+        let mut out = std::collections::BTreeMap::new();
+        for (k, e) in self.index.borrow().iter() {
+            let t: &mut (u64, u64) = out.entry(crate::shard::partition_of(k, mask)).or_default();
+            t.0 += 1;
+            t.1 += (k.len() + e.value_len as usize) as u64;
+        }
+        out
+    }
+
     /// Every live item of `partition` with its index entry, captured now (a snapshot's cut).
     pub fn partition_items(&self, partition: u64, now: u32) -> Vec<(Box<[u8]>, IndexEntry)> {
         let mask = self.partitions_mask;

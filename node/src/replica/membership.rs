@@ -41,6 +41,11 @@ impl Replicas {
     /// Runs `c` in every partition of this shard (each through its leader) and answers OK once
     /// all have applied it, or the first refusal or timeout.
     pub(super) fn member_change(self: &Rc<Self>, c: MemberChange, now: u32) -> Pending {
+        if self.settings.placed {
+            return Pending::Ready(err(
+                "the meta service places this node's replicas: use keel-meta ctl (drain, remove)",
+            ));
+        }
         if self.transport.borrow().is_none() {
             return Pending::Ready(err(
                 "this node runs without peers (start every node with --peers to change members)",

@@ -25,12 +25,14 @@
 //! ([`Replicas::transfer_leaderships`]).
 //!
 //! Replicas are added and removed one at a time, learner first ([membership]). Placement is
-//! static: every member replicates every partition.
+//! static (every member replicates every partition, `node.peers`) or the meta service's
+//! ([placed], `node.meta`: a node hosts the partitions placed on it).
 
 pub mod checkpoint;
 pub mod command;
 pub mod driver;
 pub mod membership;
+pub mod placed;
 pub mod snapshot;
 
 use std::cell::{Cell, RefCell};
@@ -109,6 +111,9 @@ fn op_bytes(op: &Op) -> usize {
 
 pub struct RaftSettings {
     pub node_id: u64,
+    /// Partitions are placed by the meta service ([placed]): groups come and go by its
+    /// commands, and a request for a partition not hosted here follows the routing table.
+    pub placed: bool,
     /// Voters of every group this node creates (all nodes: placement is static for now);
     /// empty for a node that joins a running cluster.
     pub voters: Vec<u64>,
@@ -239,6 +244,8 @@ pub struct RaftStats {
     pub misrouted: Cell<u64>,
     /// Second copies of a forwarded request, refused.
     pub duplicate_forwards: Cell<u64>,
+    /// Forwards answered `MOVED` (the routing table was stale) and sent again.
+    pub moved: Cell<u64>,
     /// Writes refused because the raftlog had too few free segments.
     pub log_full: Cell<u64>,
     /// Driver passes that left readies waiting because the raftlog had no free segment.
@@ -271,6 +278,8 @@ pub struct Replicas {
     pub checkpoint_now: Cell<bool>,
     /// Partitions whose group holds a batch not yet proposed.
     batched: RefCell<Vec<u64>>,
+    /// The meta service's routing table, when placed by it.
+    routes: RefCell<Option<std::sync::Arc<keel_meta::proto::RoutingTable>>>,
 }
 
 fn err(msg: &str) -> OpResult {
@@ -301,75 +310,11 @@ impl Replicas {
         log: Rc<RaftLog<UringDevice>>,
         applied: &BTreeMap<u64, (u64, u64)>,
     ) -> Result<Rc<Replicas>, String> {
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let existing = log.groups();
         let mut groups = BTreeMap::new();
         for p in partitions {
-            if !existing.contains(&p) {
-                let cs = ConfState {
-                    voters: settings.voters.clone(),
-                    ..Default::default()
-                };
-                let create = |e| format!("raftlog: cannot create group {p}: {e}");
-                log.create_group(p, cs.clone()).map_err(create)?;
-                if !cs.voters.is_empty() {
-                    let mut meta = SnapshotMetadata {
-                        index: membership::BOOTSTRAP_INDEX,
-                        term: membership::BOOTSTRAP_TERM,
-                        ..Default::default()
-                    };
-                    meta.set_conf_state(cs);
-                    log.apply_snapshot(p, &meta).map_err(create)?;
-                }
-            }
-            let storage = log
-                .storage(p)
-                .map_err(|e| format!("raftlog: group {p}: {e}"))?;
-            let (mut applied, mut applied_term) = applied.get(&p).copied().unwrap_or((0, 0));
-            if applied < membership::BOOTSTRAP_INDEX
-                && raft::Storage::first_index(&storage) == Ok(membership::BOOTSTRAP_INDEX + 1)
-                && raft::Storage::term(&storage, membership::BOOTSTRAP_INDEX)
-                    == Ok(membership::BOOTSTRAP_TERM)
-            {
-                // Created, not checkpointed yet: the bootstrap configuration is all there is.
-                (applied, applied_term) = (membership::BOOTSTRAP_INDEX, membership::BOOTSTRAP_TERM);
-            }
-            check_applied(&log, p, applied, applied_term)?;
-            let cfg = raft::Config {
-                id: settings.node_id,
-                election_tick: settings.election_ticks,
-                heartbeat_tick: settings.heartbeat_ticks,
-                applied,
-                max_size_per_msg: 1 << 20,
-                max_inflight_msgs: 256,
-                check_quorum: true,
-                pre_vote: true,
-                read_only_option: raft::ReadOnlyOption::LeaseBased,
-                max_committed_size_per_ready: settings.entries_per_ready_bytes_max,
-                ..Default::default()
-            };
-            let mut raw = RawNode::new(&cfg, storage, &logger)
-                .map_err(|e| format!("group {p}: cannot start Raft (applied {applied}): {e}"))?;
-            if settings.voters == [settings.node_id] && raw.raft.state != StateRole::Leader {
-                // The only voter: no need to wait an election timeout to lead.
-                let _ = raw.campaign();
-            }
-            groups.insert(
-                p,
-                Group {
-                    partition: p,
-                    raw,
-                    proposals: VecDeque::new(),
-                    batch: Batch::default(),
-                    reads: VecDeque::new(),
-                    unpersisted: VecDeque::new(),
-                    to_apply: VecDeque::new(),
-                    applying: false,
-                    applied,
-                    applied_term,
-                    installing: false,
-                },
-            );
+            let applied = applied.get(&p).copied().unwrap_or((0, 0));
+            let voters = settings.voters.clone();
+            groups.insert(p, open_group(&settings, &log, p, &voters, applied)?);
         }
         let r = Rc::new(Replicas {
             settings,
@@ -390,6 +335,7 @@ impl Replicas {
             incoming: RefCell::new(HashMap::new()),
             checkpoint_now: Cell::new(false),
             batched: RefCell::new(Vec::new()),
+            routes: RefCell::new(None),
         });
         let latency = r.engine.latency.clone();
         r.log.set_flush_observer(Rc::new(move |d| {
@@ -601,7 +547,8 @@ impl Replicas {
     fn submit_to(self: &Rc<Self>, p: u64, op: Op, now: u32, hops: u8) -> Pending {
         let mut groups = self.groups.borrow_mut();
         let Some(g) = groups.get_mut(&p) else {
-            return Pending::Ready(err("partition not on this shard"));
+            drop(groups);
+            return self.route(p, op, now, hops);
         };
         let leader = g.raw.raft.leader_id;
         let me = self.settings.node_id;
@@ -746,10 +693,15 @@ impl Replicas {
             // Looks first, then each tick: the requests of a pipeline are polled one after
             // another, and those behind the first must not each sleep a tick more.
             while Instant::now() < deadline {
-                let known = this.groups.borrow().get(&p).is_some_and(|g| {
-                    let l = g.raw.raft.leader_id;
-                    l != 0 && (l != this.settings.node_id || g.raw.raft.state == StateRole::Leader)
-                });
+                let me = this.settings.node_id;
+                let known = match this.groups.borrow().get(&p) {
+                    Some(g) => {
+                        let l = g.raw.raft.leader_id;
+                        l != 0 && (l != me || g.raw.raft.state == StateRole::Leader)
+                    }
+                    // Not hosted here: the routing table must name another node as leader.
+                    None => this.routed_leader(p).is_some_and(|l| l != me),
+                };
                 if known {
                     return crate::engine::resolve(this.submit_to(p, op, now, hops)).await;
                 }
@@ -763,27 +715,65 @@ impl Replicas {
         let Some(t) = self.transport.borrow().clone() else {
             return Pending::Ready(err("no transport to reach the leader"));
         };
-        let id = self.next_forward.get();
-        self.next_forward.set(id.wrapping_add(1));
-        let (tx, rx) = oneshot::channel();
-        self.forwards.borrow_mut().insert(id, tx);
-        let mut payload = vec![KIND_FORWARD];
-        payload.extend(command::encode_forward(id, hops + 1, now, p, &op));
-        t.send(leader, self.shard, payload);
-        self.stats.forwarded.set(self.stats.forwarded.get() + 1);
+        let (mut id, mut rx) = self.send_forward(&t, leader, p, &op, now, hops);
+        // Kept for a retry after a `MOVED` answer (only placement by the meta service moves
+        // partitions away).
+        let mut retry = self.settings.placed.then_some(op);
         let this = self.clone();
         // The deadline starts now, not when the connection first polls this future: a pipeline
         // awaits its replies in order, and must not add up its forwards' timeouts.
         let deadline = Instant::now() + self.settings.request_timeout;
         Pending::Later(Box::pin(async move {
-            let r = futures_lite::future::or(async { rx.await.ok() }, async {
-                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-                None
-            })
-            .await;
-            this.forwards.borrow_mut().remove(&id);
-            r.unwrap_or_else(|| err("the leader did not answer in time"))
+            loop {
+                let r = futures_lite::future::or(async { rx.await.ok() }, async {
+                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                    None
+                })
+                .await;
+                this.forwards.borrow_mut().remove(&id);
+                let moved =
+                    matches!(&r, Some(OpResult::ServerError(m)) if m.starts_with(placed::MOVED));
+                let op = match retry.take() {
+                    Some(op) if moved && Instant::now() < deadline => op,
+                    _ => return r.unwrap_or_else(|| err("the leader did not answer in time")),
+                };
+                this.stats.moved.set(this.stats.moved.get() + 1);
+                // The table may be renewed meanwhile (the next heartbeat brings it).
+                glommio::timer::sleep(this.settings.tick).await;
+                let me = this.settings.node_id;
+                let to = match this.groups.borrow().contains_key(&p) {
+                    true => None,
+                    false => this.routed_leader(p).filter(|&l| l != me),
+                };
+                let Some(to) = to else {
+                    // Hosted here now, or no leader known: the usual path (which waits).
+                    return crate::engine::resolve(this.submit_to(p, op, now, hops)).await;
+                };
+                (id, rx) = this.send_forward(&t, to, p, &op, now, hops);
+                retry = Some(op);
+            }
         }))
+    }
+
+    /// Sends `op` to `leader` as a forwarded request; its reply comes through the receiver.
+    fn send_forward(
+        &self,
+        t: &Transport,
+        leader: u64,
+        p: u64,
+        op: &Op,
+        now: u32,
+        hops: u8,
+    ) -> (u64, oneshot::Receiver<OpResult>) {
+        let id = self.next_forward.get();
+        self.next_forward.set(id.wrapping_add(1));
+        let (tx, rx) = oneshot::channel();
+        self.forwards.borrow_mut().insert(id, tx);
+        let mut payload = vec![KIND_FORWARD];
+        payload.extend(command::encode_forward(id, hops + 1, now, p, op));
+        t.send(leader, self.shard, payload);
+        self.stats.forwarded.set(self.stats.forwarded.get() + 1);
+        (id, rx)
     }
 
     /// A payload from a peer node (called by the transport on this shard's thread).
@@ -876,6 +866,10 @@ impl Replicas {
     /// partitions to shards differently, which happens when they run different numbers of
     /// cores. Said once per shard; counted always.
     fn misrouted(&self, from: u64, p: u64) {
+        if self.settings.placed && p % self.settings.shards as u64 == self.shard as u64 {
+            // A partition this node no longer hosts (or not yet): its former peers learn so.
+            return;
+        }
         let n = self.stats.misrouted.get();
         self.stats.misrouted.set(n + 1);
         if n == 0 {
@@ -993,6 +987,8 @@ impl Replicas {
             ("keel_raft_proposals", s.proposals.get()),
             ("keel_raft_proposed_ops", s.proposed_ops.get()),
             ("keel_raft_duplicate_forwards", s.duplicate_forwards.get()),
+            ("keel_raft_moved", s.moved.get()),
+            ("keel_placement_epoch", self.routes_epoch()),
             ("keel_raft_applied_entries", s.applied_entries.get()),
             ("keel_raft_forwarded", s.forwarded.get()),
             ("keel_raft_lease_reads", s.lease_reads.get()),
@@ -1037,6 +1033,84 @@ impl Replicas {
         }
         h.digest()
     }
+}
+
+/// Opens partition `p`'s group on this shard: created first if the raftlog lacks it (with
+/// `voters`, bootstrapped at [`membership::BOOTSTRAP_INDEX`]; with none, an empty replica that
+/// waits for a leader's snapshot), its `RawNode` restarted at `applied` (the checkpoint's
+/// (index, term)). The only voter campaigns at once.
+fn open_group(
+    settings: &RaftSettings,
+    log: &RaftLog<UringDevice>,
+    p: u64,
+    voters: &[u64],
+    applied: (u64, u64),
+) -> Result<Group, String> {
+    if !log.groups().contains(&p) {
+        let cs = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        let create = |e| format!("raftlog: cannot create group {p}: {e}");
+        log.create_group(p, cs.clone()).map_err(create)?;
+        if !cs.voters.is_empty() {
+            let mut meta = SnapshotMetadata {
+                index: membership::BOOTSTRAP_INDEX,
+                term: membership::BOOTSTRAP_TERM,
+                ..Default::default()
+            };
+            meta.set_conf_state(cs);
+            log.apply_snapshot(p, &meta).map_err(create)?;
+        }
+    }
+    let storage = log
+        .storage(p)
+        .map_err(|e| format!("raftlog: group {p}: {e}"))?;
+    let (mut applied, mut applied_term) = applied;
+    if applied < membership::BOOTSTRAP_INDEX
+        && raft::Storage::first_index(&storage) == Ok(membership::BOOTSTRAP_INDEX + 1)
+        && raft::Storage::term(&storage, membership::BOOTSTRAP_INDEX)
+            == Ok(membership::BOOTSTRAP_TERM)
+    {
+        // Created, not checkpointed yet: the bootstrap configuration is all there is.
+        (applied, applied_term) = (membership::BOOTSTRAP_INDEX, membership::BOOTSTRAP_TERM);
+    }
+    check_applied(log, p, applied, applied_term)?;
+    let cfg = raft::Config {
+        id: settings.node_id,
+        election_tick: settings.election_ticks,
+        heartbeat_tick: settings.heartbeat_ticks,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: raft::ReadOnlyOption::LeaseBased,
+        max_committed_size_per_ready: settings.entries_per_ready_bytes_max,
+        ..Default::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut raw = RawNode::new(&cfg, storage, &logger)
+        .map_err(|e| format!("group {p}: cannot start Raft (applied {applied}): {e}"))?;
+    let conf = raw.raft.prs().conf();
+    let only_voter = conf.voters().ids().len() == 1 && conf.voters().contains(settings.node_id);
+    if only_voter && raw.raft.state != StateRole::Leader {
+        // The only voter: no need to wait an election timeout to lead.
+        let _ = raw.campaign();
+    }
+    Ok(Group {
+        partition: p,
+        raw,
+        proposals: VecDeque::new(),
+        batch: Batch::default(),
+        reads: VecDeque::new(),
+        unpersisted: VecDeque::new(),
+        to_apply: VecDeque::new(),
+        applying: false,
+        applied,
+        applied_term,
+        installing: false,
+    })
 }
 
 /// The checkpoint's applied index must fall inside what the raftlog holds (entries after it are

@@ -231,6 +231,13 @@ pub fn profile_text(run: &TuneRun, dev: &DeviceFigures, host: &HostFigures) -> S
         "Empty: any Keel node may connect to the peer ports; set the same 16+ character \
          secret on every node to make peers prove it.",
     );
+    d.key(
+        "meta",
+        &n.meta,
+        "dev.toml's: no meta service; set --meta, --peer-listen and --zone to join one.",
+    );
+    d.key("peer_listen", &n.peer_listen, "dev.toml's.");
+    d.key("zone", &n.zone, "dev.toml's.");
 
     d.section("device");
     d.key(

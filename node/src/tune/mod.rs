@@ -223,7 +223,16 @@ fn host_figures() -> Result<HostFigures, String> {
     }
     let memlock =
         keel_nvme::memlock_limits().map_err(|e| format!("cannot read RLIMIT_MEMLOCK: {e}"))?;
-    let mem_total_bytes = std::fs::read_to_string("/proc/meminfo")
+    Ok(HostFigures {
+        cpus_online: cpus,
+        memlock,
+        mem_total_bytes: mem_total_bytes(),
+    })
+}
+
+/// MemTotal from /proc/meminfo, if it can be read.
+pub fn mem_total_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
             t.lines()
@@ -231,12 +240,7 @@ fn host_figures() -> Result<HostFigures, String> {
                 .and_then(|v| v.trim().strip_suffix("kB"))
                 .and_then(|v| v.trim().parse::<u64>().ok())
         })
-        .map(|kib| kib << 10);
-    Ok(HostFigures {
-        cpus_online: cpus,
-        memlock,
-        mem_total_bytes,
-    })
+        .map(|kib| kib << 10)
 }
 
 /// The `--out` file, opened at the start; removed again if tune fails and it did not exist.

@@ -424,7 +424,11 @@ fn a_dropped_group_stays_gone_after_reopen_and_its_segments_are_reused() {
         let lsn = log.drop_group(3).unwrap();
         assert_eq!(log.groups(), vec![4]);
         assert!(log.storage(3).is_err(), "a dropped group has no storage");
-        assert_eq!(log.drop_group(3).unwrap(), lsn, "dropping it again changes nothing");
+        assert_eq!(
+            log.drop_group(3).unwrap(),
+            lsn,
+            "dropping it again changes nothing"
+        );
         log.durable(lsn).await.unwrap();
 
         let dev2 = Rc::new(SimDevice::from_image(dev.durable_image(), 5));

@@ -1,0 +1,241 @@
+//! A node placed by the meta service (`node.meta`, `--meta`): it registers, heartbeats with
+//! the facts of every partition it hosts, and carries out the commands and routing tables the
+//! heartbeat replies bring (the shards' side is `replica::placed`).
+//!
+//! The meta client is blocking, so registration and heartbeats run on a thread of their own
+//! (`keel_meta::client::spawn_heartbeats`). Each shard has a [`ShardLink`] to that thread: a
+//! shard task publishes the shard's facts there and takes the latest commands and table from it
+//! every [`SHARD_POLL`]. A heartbeat's commands replace the ones before them (the meta service
+//! repeats every command until it sees it done), so a shard runs each heartbeat's commands
+//! once.
+//!
+//! Registration starts once every shard accepts peers (the meta service checks that the peer
+//! address answers). A refusal (an id held by another live node, another partition count, an
+//! unreachable peer address) stops the node with the meta service's message; an unreachable
+//! meta service is waited for, and the node serves what it hosts meanwhile.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_meta::client::{
+    spawn_heartbeats, ClientConfig, ClientError, Heartbeats, MetaClient, NodeSession,
+};
+use keel_meta::machine::Registration;
+use keel_meta::proto::{NodeCommand, PartitionFact, RoutingTable};
+
+use crate::config::Profile;
+use crate::engine::Engine;
+use crate::replica::Replicas;
+
+/// How often a shard publishes its facts and takes what the heartbeats brought.
+pub const SHARD_POLL: Duration = Duration::from_millis(50);
+
+/// How often a shard counts keys and bytes per partition for its facts (a pass over its index).
+const TALLY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Between a shard and the heartbeat thread.
+#[derive(Default)]
+pub struct ShardLink {
+    facts: Mutex<Vec<PartitionFact>>,
+    inbox: Mutex<Inbox>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    commands: Vec<NodeCommand>,
+    table: Option<Arc<RoutingTable>>,
+}
+
+/// This node's side of the meta service: one per process, shared by the shards.
+pub struct Cluster {
+    links: Vec<ShardLink>,
+    ready: AtomicUsize,
+    meta: Vec<String>,
+    registration: Registration,
+    heartbeats: Mutex<Option<Heartbeats>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Cluster {
+    pub fn new(p: &Profile) -> Arc<Cluster> {
+        let shards = p.node.cores.len();
+        Arc::new(Cluster {
+            links: (0..shards).map(|_| ShardLink::default()).collect(),
+            ready: AtomicUsize::new(0),
+            meta: p.node.meta.clone(),
+            registration: Registration {
+                node: p.node.id,
+                client_addr: p.node.listen.clone(),
+                peer_addr: p.node.peer_listen.clone(),
+                zone: p.node.zone.clone(),
+                cores: shards as u32,
+                device_bytes: p.device.size_bytes * p.device.paths.len() as u64,
+                memory_bytes: crate::tune::mem_total_bytes().unwrap_or(0),
+                partitions: p.node.partitions,
+            },
+            heartbeats: Mutex::new(None),
+        })
+    }
+
+    /// A shard accepts peers now; the last one to say so starts the heartbeat thread.
+    pub fn shard_ready(self: &Arc<Self>) -> Result<(), String> {
+        if self.ready.fetch_add(1, Ordering::SeqCst) + 1 < self.links.len() {
+            return Ok(());
+        }
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("keel-meta-register".into())
+            .spawn(move || this.register_and_beat())
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the meta thread: {e}"))
+    }
+
+    /// Registers (waiting for the meta service as long as it takes), then heartbeats on a
+    /// thread of their own. Exits the process on a refusal.
+    fn register_and_beat(self: Arc<Self>) {
+        let refused = |m: &str| -> ! {
+            eprintln!("keel-node: the meta service refused this node: {m}");
+            std::process::exit(1);
+        };
+        let client = match MetaClient::new(&self.meta, ClientConfig::default()) {
+            Ok(c) => c,
+            Err(e) => refused(&e.to_string()),
+        };
+        let mut session = NodeSession::new(client, self.registration.clone());
+        let mut said = false;
+        loop {
+            match session.register() {
+                Ok(()) => break,
+                Err(ClientError::Refused(m)) => refused(&m),
+                Err(e) => {
+                    if !said {
+                        eprintln!("keel-node: waiting for the meta service: {e}");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        eprintln!(
+            "keel-node: registered with the meta service ({}) as node {} in zone {}",
+            session.client.leader().unwrap_or("?"),
+            self.registration.node,
+            self.registration.zone
+        );
+        if let Some(t) = session.cache.table() {
+            self.deliver_table(t);
+        }
+        let (facts, beat) = (self.clone(), self.clone());
+        let failing = Arc::new(AtomicBool::new(false));
+        let (ok_flag, err_flag) = (failing.clone(), failing);
+        let started = spawn_heartbeats(
+            session,
+            move || {
+                (facts.links.iter())
+                    .flat_map(|l| locked(&l.facts).clone())
+                    .collect()
+            },
+            move |b, cache| {
+                if ok_flag.swap(false, Ordering::SeqCst) {
+                    eprintln!("keel-node: the meta service answers heartbeats again");
+                }
+                if b.table_changed {
+                    if let Some(t) = cache.table() {
+                        beat.deliver_table(t);
+                    }
+                }
+                beat.deliver_commands(&b.commands);
+            },
+            move |e| {
+                if let ClientError::Refused(m) = e {
+                    refused(m);
+                }
+                if !err_flag.swap(true, Ordering::SeqCst) {
+                    eprintln!(
+                        "keel-node: heartbeat failed (serving with the routing table held): {e}"
+                    );
+                }
+            },
+        );
+        match started {
+            Ok(h) => *locked(&self.heartbeats) = Some(h),
+            Err(e) => refused(&format!("cannot start the heartbeat thread: {e}")),
+        }
+    }
+
+    fn deliver_table(&self, t: Arc<RoutingTable>) {
+        for l in &self.links {
+            locked(&l.inbox).table = Some(t.clone());
+        }
+    }
+
+    /// Hands each shard its commands of this heartbeat (by partition), replacing the last ones.
+    fn deliver_commands(&self, commands: &[NodeCommand]) {
+        let n = self.links.len() as u64;
+        let mut per: Vec<Vec<NodeCommand>> = vec![Vec::new(); self.links.len()];
+        for c in commands {
+            per[(partition_of(c) as u64 % n) as usize].push(c.clone());
+        }
+        for (l, cs) in self.links.iter().zip(per) {
+            locked(&l.inbox).commands = cs;
+        }
+    }
+
+    /// Shard `id`'s task: publishes its facts and carries out what the heartbeats brought,
+    /// every [`SHARD_POLL`], for as long as the shard runs.
+    pub fn spawn_shard_task(
+        self: &Arc<Self>,
+        id: usize,
+        replicas: Rc<Replicas>,
+        tq: glommio::TaskQueueHandle,
+    ) -> Result<(), String> {
+        let this = self.clone();
+        glommio::spawn_local_into(
+            async move {
+                let link = &this.links[id];
+                let mut tally = BTreeMap::new();
+                let mut tallied: Option<Instant> = None;
+                loop {
+                    let (table, commands) = {
+                        let mut inbox = locked(&link.inbox);
+                        (inbox.table.take(), std::mem::take(&mut inbox.commands))
+                    };
+                    if let Some(t) = table {
+                        replicas.set_routes(t);
+                    }
+                    let now = Engine::<keel_nvme::UringDevice>::now();
+                    for c in &commands {
+                        replicas.run_command(c, now);
+                    }
+                    if tallied.is_none_or(|t| t.elapsed() >= TALLY_INTERVAL) {
+                        tally = replicas.engine.partition_tally();
+                        tallied = Some(Instant::now());
+                    }
+                    *locked(&link.facts) = replicas.facts(&tally);
+                    glommio::timer::sleep(SHARD_POLL).await;
+                }
+            },
+            tq,
+        )
+        .map_err(|e| e.to_string())?
+        .detach();
+        Ok(())
+    }
+}
+
+fn partition_of(c: &NodeCommand) -> u32 {
+    match *c {
+        NodeCommand::Create { partition, .. }
+        | NodeCommand::AddLearner { partition, .. }
+        | NodeCommand::Promote { partition, .. }
+        | NodeCommand::RemoveReplica { partition, .. }
+        | NodeCommand::TransferLeader { partition, .. }
+        | NodeCommand::DropReplica { partition } => partition,
+    }
+}

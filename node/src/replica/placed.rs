@@ -1,0 +1,226 @@
+//! Placement by the meta service (`node.meta`): a shard hosts the partitions the meta service
+//! placed on this node, no others. It opens a partition's group when told to (`Create`), runs
+//! the membership steps of a move through the partition's leader (`AddLearner`, `Promote`,
+//! `RemoveReplica`), hands leadership over (`TransferLeader`), and deletes a replica the
+//! placement no longer has (`DropReplica`: its raftlog group, then its items). Each command
+//! comes again with every heartbeat until the meta service sees it done, so each is idempotent
+//! and fire-and-forget here.
+//!
+//! A request for a partition this node does not host goes to the partition's leader as the
+//! routing table says. A node that receives a forwarded request for a partition it does not
+//! host (the table was stale) answers [`MOVED`]; the forwarder waits a tick (its table may be
+//! renewed meanwhile) and sends it again, until `raft.request_timeout_ms`.
+//!
+//! The raftlog's groups are the truth of what a shard hosts: at start a shard reopens the groups
+//! its raftlog holds, and drops the items of any partition it holds no group for (a replica
+//! dropped just before a crash, whose items the last checkpoint still had).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use keel_meta::proto::{NodeCommand, PartitionFact, Role, RoutingTable};
+use raft::StateRole;
+
+use super::{err, open_group, Replicas};
+use crate::engine::{MemberChange, Op, Pending};
+
+/// A forwarded request reached a node that does not host its partition: the forwarder's routing
+/// table is stale. Retried by the forwarder; a client never sees it.
+pub const MOVED: &str = "moved: ";
+
+impl Replicas {
+    /// A newer routing table: kept for routing, and every node in it becomes a reachable peer.
+    pub fn set_routes(&self, t: Arc<RoutingTable>) {
+        for n in &t.nodes {
+            if let Ok(addr) = n.peer_addr.parse() {
+                self.learn_peer(n.id, addr);
+            }
+        }
+        *self.routes.borrow_mut() = Some(t);
+    }
+
+    /// The epoch of the routing table held (0: none yet).
+    pub fn routes_epoch(&self) -> u64 {
+        self.routes.borrow().as_ref().map_or(0, |t| t.epoch)
+    }
+
+    /// The leader of `p` as the routing table says, if it names one.
+    pub(super) fn routed_leader(&self, p: u64) -> Option<u64> {
+        let routes = self.routes.borrow();
+        routes.as_ref()?.placements.get(p as usize)?.leader
+    }
+
+    /// What the next heartbeat reports about each partition this shard hosts. `tally` holds
+    /// keys and bytes per partition as last counted.
+    pub fn facts(&self, tally: &BTreeMap<u64, (u64, u64)>) -> Vec<PartitionFact> {
+        let me = self.settings.node_id;
+        self.groups
+            .borrow()
+            .values()
+            .map(|g| {
+                let conf = g.raw.raft.prs().conf();
+                let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+                voters.sort_unstable();
+                let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+                learners.sort_unstable();
+                let role = match g.raw.raft.state {
+                    StateRole::Leader => Role::Leader,
+                    _ if learners.contains(&me) => Role::Learner,
+                    _ => Role::Follower,
+                };
+                let (keys, bytes) = tally.get(&g.partition).copied().unwrap_or((0, 0));
+                PartitionFact {
+                    partition: g.partition as u32,
+                    role,
+                    term: g.raw.raft.term,
+                    applied_index: g.applied,
+                    keys,
+                    bytes,
+                    voters,
+                    learners,
+                }
+            })
+            .collect()
+    }
+
+    /// Carries out one command of the meta service (see the module doc).
+    pub fn run_command(self: &Rc<Self>, c: &NodeCommand, now: u32) {
+        match c {
+            NodeCommand::Create {
+                partition,
+                voters,
+                campaign,
+            } => self.create(*partition as u64, voters, *campaign),
+            &NodeCommand::AddLearner { partition, node } => {
+                let addr = self.routes.borrow().as_ref().and_then(|t| {
+                    let n = t.node(node)?;
+                    n.peer_addr.parse().ok()
+                });
+                let Some(addr) = addr else {
+                    return; // not in the table held yet: the next heartbeat repeats it
+                };
+                self.member_step(partition, MemberChange::AddLearner { node, addr }, now);
+            }
+            &NodeCommand::Promote { partition, node } => {
+                self.member_step(partition, MemberChange::Promote { node }, now)
+            }
+            &NodeCommand::RemoveReplica { partition, node } => {
+                self.member_step(partition, MemberChange::Remove { node }, now)
+            }
+            &NodeCommand::TransferLeader { partition, to } => {
+                let mut groups = self.groups.borrow_mut();
+                if let Some(g) = groups.get_mut(&(partition as u64)) {
+                    if g.raw.raft.state == StateRole::Leader && to != self.settings.node_id {
+                        g.raw.transfer_leader(to);
+                        self.wake.notify();
+                    }
+                }
+            }
+            &NodeCommand::DropReplica { partition } => self.drop_replica(partition as u64, now),
+        }
+    }
+
+    fn create(&self, p: u64, voters: &[u64], campaign: bool) {
+        if self.groups.borrow().contains_key(&p) {
+            return;
+        }
+        if p & self.partitions_mask != p || p % self.settings.shards as u64 != self.shard as u64 {
+            return self.misrouted(0, p);
+        }
+        match open_group(&self.settings, &self.log, p, voters, (0, 0)) {
+            Ok(mut g) => {
+                if campaign && g.raw.raft.state != StateRole::Leader {
+                    let _ = g.raw.campaign();
+                }
+                self.groups.borrow_mut().insert(p, g);
+                self.wake.notify();
+            }
+            Err(e) => eprintln!("keel-node: shard {}: partition {p}: {e}", self.shard),
+        }
+    }
+
+    /// A membership step of a move, through the partition's leader (forwarded like a write if
+    /// that is another node). A refusal or "not yet" is left to the next heartbeat's repeat.
+    fn member_step(self: &Rc<Self>, partition: u32, c: MemberChange, now: u32) {
+        let pending = self.submit_to(partition as u64, Op::Member(c), now, 0);
+        glommio::spawn_local(async move {
+            let _ = crate::engine::resolve(pending).await;
+        })
+        .detach();
+    }
+
+    /// Deletes this node's replica of `p`: requests waiting in the group fail (retried by
+    /// their forwarder), the raftlog forgets the group, the engine drops its items, and a
+    /// checkpoint follows.
+    fn drop_replica(&self, p: u64, now: u32) {
+        let Some(mut g) = self.groups.borrow_mut().remove(&p) else {
+            return;
+        };
+        let why = format!("{MOVED}partition {p} left this node");
+        for prop in g.proposals.drain(..) {
+            prop.fail(&why);
+        }
+        for reply in std::mem::take(&mut g.batch.replies) {
+            let _ = reply.send(err(&why));
+        }
+        for read in g.reads.drain(..) {
+            let _ = read.reply.send(err(&why));
+        }
+        self.built.borrow_mut().remove(&p);
+        self.incoming.borrow_mut().remove(&p);
+        if let Err(e) = self.log.drop_group(p) {
+            // Poisoned: the driver stops the node on its next pass.
+            eprintln!(
+                "keel-node: shard {}: partition {p}: raftlog: {e}",
+                self.shard
+            );
+            return;
+        }
+        self.drop_items(p, now);
+        self.checkpoint_now.set(true);
+    }
+
+    /// Clears the engine's items of `p`, which this shard no longer hosts.
+    pub fn drop_items(&self, p: u64, now: u32) {
+        if let Err(e) = self.engine.install_partition(p, &[], now) {
+            eprintln!(
+                "keel-node: shard {}: partition {p}: cannot drop its items: {e:?}",
+                self.shard
+            );
+        }
+    }
+
+    /// At start (placement by the meta service): items of partitions this shard holds no
+    /// group for are dropped (see the module doc).
+    pub fn drop_orphaned_items(&self, now: u32) {
+        let held = self.engine.partition_tally();
+        let hosted = self.groups.borrow();
+        for &p in held.keys().filter(|p| !hosted.contains_key(p)) {
+            eprintln!(
+                "keel-node: shard {}: partition {p} is not hosted here any more: dropping its items",
+                self.shard
+            );
+            self.drop_items(p, now);
+        }
+    }
+
+    /// A request for a partition this shard does not host: to its leader, as the routing table
+    /// says; `MOVED` to a forwarder whose table sent it here; or wait for a table that names a
+    /// leader.
+    pub(super) fn route(self: &Rc<Self>, p: u64, op: Op, now: u32, hops: u8) -> Pending {
+        if !self.settings.placed {
+            return Pending::Ready(err("partition not on this shard"));
+        }
+        if hops > 0 {
+            return Pending::Ready(err(&format!(
+                "{MOVED}node {} does not host partition {p}",
+                self.settings.node_id
+            )));
+        }
+        match self.routed_leader(p) {
+            Some(l) if l != self.settings.node_id => self.forward(l, p, op, now, hops),
+            _ => self.wait_for_leader(p, op, now, hops),
+        }
+    }
+}
