@@ -108,7 +108,15 @@ pub fn on_heartbeat(
         }
         soft.leader_term.insert(f.partition, f.term);
         let in_flight = state.in_flight().get(&f.partition);
-        if let Some(m) = in_flight.filter(|m| move_done(m, node, f)) {
+        // Whether voter `v` last reported hosting the partition (this heartbeat for the leader).
+        let hosts = |v: NodeId| {
+            let reported = match v == node {
+                true => Some(&facts),
+                false => soft.facts.get(&v),
+            };
+            reported.is_some_and(|fs| fs.iter().any(|x| x.partition == f.partition))
+        };
+        if let Some(m) = in_flight.filter(|m| move_done(m, node, f, &hosts)) {
             out.push(Command::CompleteMove { m: m.clone() });
             continue;
         }
@@ -123,8 +131,16 @@ pub fn on_heartbeat(
     out
 }
 
-/// Whether the leader `leader`'s report `f` shows move `m` done.
-fn move_done(m: &Move, leader: NodeId, f: &PartitionFact) -> bool {
+/// Whether the leader `leader`'s report `f` shows move `m` done. A new partition's group is
+/// done once every voter has reported hosting it as well (`hosts`): a leader and one more voter
+/// are a quorum without the third, which must still be told to create its replica. Likewise an
+/// added learner must have reported its replica.
+fn move_done(
+    m: &Move,
+    leader: NodeId,
+    f: &PartitionFact,
+    hosts: &dyn Fn(NodeId) -> bool,
+) -> bool {
     let same = |a: &[NodeId], b: &[NodeId]| {
         let (mut a, mut b) = (a.to_vec(), b.to_vec());
         a.sort_unstable();
@@ -132,8 +148,10 @@ fn move_done(m: &Move, leader: NodeId, f: &PartitionFact) -> bool {
         a == b
     };
     match m {
-        Move::Create { voters, .. } => same(voters, &f.voters),
-        &Move::AddLearner { node, .. } => f.learners.contains(&node),
+        Move::Create { voters, .. } => same(voters, &f.voters) && voters.iter().all(|&v| hosts(v)),
+        // The learner's own report too: the leader adds it at once, before the learner may
+        // have heard its Create (it would then never catch up, nor be told again).
+        &Move::AddLearner { node, .. } => f.learners.contains(&node) && hosts(node),
         &Move::Promote { node, .. } => f.voters.contains(&node) && !f.learners.contains(&node),
         &Move::RemoveReplica { node, .. } => {
             !f.voters.contains(&node) && !f.learners.contains(&node)

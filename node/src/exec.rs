@@ -7,7 +7,7 @@ use std::rc::Rc;
 use futures_lite::AsyncWrite;
 
 use crate::engine::{
-    self, ConnRow, Member, MemberChange, Op, OpResult, Pending, StatsGroup, StoreMode,
+    self, ConnRow, Member, MemberChange, Op, OpResult, PartitionRow, Pending, StatsGroup, StoreMode,
 };
 use crate::protocol::{reply, MemberCmd, Request, StoreCmd};
 use crate::shard::{Counters, Shard};
@@ -337,7 +337,8 @@ fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
         | OpResult::Stats(_)
         | OpResult::Latency(_)
         | OpResult::Conns(_)
-        | OpResult::Members(_) => b"SERVER_ERROR unexpected result\r\n",
+        | OpResult::Members(_)
+        | OpResult::Partitions(_) => b"SERVER_ERROR unexpected result\r\n",
     };
     if !noreply {
         out.extend_from_slice(line);
@@ -413,6 +414,7 @@ fn render(shard: &Shard, req: &Request<'_>, results: Vec<OpResult>, now: u32, ou
         Request::Stats { group: Some(g), .. } => match *g {
             b"latency" => render_latency(results, out),
             b"conns" => render_conns(results, out),
+            b"partitions" => render_partitions(results, out),
             b"items" => render_items(results, out),
             b"settings" => {
                 for (name, value) in &shard.settings {
@@ -513,6 +515,7 @@ fn stats_group(group: Option<&[u8]>) -> Option<StatsGroup> {
         None | Some(b"items") => Some(StatsGroup::General),
         Some(b"latency") => Some(StatsGroup::Latency),
         Some(b"conns") => Some(StatsGroup::Conns),
+        Some(b"partitions") => Some(StatsGroup::Partitions),
         Some(_) => None,
     }
 }
@@ -547,6 +550,28 @@ fn render_latency(results: Vec<OpResult>, out: &mut Vec<u8>) {
         }
     }
     crate::latency::render(&all, out);
+}
+
+/// `stats partitions` (Keel's own): per partition this node hosts, by id, `<p>:role`,
+/// `<p>:term`, `<p>:applied`, `<p>:keys` and `<p>:digest` (equal on every replica of the
+/// partition once they have applied the same entries).
+fn render_partitions(results: Vec<OpResult>, out: &mut Vec<u8>) {
+    let mut rows: Vec<PartitionRow> = Vec::new();
+    for r in results {
+        if let OpResult::Partitions(v) = r {
+            rows.extend(v);
+        }
+    }
+    rows.sort_by_key(|r| r.partition);
+    for r in rows {
+        let p = r.partition;
+        reply::stat(out, format!("{p}:role").as_bytes(), r.role.as_bytes());
+        reply::stat_u64(out, format!("{p}:term").as_bytes(), r.term);
+        reply::stat_u64(out, format!("{p}:applied").as_bytes(), r.applied);
+        reply::stat_u64(out, format!("{p}:keys").as_bytes(), r.keys);
+        reply::stat_u64(out, format!("{p}:digest").as_bytes(), r.digest);
+    }
+    out.extend_from_slice(b"END\r\n");
 }
 
 /// `stats conns`, as memcached 1.6.18 shapes it: per open client connection, by descriptor,

@@ -191,6 +191,9 @@ impl Shard {
                     .collect();
                 Pending::Ready(OpResult::Conns(rows))
             }
+            Op::Stats(StatsGroup::Partitions) => {
+                Pending::Ready(OpResult::Partitions(self.replicas.partition_rows()))
+            }
             Op::Stats(StatsGroup::General) => {
                 let mut v = self.engine.stat_values();
                 v.extend(self.replicas.stat_values());

@@ -106,6 +106,10 @@ fn a_leaders_report_completes_the_move_it_shows_done() {
     let f = fact(0, Role::Leader, 3, &pl.voters, &[]);
     assert!(on_heartbeat(&s, &mut soft, leader, vec![f], Instant::now()).is_empty());
     let f = fact(0, Role::Leader, 3, &pl.voters, &[spare]);
+    let out = on_heartbeat(&s, &mut soft, leader, vec![f.clone()], Instant::now());
+    assert!(out.is_empty(), "the learner has not reported its replica yet: {out:?}");
+    let mine = fact(0, Role::Learner, 3, &pl.voters, &[spare]);
+    assert!(on_heartbeat(&s, &mut soft, spare, vec![mine], Instant::now()).is_empty());
     let out = on_heartbeat(&s, &mut soft, leader, vec![f], Instant::now());
     assert_eq!(out, vec![Command::CompleteMove { m: add }]);
 }
@@ -342,4 +346,46 @@ fn replicas_a_group_has_beyond_its_placement_are_removed_by_its_leader() {
     let follower = pl.voters.iter().copied().find(|&v| v != leader).unwrap();
     let f = fact(2, Role::Follower, 2, &pl.voters, &[spare]);
     assert!(drift_commands(&s, follower, &[f]).is_empty());
+}
+
+#[test]
+fn a_new_partition_is_created_only_once_every_voter_reports_hosting_it() {
+    // With replication factor 3 the leader and one more voter are a quorum: the group elects
+    // and the leader reports the full configuration while the third voter has not created its
+    // replica yet. The move must stay in flight (its Create repeated) until that voter says it
+    // hosts the partition.
+    let mut s = MetaState::default();
+    s.apply(&Command::Bootstrap {
+        partitions: 4,
+        replication_factor: 3,
+    })
+    .unwrap();
+    for (n, z) in [(1, "a"), (2, "b"), (3, "c")] {
+        s.apply(&Command::Register(reg(n, z))).unwrap();
+    }
+    let create = Move::Create {
+        partition: 0,
+        voters: vec![1, 2, 3],
+    };
+    s.apply(&Command::StartMoves {
+        moves: vec![create.clone()],
+    })
+    .unwrap();
+    let mut soft = Soft::taking_over(&s, Instant::now());
+    let now = Instant::now();
+    let f = fact(0, Role::Follower, 2, &[1, 2, 3], &[]);
+    assert!(on_heartbeat(&s, &mut soft, 2, vec![f], now).is_empty());
+    let lead = fact(0, Role::Leader, 2, &[1, 2, 3], &[]);
+    let out = on_heartbeat(&s, &mut soft, 1, vec![lead.clone()], now);
+    assert!(
+        !out.contains(&Command::CompleteMove { m: create.clone() }),
+        "node 3 has not reported the partition: {out:?}"
+    );
+    assert!(node_commands(&s, 3, &[])
+        .iter()
+        .any(|c| matches!(c, NodeCommand::Create { partition: 0, .. })));
+    let f = fact(0, Role::Follower, 2, &[1, 2, 3], &[]);
+    assert!(on_heartbeat(&s, &mut soft, 3, vec![f], now).is_empty());
+    let out = on_heartbeat(&s, &mut soft, 1, vec![lead], now);
+    assert!(out.contains(&Command::CompleteMove { m: create }), "{out:?}");
 }

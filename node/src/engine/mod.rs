@@ -34,7 +34,9 @@ use index::{absolute_exptime, Atime, Index, IndexEntry, FETCHED, STALE, WIN_SENT
 use log::{LogConfig, LogError, NewRecord, ValueLog};
 
 use crate::latency::{Latency, Timer};
-pub use ops::{ConnRow, Item, Member, MemberChange, Op, OpResult, StatsGroup, StoreMode};
+pub use ops::{
+    ConnRow, Item, Member, MemberChange, Op, OpResult, PartitionRow, StatsGroup, StoreMode,
+};
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 

@@ -81,6 +81,8 @@ pub enum StatsGroup {
     Latency,
     /// The open client connections (`stats conns`).
     Conns,
+    /// The partitions this node hosts (`stats partitions`).
+    Partitions,
 }
 
 /// One open client connection, for `stats conns`.
@@ -92,6 +94,20 @@ pub struct ConnRow {
     /// memcached's state names: `conn_waiting`, `conn_parse_cmd`, `conn_mwrite`.
     pub state: &'static str,
     pub secs_since_last_cmd: u32,
+}
+
+/// One partition this node hosts, for `stats partitions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRow {
+    pub partition: u64,
+    /// `leader`, `follower` or `learner`.
+    pub role: &'static str,
+    pub term: u64,
+    pub applied: u64,
+    pub keys: u64,
+    /// Of the partition's items as [`crate::replica::Replicas::digest`] hashes a shard's:
+    /// equal on two replicas iff they hold the same items.
+    pub digest: u64,
 }
 
 /// A replica added or removed, one at a time, in every partition (learner first).
@@ -175,6 +191,7 @@ pub enum OpResult {
     Latency(Box<crate::latency::Report>),
     Conns(Vec<ConnRow>),
     Members(Vec<Member>),
+    Partitions(Vec<PartitionRow>),
     TooLarge,
     /// Out of space or a poisoned log: the text follows "SERVER_ERROR ".
     ServerError(String),

@@ -474,7 +474,11 @@ pub fn encode_reply(id: u64, r: &OpResult) -> Vec<u8> {
             w.u8(13);
             w.bytes(m.as_bytes());
         }
-        OpResult::Stats(_) | OpResult::Latency(_) | OpResult::Conns(_) | OpResult::Members(_) => {
+        OpResult::Stats(_)
+        | OpResult::Latency(_)
+        | OpResult::Conns(_)
+        | OpResult::Members(_)
+        | OpResult::Partitions(_) => {
             w.u8(13);
             w.bytes(b"stats and members are not forwarded");
         }

@@ -82,7 +82,9 @@ fn process(r: &Rc<Replicas>) -> Result<(), String> {
     let parts: Vec<u64> = r.groups.borrow().keys().copied().collect();
     for p in parts {
         let mut groups = r.groups.borrow_mut();
-        let g = groups.get_mut(&p).expect("groups are fixed");
+        let Some(g) = groups.get_mut(&p) else {
+            continue; // dropped during this pass (placement moved it away)
+        };
         while g.unpersisted.front().is_some_and(|u| u.lsn <= durable) {
             let u = g.unpersisted.pop_front().expect("checked");
             g.raw.on_persist_ready(u.number);
@@ -195,7 +197,9 @@ fn fail_pending(r: &Replicas, g: &mut Group) {
 fn drain_apply(r: &Rc<Replicas>, p: u64) {
     loop {
         let mut groups = r.groups.borrow_mut();
-        let g = groups.get_mut(&p).expect("groups are fixed");
+        let Some(g) = groups.get_mut(&p) else {
+            return; // dropped (placement moved it away)
+        };
         if g.applying {
             return;
         }
@@ -241,7 +245,13 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
                     rr.engine.latency.record(Timer::RaftApply, t0.elapsed());
                     {
                         let mut groups = rr.groups.borrow_mut();
-                        let g = groups.get_mut(&p).expect("groups are fixed");
+                        let Some(g) = groups.get_mut(&p) else {
+                            // Dropped while the entry waited for its read: what the entry
+                            // wrote after the drop cleared the partition goes too.
+                            drop(groups);
+                            rr.drop_items(p, crate::engine::Engine::<UringDevice>::now());
+                            return;
+                        };
                         g.applying = false;
                         applied(&rr, g, &e, Ok(res));
                     }
@@ -432,6 +442,7 @@ async fn checkpoint_once(
         .map(|(&p, g)| (p, (g.applied, g.applied_term)))
         .collect();
     let peers = r.peer_book();
+    let drops = r.drops.get();
     if value_seq == last.value_seq && applied == last.applied && peers == last.peers {
         return Ok(last);
     }
@@ -446,6 +457,11 @@ async fn checkpoint_once(
         .durable(r.log.last_lsn())
         .await
         .map_err(|e| format!("checkpoint: raftlog failed: {e}"))?;
+    if r.drops.get() != drops {
+        // A replica was dropped meanwhile, and may already be created again afresh: this
+        // checkpoint's applied index for it would not match the new group. The next one.
+        return Ok(last);
+    }
     let c = Checkpoint {
         generation: last.generation + 1,
         value_seq,
@@ -465,7 +481,9 @@ async fn checkpoint_once(
     let groups = r.groups.borrow();
     let tight = raftlog_tight(r);
     for (&p, g) in groups.iter() {
-        let applied = c.applied[&p].0;
+        let Some(&(applied, _)) = c.applied.get(&p) else {
+            continue; // created during the checkpoint (placement): the next one covers it
+        };
         let mut upto = applied;
         if g.raw.raft.prs().iter().count() > 1 && !tight {
             let margin = applied.saturating_sub(r.settings.compact_lag_entries);

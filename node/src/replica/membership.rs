@@ -114,7 +114,9 @@ impl Replicas {
                 }
                 let matched = g.raw.raft.prs().get(node).map_or(0, |pr| pr.matched);
                 let committed = g.raw.raft.raft_log.committed;
-                if matched + PROMOTE_LAG_MAX < committed {
+                // Nothing matched: the learner has not answered at all yet (it may not even
+                // host the partition), however short the log.
+                if matched == 0 || matched + PROMOTE_LAG_MAX < committed {
                     return Pending::Ready(err(&format!(
                         "learner {node} has not caught up ({matched} of {committed} entries)"
                     )));

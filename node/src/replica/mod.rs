@@ -280,6 +280,8 @@ pub struct Replicas {
     batched: RefCell<Vec<u64>>,
     /// The meta service's routing table, when placed by it.
     routes: RefCell<Option<std::sync::Arc<keel_meta::proto::RoutingTable>>>,
+    /// Replicas dropped so far (a checkpoint taken across a drop is not stored).
+    pub drops: Cell<u64>,
 }
 
 fn err(msg: &str) -> OpResult {
@@ -336,6 +338,7 @@ impl Replicas {
             checkpoint_now: Cell::new(false),
             batched: RefCell::new(Vec::new()),
             routes: RefCell::new(None),
+            drops: Cell::new(0),
         });
         let latency = r.engine.latency.clone();
         r.log.set_flush_observer(Rc::new(move |d| {
@@ -1012,27 +1015,62 @@ impl Replicas {
         ]
     }
 
-    /// A digest of this shard's engine per partition, to compare replicas: every live item's
-    /// key, CAS, flags, expiry and value length (the CAS comes from the Raft index that wrote
-    /// the value, so equal CAS means equal value).
+    /// A digest of this shard's engine, to compare replicas: every live item's key, CAS,
+    /// flags, expiry and value length (the CAS comes from the Raft index that wrote the value,
+    /// so equal CAS means equal value).
     pub fn digest(&self) -> u64 {
         let index = self.engine.index.borrow();
-        let mut items: Vec<(&[u8], u64, u32, u32, u32)> = index
-            .iter()
-            .map(|(k, e)| (&k[..], e.cas, e.flags, e.exptime, e.value_len))
-            .collect();
-        items.sort_unstable();
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for (k, cas, flags, exp, len) in items {
-            h.update(&(k.len() as u32).to_le_bytes());
-            h.update(k);
-            h.update(&cas.to_le_bytes());
-            h.update(&flags.to_le_bytes());
-            h.update(&exp.to_le_bytes());
-            h.update(&len.to_le_bytes());
-        }
-        h.digest()
+        digest_of(index.iter().map(|(k, e)| (&k[..], e)).collect())
     }
+
+    /// Every partition this shard hosts: its role, term, applied index, keys and digest (as
+    /// [`Self::digest`], of the partition's items alone).
+    pub fn partition_rows(&self) -> Vec<crate::engine::PartitionRow> {
+        let index = self.engine.index.borrow();
+        let mut per: BTreeMap<u64, Vec<(&[u8], &crate::engine::index::IndexEntry)>> =
+            BTreeMap::new();
+        for (k, e) in index.iter() {
+            per.entry(partition_of(k, self.partitions_mask))
+                .or_default()
+                .push((&k[..], e));
+        }
+        let me = self.settings.node_id;
+        let groups = self.groups.borrow();
+        groups
+            .values()
+            .map(|g| {
+                let items = per.remove(&g.partition).unwrap_or_default();
+                let learner = g.raw.raft.prs().conf().learners().contains(&me);
+                crate::engine::PartitionRow {
+                    partition: g.partition,
+                    role: match g.raw.raft.state {
+                        StateRole::Leader => "leader",
+                        _ if learner => "learner",
+                        _ => "follower",
+                    },
+                    term: g.raw.raft.term,
+                    applied: g.applied,
+                    keys: items.len() as u64,
+                    digest: digest_of(items),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The digest of [`Replicas::digest`] over `items`.
+fn digest_of(mut items: Vec<(&[u8], &crate::engine::index::IndexEntry)>) -> u64 {
+    items.sort_unstable_by_key(|(k, _)| *k);
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (k, e) in items {
+        h.update(&(k.len() as u32).to_le_bytes());
+        h.update(k);
+        h.update(&e.cas.to_le_bytes());
+        h.update(&e.flags.to_le_bytes());
+        h.update(&e.exptime.to_le_bytes());
+        h.update(&e.value_len.to_le_bytes());
+    }
+    h.digest()
 }
 
 /// Opens partition `p`'s group on this shard: created first if the raftlog lacks it (with

@@ -135,6 +135,14 @@ impl Replicas {
                 }
                 self.groups.borrow_mut().insert(p, g);
                 self.wake.notify();
+                eprintln!(
+                    "keel-node: shard {}: partition {p}: replica created ({})",
+                    self.shard,
+                    match voters.is_empty() {
+                        true => "empty, to catch up from the leader".to_string(),
+                        false => format!("voters {voters:?}"),
+                    }
+                );
             }
             Err(e) => eprintln!("keel-node: shard {}: partition {p}: {e}", self.shard),
         }
@@ -178,6 +186,8 @@ impl Replicas {
             return;
         }
         self.drop_items(p, now);
+        self.drops.set(self.drops.get() + 1);
+        eprintln!("keel-node: shard {}: partition {p}: replica dropped", self.shard);
         self.checkpoint_now.set(true);
     }
 

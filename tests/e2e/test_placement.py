@@ -1,0 +1,436 @@
+"""keel only: keel-node placed by keel-meta (issue 8): real binaries on loopback.
+
+One keel-meta (replication factor 3, 64 partitions) and four keel-node processes in two zones:
+every partition gets three replicas spanning both zones, each node hosts 48 +- 1 and leads
+16 +- 1, and a write through any node reads back from any node. A fifth node joins while a
+loader writes and reads through the others: replicas move until each node hosts 38 or 39, no
+request fails, no acknowledged write is lost and every partition's replicas hold the same items
+(`stats partitions` digests). A node is then drained and stopped with the same checks. A meta
+service of three replicas loses its leader and keeps placing. Refusals: an id held by a live
+node, another partition count; the data port's member_* commands.
+
+What each node hosts is read from the node itself (`stats partitions`), not from the meta
+service's view. Every wait is a bounded retry on an observable state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HOST, IS_KEEL, REPO_ROOT, Conn, Server, port_block
+
+pytestmark = pytest.mark.keel_only
+
+KEEL_META_BIN = Path(os.environ.get("KEEL_META_BIN", REPO_ROOT / "target" / "release" / "keel-meta"))
+SHARDS = 2
+PARTITIONS = 64
+RF = 3
+BALANCE_TIMEOUT_S = 120.0
+
+
+class MetaReplica:
+    """One keel-meta process this test started."""
+
+    def __init__(self, workdir: Path, port: int, replica_id: int = 1, peers: str | None = None):
+        self.workdir = workdir
+        self.port = port
+        self.replica_id = replica_id
+        self.peers = peers
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / f"meta{replica_id}.log"
+
+    @property
+    def addr(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def start(self):
+        cmd = [
+            str(KEEL_META_BIN),
+            "--listen",
+            self.addr,
+            "--data",
+            str(self.workdir / f"meta{self.replica_id}.data"),
+            "--partitions",
+            str(PARTITIONS),
+            "--replicas",
+            str(RF),
+            "--heartbeat-interval-ms",
+            "300",
+        ]
+        if self.peers:
+            cmd += ["--id", str(self.replica_id), "--peers", self.peers]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.running():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class PlacedNode(Server):
+    def __init__(self, workdir: Path, node_id: int, zone: str, meta: str):
+        super().__init__("keel", workdir)
+        self.node_id = node_id
+        self.zone = zone
+        self.meta = meta
+        self.peer_port = port_block(SHARDS)
+        self.partitions_flag: int | None = None
+
+    def command(self) -> list[str]:
+        cmd = super().command() + [
+            "--node-id",
+            str(self.node_id),
+            "--meta",
+            self.meta,
+            "--peer-listen",
+            f"{HOST}:{self.peer_port}",
+            "--zone",
+            self.zone,
+        ]
+        return cmd
+
+    def partitions(self) -> dict[int, dict[str, str]]:
+        """`stats partitions`: partition -> {role, term, applied, keys, digest}."""
+        with self.connect() as c:
+            c.send(b"stats partitions\r\n")
+            text = c.read_until(b"END\r\n").decode()
+        out: dict[int, dict[str, str]] = {}
+        for line in text.splitlines():
+            if line.startswith("STAT "):
+                _, name, value = line.split(" ", 2)
+                p, field = name.split(":")
+                out.setdefault(int(p), {})[field] = value
+        return out
+
+
+def ctl(meta: str, *args: str) -> str:
+    r = subprocess.run(
+        [str(KEEL_META_BIN), "ctl", "--meta", meta, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, f"keel-meta ctl {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+def status(meta: str) -> dict:
+    return json.loads(ctl(meta, "status", "--json"))
+
+
+class Cluster:
+    def __init__(self, root: Path, meta_replicas: int = 1):
+        if not KEEL_META_BIN.exists():
+            pytest.fail(f"keel-meta binary not found at {KEEL_META_BIN}: run `cargo build --release`")
+        self.root = Path(tempfile.mkdtemp(prefix="keel-e2e-placement-", dir=root))
+        ports = [port_block(1) for _ in range(meta_replicas)]
+        peers = None
+        if meta_replicas > 1:
+            peers = ",".join(f"{i + 1}={HOST}:{p}" for i, p in enumerate(ports))
+        self.metas = [MetaReplica(self.root, p, i + 1, peers) for i, p in enumerate(ports)]
+        self.meta = ",".join(m.addr for m in self.metas)
+        self.nodes: dict[int, PlacedNode] = {}
+        for m in self.metas:
+            m.start()
+
+    def add_node(self, node_id: int, zone: str, start: bool = True) -> PlacedNode:
+        wd = Path(tempfile.mkdtemp(prefix=f"node{node_id}-", dir=self.root))
+        n = PlacedNode(wd, node_id, zone, self.meta)
+        self.nodes.setdefault(node_id, n)
+        if start:
+            n.start()
+        return n
+
+    def live(self) -> list[PlacedNode]:
+        return [n for n in self.nodes.values() if n.running()]
+
+    def close(self):
+        for n in self.nodes.values():
+            n.stop()
+        for m in self.metas:
+            m.stop()
+        if os.environ.get("KEEL_E2E_KEEP"):
+            print(f"kept {self.root}")
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def hosted(nodes: list[PlacedNode]) -> dict[int, dict[int, dict[str, str]]]:
+    return {n.node_id: n.partitions() for n in nodes}
+
+
+def wait_balanced(cluster: Cluster, nodes: list[PlacedNode], replicas: set[int], leaders: set[int]):
+    """Until the meta service has no move in flight and every node in `nodes` hosts a count in
+    `replicas` and leads one in `leaders` (as the nodes report), every partition has RF voters
+    that agree on one leader. Returns what the nodes host."""
+    deadline = time.monotonic() + BALANCE_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            st = status(cluster.meta)
+        except AssertionError as e:  # a meta election: ctl retries, then says so
+            last = str(e)
+            time.sleep(0.5)
+            continue
+        h = hosted(nodes)
+        counts = {i: len(ps) for i, ps in h.items()}
+        leads = {i: sum(1 for r in ps.values() if r["role"] == "leader") for i, ps in h.items()}
+        per_partition: dict[int, list[int]] = {}
+        for i, ps in h.items():
+            for p in ps:
+                per_partition.setdefault(p, []).append(i)
+        full = len(per_partition) == PARTITIONS and all(len(v) == RF for v in per_partition.values())
+        last = f"moves {len(st['moves_in_flight'])}, hosts {counts}, leads {leads}"
+        if (
+            not st["moves_in_flight"]
+            and full
+            and set(counts.values()) <= replicas
+            and set(leads.values()) <= leaders
+            and sum(leads.values()) == PARTITIONS
+        ):
+            return h
+        time.sleep(0.5)
+    try:
+        last += "\n" + ctl(cluster.meta, "status")
+    except AssertionError as e:
+        last += f"\n{e}"
+    pytest.fail(f"not balanced within {BALANCE_TIMEOUT_S}s: {last}")
+
+
+def wait_digests_equal(nodes: list[PlacedNode]):
+    """Until every partition's replicas (as the nodes report them) have equal digests."""
+    deadline = time.monotonic() + 60
+    differing = None
+    while time.monotonic() < deadline:
+        h = hosted(nodes)
+        by_p: dict[int, set[str]] = {}
+        for ps in h.values():
+            for p, r in ps.items():
+                by_p.setdefault(p, set()).add(r["digest"])
+        differing = sorted(p for p, ds in by_p.items() if len(ds) > 1)
+        if not differing:
+            return
+        time.sleep(0.3)
+    pytest.fail(f"partitions whose replicas differ: {differing}")
+
+
+def assert_zones_spanned(cluster: Cluster, h: dict[int, dict[int, dict[str, str]]]):
+    zones: dict[int, set[str]] = {}
+    for i, ps in h.items():
+        for p in ps:
+            zones.setdefault(p, set()).add(cluster.nodes[i].zone)
+    one_zone = sorted(p for p, z in zones.items() if len(z) < 2)
+    assert not one_zone, f"partitions with every replica in one zone: {one_zone}"
+
+
+class Loader:
+    """Writes and reads through the given nodes on its own thread until stopped; any error
+    reply or a read that misses an acknowledged value is recorded as a failure."""
+
+    def __init__(self, nodes: list[PlacedNode], keys: int = 2000):
+        self.ports = [n.port for n in nodes]
+        self.keys = keys
+        self.acked: dict[bytes, bytes] = {}
+        self.failures: list[str] = []
+        self.ops = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self):
+        conns = [Conn(p) for p in self.ports]
+        i = 0
+        try:
+            # Bounded: at most an hour of requests even if never stopped.
+            while not self._stop.is_set() and i < 10_000_000:
+                c = conns[i % len(conns)]
+                k = b"pl%d" % (i * 7919 % self.keys)
+                i += 1
+                try:
+                    if i % 2:
+                        v = b"v%d" % i
+                        r = c.call(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v), v))
+                        if r == b"STORED\r\n":
+                            self.acked[k] = v
+                        else:
+                            self.failures.append(f"set {k!r} through :{c.port}: {r!r}")
+                    else:
+                        c.send(b"get %s\r\n" % k)
+                        r = c.read_until(b"END\r\n")
+                        want = self.acked.get(k)
+                        if want is not None and b"\r\n%s\r\n" % want not in r:
+                            self.failures.append(f"get {k!r} through :{c.port}: {r!r}, want {want!r}")
+                except (OSError, TimeoutError, EOFError) as e:
+                    self.failures.append(f"{k!r} through :{c.port}: {e!r}")
+                    return
+                self.ops += 1
+        finally:
+            for c in conns:
+                c.close()
+
+    def check_all(self, nodes: list[PlacedNode]):
+        """Every acknowledged write reads back, its latest value, through every node."""
+        for n in nodes:
+            with n.connect() as c:
+                for k, v in self.acked.items():
+                    c.send(b"get %s\r\n" % k)
+                    r = c.read_until(b"END\r\n")
+                    assert r == b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k, len(v), v), (n.node_id, k, r)
+
+
+@pytest.fixture
+def placed(_tmp_root):
+    if not IS_KEEL:
+        pytest.skip("keel only")
+    clusters: list[Cluster] = []
+    yield lambda **kw: clusters.append(Cluster(_tmp_root, **kw)) or clusters[-1]
+    for c in clusters:
+        c.close()
+
+
+def test_four_nodes_balance_a_fifth_joins_under_load_and_a_drained_node_leaves(placed):
+    cl = placed()
+    for i, zone in ((1, "a"), (2, "a"), (3, "b"), (4, "b")):
+        cl.add_node(i, zone)
+    four = cl.live()
+    h = wait_balanced(cl, four, replicas={47, 48, 49}, leaders={15, 16, 17})
+    assert_zones_spanned(cl, h)
+    # Writes through any node read back from any node.
+    for i, n in enumerate(four):
+        with n.connect() as c:
+            for k in range(50):
+                assert c.set(b"w%d-%d" % (i, k), b"x%d" % k) == b"STORED\r\n"
+    for n in four:
+        with n.connect() as c:
+            for i in range(len(four)):
+                for k in range(50):
+                    assert c.get(b"w%d-%d" % (i, k)) == b"x%d" % k
+
+    with Loader(four) as load:
+        cl.add_node(5, "b")
+        five = cl.live()
+        h = wait_balanced(cl, five, replicas={38, 39}, leaders={12, 13, 14})
+    assert not load.failures, load.failures[:5]
+    assert load.ops > 100 and load.acked
+    assert_zones_spanned(cl, h)
+    load.check_all(five)
+    wait_digests_equal(five)
+
+    # From zone b, which keeps two nodes: with two in each zone left, each hosts 48 again.
+    drained = cl.nodes[4]
+    rest = [n for n in five if n is not drained]
+    with Loader(rest) as load:
+        ctl(cl.meta, "drain", "4")
+        h = wait_balanced(cl, rest, replicas={47, 48, 49}, leaders={15, 16, 17})
+        # Its last replicas are dropped at its next heartbeats.
+        deadline = time.monotonic() + 30
+        while drained.partitions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert drained.partitions() == {}, "the drained node still hosts replicas"
+        with drained.connect() as c:
+            assert c.stats()["curr_items"] == "0", "a drained node keeps no items"
+    drained.stop()
+    assert not load.failures, load.failures[:5]
+    assert_zones_spanned(cl, h)
+    load.check_all(rest)
+    wait_digests_equal(rest)
+
+
+def test_a_restarted_node_keeps_its_replicas_and_leads_its_share_again(placed):
+    cl = placed()
+    for i, zone in ((1, "a"), (2, "b"), (3, "c")):
+        cl.add_node(i, zone)
+    nodes = cl.live()
+    wait_balanced(cl, nodes, replicas={64}, leaders={21, 22})
+    with nodes[0].connect() as c:
+        for k in range(200):
+            assert c.set(b"r%d" % k, b"%d" % k) == b"STORED\r\n"
+    nodes[0].crash_and_restart()
+    h = wait_balanced(cl, nodes, replicas={64}, leaders={21, 22})
+    assert h[1].keys() == set(range(PARTITIONS))
+    for n in nodes:
+        with n.connect() as c:
+            for k in range(200):
+                assert c.get(b"r%d" % k) == b"%d" % k
+    wait_digests_equal(nodes)
+
+
+def test_a_three_replica_meta_service_loses_its_leader_and_keeps_placing(placed):
+    cl = placed(meta_replicas=3)
+    for i, zone in ((1, "a"), (2, "b"), (3, "c")):
+        cl.add_node(i, zone)
+    wait_balanced(cl, cl.live(), replicas={64}, leaders={21, 22})
+    st = status(cl.meta)
+    leader = next(r for r in st["meta_replicas"] if r["leader"])
+    victim = next(m for m in cl.metas if m.replica_id == leader["id"])
+    victim.kill()
+    # A fourth node joins after the meta leader is gone: the other two place onto it (in a zone
+    # of its own, so that each node ends with 48).
+    cl.add_node(4, "d")
+    h = wait_balanced(cl, cl.live(), replicas={48}, leaders={16})
+    assert h[4], "the new node got no replicas"
+    wait_digests_equal(cl.live())
+
+
+def _refused(n: PlacedNode, profile: Path | None = None) -> str:
+    """Runs `n` to its end (a refused node stops by itself) and returns its output."""
+    cmd = n.command()
+    if profile is not None:
+        cmd[cmd.index("--profile") + 1] = str(profile)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0, r.stderr
+    return r.stderr
+
+
+def test_a_node_id_held_by_a_live_node_and_another_partition_count_are_refused(placed):
+    cl = placed()
+    cl.add_node(1, "a")
+    # Its own data file and ports: only the id is the same as the running node's.
+    twin = cl.add_node(1, "b", start=False)
+    err = _refused(twin)
+    assert "refused this node" in err and "node id 1 is taken" in err, err
+
+    odd = cl.add_node(7, "a", start=False)
+    profile = odd.workdir / "profile.toml"
+    text = (REPO_ROOT / "hw-configs" / "dev.toml").read_text()
+    profile.write_text(text.replace("partitions = 64", "partitions = 32", 1))
+    err = _refused(odd, profile)
+    assert "refused this node" in err and "32" in err and "64" in err, err
+
+
+def test_the_data_port_refuses_membership_changes_when_the_meta_service_places(placed):
+    cl = placed()
+    n = cl.add_node(1, "a")
+    with n.connect() as c:
+        r = c.call(b"member_remove 1\r\n")
+    assert r.startswith(b"SERVER_ERROR") and b"keel-meta ctl" in r, r
