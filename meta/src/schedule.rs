@@ -135,12 +135,7 @@ pub fn on_heartbeat(
 /// done once every voter has reported hosting it as well (`hosts`): a leader and one more voter
 /// are a quorum without the third, which must still be told to create its replica. Likewise an
 /// added learner must have reported its replica.
-fn move_done(
-    m: &Move,
-    leader: NodeId,
-    f: &PartitionFact,
-    hosts: &dyn Fn(NodeId) -> bool,
-) -> bool {
+fn move_done(m: &Move, leader: NodeId, f: &PartitionFact, hosts: &dyn Fn(NodeId) -> bool) -> bool {
     let same = |a: &[NodeId], b: &[NodeId]| {
         let (mut a, mut b) = (a.to_vec(), b.to_vec());
         a.sort_unstable();

@@ -273,27 +273,26 @@ class Loader:
         try:
             # Bounded: at most an hour of requests even if never stopped.
             while not self._stop.is_set() and i < 10_000_000:
+                port = self.ports[i % len(conns)]
                 c = conns[i % len(conns)]
                 k = b"pl%d" % (i * 7919 % self.keys)
                 i += 1
-                try:
-                    if i % 2:
-                        v = b"v%d" % i
-                        r = c.call(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v), v))
-                        if r == b"STORED\r\n":
-                            self.acked[k] = v
-                        else:
-                            self.failures.append(f"set {k!r} through :{c.port}: {r!r}")
+                if i % 2:
+                    v = b"v%d" % i
+                    r = c.call(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v), v))
+                    if r == b"STORED\r\n":
+                        self.acked[k] = v
                     else:
-                        c.send(b"get %s\r\n" % k)
-                        r = c.read_until(b"END\r\n")
-                        want = self.acked.get(k)
-                        if want is not None and b"\r\n%s\r\n" % want not in r:
-                            self.failures.append(f"get {k!r} through :{c.port}: {r!r}, want {want!r}")
-                except (OSError, TimeoutError, EOFError) as e:
-                    self.failures.append(f"{k!r} through :{c.port}: {e!r}")
-                    return
+                        self.failures.append(f"set {k!r} through :{port}: {r!r}")
+                else:
+                    c.send(b"get %s\r\n" % k)
+                    r = c.read_until(b"END\r\n")
+                    want = self.acked.get(k)
+                    if want is not None and b"\r\n%s\r\n" % want not in r:
+                        self.failures.append(f"get {k!r} through :{port}: {r!r}, want {want!r}")
                 self.ops += 1
+        except Exception as e:  # a dead loader must fail the test, not end it quietly
+            self.failures.append(f"loader stopped: {e!r}")
         finally:
             for c in conns:
                 c.close()

@@ -107,7 +107,10 @@ fn a_leaders_report_completes_the_move_it_shows_done() {
     assert!(on_heartbeat(&s, &mut soft, leader, vec![f], Instant::now()).is_empty());
     let f = fact(0, Role::Leader, 3, &pl.voters, &[spare]);
     let out = on_heartbeat(&s, &mut soft, leader, vec![f.clone()], Instant::now());
-    assert!(out.is_empty(), "the learner has not reported its replica yet: {out:?}");
+    assert!(
+        out.is_empty(),
+        "the learner has not reported its replica yet: {out:?}"
+    );
     let mine = fact(0, Role::Learner, 3, &pl.voters, &[spare]);
     assert!(on_heartbeat(&s, &mut soft, spare, vec![mine], Instant::now()).is_empty());
     let out = on_heartbeat(&s, &mut soft, leader, vec![f], Instant::now());
@@ -387,5 +390,8 @@ fn a_new_partition_is_created_only_once_every_voter_reports_hosting_it() {
     let f = fact(0, Role::Follower, 2, &[1, 2, 3], &[]);
     assert!(on_heartbeat(&s, &mut soft, 3, vec![f], now).is_empty());
     let out = on_heartbeat(&s, &mut soft, 1, vec![lead], now);
-    assert!(out.contains(&Command::CompleteMove { m: create }), "{out:?}");
+    assert!(
+        out.contains(&Command::CompleteMove { m: create }),
+        "{out:?}"
+    );
 }

@@ -28,6 +28,7 @@ pub async fn run_raft(r: Rc<Replicas>) -> String {
         if now >= next_tick {
             for g in r.groups.borrow_mut().values_mut() {
                 g.raw.tick();
+                fail_stale_proposals(&r, g, now);
             }
             next_tick = now + r.settings.tick;
         }
@@ -122,7 +123,7 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
     }
     if let Some(ss) = rd.ss() {
         if ss.raft_state != StateRole::Leader {
-            fail_pending(r, g);
+            stepped_down(r, g);
         }
     }
     let committed = rd.take_committed_entries();
@@ -176,20 +177,44 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
     Ok(())
 }
 
-/// A leader that stepped down cannot tell whether its pending proposals will commit: their
-/// clients get an error (memcached's SERVER_ERROR means "outcome unknown"), and waiting reads
-/// are refused so the client retries on the new leader.
-fn fail_pending(r: &Replicas, g: &mut Group) {
-    for p in g.proposals.drain(..) {
+/// A leader stepped down (a planned transfer, or it lost its quorum). Its proposals stay: each
+/// is answered when its index is applied, with its result if the entry there is still its own
+/// (the new leader had it: always so after a planned transfer, which waits for the transferee
+/// to catch up) or an error if another leader's entry took the index. Reads and writes not
+/// proposed yet go to the new leader, like any request this node does not lead.
+fn stepped_down(r: &Rc<Replicas>, g: &mut Group) {
+    let reads: Vec<_> = g
+        .reads
+        .drain(..)
+        .map(|rd| (rd.op, rd.now, rd.reply))
+        .collect();
+    let batch = std::mem::take(&mut g.batch);
+    let batched = batch.ops.into_iter().zip(batch.replies);
+    let again: Vec<_> = (reads.into_iter())
+        .chain(batched.map(|(op, reply)| (op, batch.now, reply)))
+        .collect();
+    if !again.is_empty() {
+        r.resubmit(g.partition, again);
+    }
+}
+
+/// Proposals of a group this node no longer leads that no applied entry has answered within
+/// the request timeout (the node is cut off, or the entries were never replicated): their
+/// clients get an error (memcached's SERVER_ERROR means "outcome unknown").
+fn fail_stale_proposals(r: &Replicas, g: &mut Group, now: Instant) {
+    if g.raw.raft.state == StateRole::Leader {
+        return;
+    }
+    while g
+        .proposals
+        .front()
+        .is_some_and(|p| now.duration_since(p.proposed) >= r.settings.request_timeout)
+    {
+        let p = g.proposals.pop_front().expect("checked");
         r.stats
             .leader_changes_failed
             .set(r.stats.leader_changes_failed.get() + p.replies.len() as u64);
         p.fail("leadership changed before the write committed; retry");
-    }
-    for read in g.reads.drain(..) {
-        let _ = read
-            .reply
-            .send(err("leadership changed before the read was served; retry"));
     }
 }
 

@@ -571,6 +571,12 @@ impl Replicas {
             }
             return self.wait_for_leader(p, op, now, hops);
         }
+        if g.raw.raft.lead_transferee.is_some() {
+            // Handing leadership over (raft-rs drops proposals meanwhile): this waits for the
+            // new leader, or for the transfer to be given up.
+            drop(groups);
+            return self.wait_for_leader(p, op, now, hops);
+        }
         if !batchable(&op) {
             // It must follow the writes that came before it: a read sees them, a
             // read-modify-write applies after them.
@@ -660,15 +666,51 @@ impl Replicas {
         self.track_proposal(g, replies);
     }
 
-    /// Proposes every batch waiting (called by the driver before it takes readies).
-    pub(super) fn flush_batches(&self) {
+    /// Proposes every batch waiting (called by the driver before it takes readies). A batch
+    /// waits while its group hands leadership over, and goes to the new leader once this node
+    /// no longer leads.
+    pub(super) fn flush_batches(self: &Rc<Self>) {
         let parts = std::mem::take(&mut *self.batched.borrow_mut());
         let mut groups = self.groups.borrow_mut();
         for p in parts {
-            if let Some(g) = groups.get_mut(&p) {
+            let Some(g) = groups.get_mut(&p) else {
+                continue;
+            };
+            if g.batch.ops.is_empty() {
+                continue;
+            }
+            if g.raw.raft.state != StateRole::Leader {
+                let b = std::mem::take(&mut g.batch);
+                let again = (b.ops.into_iter().zip(b.replies))
+                    .map(|(op, reply)| (op, b.now, reply))
+                    .collect();
+                self.resubmit(p, again);
+            } else if g.raw.raft.lead_transferee.is_some() {
+                self.batched.borrow_mut().push(p); // the driver's next tick looks again
+            } else {
                 self.flush_batch(g);
             }
         }
+    }
+
+    /// Submits `ops` of partition `p` again, each answered through its reply (called with the
+    /// groups borrowed: the submissions run once that is over).
+    pub(super) fn resubmit(
+        self: &Rc<Self>,
+        p: u64,
+        ops: Vec<(Op, u32, oneshot::Sender<OpResult>)>,
+    ) {
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await;
+            let pending: Vec<_> = (ops.into_iter())
+                .map(|(op, now, reply)| (this.submit_to(p, op, now, 0), reply))
+                .collect();
+            for (pending, reply) in pending {
+                let _ = reply.send(crate::engine::resolve(pending).await);
+            }
+        })
+        .detach();
     }
 
     /// The entry just proposed in `g` (its last): its ops are answered when it is applied at
@@ -700,7 +742,9 @@ impl Replicas {
                 let known = match this.groups.borrow().get(&p) {
                     Some(g) => {
                         let l = g.raw.raft.leader_id;
-                        l != 0 && (l != me || g.raw.raft.state == StateRole::Leader)
+                        let leading = g.raw.raft.state == StateRole::Leader
+                            && g.raw.raft.lead_transferee.is_none();
+                        l != 0 && (l != me || leading)
                     }
                     // Not hosted here: the routing table must name another node as leader.
                     None => this.routed_leader(p).is_some_and(|l| l != me),

@@ -187,7 +187,10 @@ impl Replicas {
         }
         self.drop_items(p, now);
         self.drops.set(self.drops.get() + 1);
-        eprintln!("keel-node: shard {}: partition {p}: replica dropped", self.shard);
+        eprintln!(
+            "keel-node: shard {}: partition {p}: replica dropped",
+            self.shard
+        );
         self.checkpoint_now.set(true);
     }
 
