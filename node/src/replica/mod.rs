@@ -246,6 +246,8 @@ pub struct RaftStats {
     pub duplicate_forwards: Cell<u64>,
     /// Forwards answered `MOVED` (the routing table was stale) and sent again.
     pub moved: Cell<u64>,
+    /// Heartbeats committing beyond this replica's log (see `sane_heartbeat`).
+    pub stale_heartbeats: Cell<u64>,
     /// Writes refused because the raftlog had too few free segments.
     pub log_full: Cell<u64>,
     /// Driver passes that left readies waiting because the raftlog had no free segment.
@@ -850,6 +852,9 @@ impl Replicas {
                 match self.groups.borrow_mut().get_mut(&p) {
                     // Stale or misdirected messages are refused by raft-rs itself.
                     Some(g) => {
+                        if !self.sane_heartbeat(g, &mut msg) {
+                            return;
+                        }
                         let _ = g.raw.step(msg);
                     }
                     None => return self.misrouted(m.from_node, p),
@@ -901,6 +906,33 @@ impl Replicas {
             }
             _ => self.bad_payload(),
         }
+    }
+
+    /// A heartbeat whose commit index is beyond this replica's log (raft-rs panics on one): its
+    /// leader remembers entries this replica no longer has, because its data was lost or it was
+    /// dropped and created again. A replica holding nothing beyond its bootstrap takes the
+    /// commit as its own last index (the bootstrap is the same everywhere) and the leader, seeing
+    /// it behind, sends a snapshot; any other such heartbeat is refused. Said once; counted.
+    fn sane_heartbeat(&self, g: &Group, msg: &mut Message) -> bool {
+        let last = g.raw.raft.raft_log.last_index();
+        if msg.get_msg_type() != MessageType::MsgHeartbeat || msg.commit <= last {
+            return true;
+        }
+        let n = self.stats.stale_heartbeats.get();
+        self.stats.stale_heartbeats.set(n + 1);
+        if n == 0 {
+            eprintln!(
+                "keel-node: shard {}: partition {}: node {} sent a heartbeat committing index {} \
+                 but this replica's log ends at {last} (its data was lost or it was recreated); \
+                 it catches up from a snapshot",
+                self.shard, g.partition, msg.from, msg.commit
+            );
+        }
+        if last > membership::BOOTSTRAP_INDEX {
+            return false;
+        }
+        msg.commit = last;
+        true
     }
 
     /// Remembers forward `id` of node `from`; false if it was seen already (a duplicate, which
@@ -1035,6 +1067,7 @@ impl Replicas {
             ("keel_raft_proposed_ops", s.proposed_ops.get()),
             ("keel_raft_duplicate_forwards", s.duplicate_forwards.get()),
             ("keel_raft_moved", s.moved.get()),
+            ("keel_raft_stale_heartbeats", s.stale_heartbeats.get()),
             ("keel_placement_epoch", self.routes_epoch()),
             ("keel_raft_applied_entries", s.applied_entries.get()),
             ("keel_raft_forwarded", s.forwarded.get()),

@@ -31,13 +31,31 @@ pub const MOVED: &str = "moved: ";
 
 impl Replicas {
     /// A newer routing table: kept for routing, and every node in it becomes a reachable peer.
+    /// A partition of this shard that the table places here, led by another node, but that has
+    /// no group here (this node lost its data, or missed the command that created it) gets an
+    /// empty replica, which catches up from its leader's snapshot.
     pub fn set_routes(&self, t: Arc<RoutingTable>) {
         for n in &t.nodes {
             if let Ok(addr) = n.peer_addr.parse() {
                 self.learn_peer(n.id, addr);
             }
         }
+        let me = self.settings.node_id;
+        let (shards, shard) = (self.settings.shards as u64, self.shard as u64);
+        let missing: Vec<u64> = (0..t.placements.len() as u64)
+            .filter(|&p| p % shards == shard)
+            // A group with a leader elsewhere exists: a new one (no leader yet) is made by the
+            // Create commands, which give its first voters their configuration.
+            .filter(|&p| {
+                let pl = &t.placements[p as usize];
+                pl.hosts(me) && pl.leader.is_some_and(|l| l != me)
+            })
+            .filter(|p| !self.groups.borrow().contains_key(p))
+            .collect();
         *self.routes.borrow_mut() = Some(t);
+        for p in missing {
+            self.create(p, &[], false);
+        }
     }
 
     /// The epoch of the routing table held (0: none yet).
