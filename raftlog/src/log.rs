@@ -152,6 +152,11 @@ impl<D: Device + 'static> RaftLog<D> {
         self.inner.borrow().groups.map.keys().copied().collect()
     }
 
+    /// Whether `group` exists.
+    pub fn has_group(&self, group: u64) -> bool {
+        self.inner.borrow().groups.map.contains_key(&group)
+    }
+
     /// Creates `group` if absent, with `conf` as its conf state, an empty hard state and first
     /// index 1. An existing group is left as it is.
     pub fn create_group(&self, group: u64, conf: ConfState) -> Result<Lsn, RaftLogError> {
@@ -181,7 +186,7 @@ impl<D: Device + 'static> RaftLog<D> {
     /// configuration; the segments it alone kept become reusable. A later `create_group` of the
     /// same id starts it afresh. Durable once the returned LSN is; an absent group is a no-op.
     pub fn drop_group(&self, group: u64) -> Result<Lsn, RaftLogError> {
-        if !self.inner.borrow().groups.map.contains_key(&group) {
+        if !self.has_group(group) {
             self.check_poisoned()?;
             return Ok(self.inner.borrow().next_lsn - 1);
         }

@@ -99,7 +99,6 @@ class PlacedNode(Server):
         self.zone = zone
         self.meta = meta
         self.peer_port = port_block(SHARDS)
-        self.partitions_flag: int | None = None
 
     def command(self) -> list[str]:
         cmd = super().command() + [

@@ -183,16 +183,12 @@ fn handle_ready(r: &Rc<Replicas>, g: &mut Group) -> Result<(), String> {
 /// to catch up) or an error if another leader's entry took the index. Reads and writes not
 /// proposed yet go to the new leader, like any request this node does not lead.
 fn stepped_down(r: &Rc<Replicas>, g: &mut Group) {
-    let reads: Vec<_> = g
+    let mut again: Vec<_> = g
         .reads
         .drain(..)
         .map(|rd| (rd.op, rd.now, rd.reply))
         .collect();
-    let batch = std::mem::take(&mut g.batch);
-    let batched = batch.ops.into_iter().zip(batch.replies);
-    let again: Vec<_> = (reads.into_iter())
-        .chain(batched.map(|(op, reply)| (op, batch.now, reply)))
-        .collect();
+    again.extend(std::mem::take(&mut g.batch).into_requests());
     if !again.is_empty() {
         r.resubmit(g.partition, again);
     }

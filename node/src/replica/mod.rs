@@ -41,6 +41,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
+use keel_meta::proto::Role;
 use keel_nvme::UringDevice;
 use keel_raftlog::{GroupStorage, RaftLog};
 use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
@@ -114,8 +115,9 @@ pub struct RaftSettings {
     /// Partitions are placed by the meta service ([placed]): groups come and go by its
     /// commands, and a request for a partition not hosted here follows the routing table.
     pub placed: bool,
-    /// Voters of every group this node creates (all nodes: placement is static for now);
-    /// empty for a node that joins a running cluster.
+    /// Voters of every group this node creates at start (static placement: all nodes); empty
+    /// for a node that joins a running cluster, and when placed (the meta service's `Create`
+    /// names each group's voters).
     pub voters: Vec<u64>,
     /// Where this node's shard 0 accepts peers (None: a single node without peers).
     pub peer_addr: Option<std::net::SocketAddr>,
@@ -185,6 +187,16 @@ struct Batch {
     now: u32,
 }
 
+impl Batch {
+    /// The batched writes as requests to submit again (see [`Replicas::resubmit`]).
+    fn into_requests(self) -> Vec<(Op, u32, oneshot::Sender<OpResult>)> {
+        let now = self.now;
+        (self.ops.into_iter().zip(self.replies))
+            .map(|(op, reply)| (op, now, reply))
+            .collect()
+    }
+}
+
 struct Read {
     /// Serve once the group has applied this index.
     index: u64,
@@ -199,6 +211,17 @@ struct Unpersisted {
     number: u64,
     /// Messages raft-rs may only send once the Ready is persisted (votes, append acks).
     messages: Vec<Message>,
+}
+
+impl Group {
+    /// What this replica is in its group, as node `me`.
+    pub fn role(&self, me: u64) -> Role {
+        match self.raw.raft.state {
+            StateRole::Leader => Role::Leader,
+            _ if self.raw.raft.prs().conf().learners().contains(&me) => Role::Learner,
+            _ => Role::Follower,
+        }
+    }
 }
 
 pub struct Group {
@@ -682,11 +705,7 @@ impl Replicas {
                 continue;
             }
             if g.raw.raft.state != StateRole::Leader {
-                let b = std::mem::take(&mut g.batch);
-                let again = (b.ops.into_iter().zip(b.replies))
-                    .map(|(op, reply)| (op, b.now, reply))
-                    .collect();
-                self.resubmit(p, again);
+                self.resubmit(p, std::mem::take(&mut g.batch).into_requests());
             } else if g.raw.raft.lead_transferee.is_some() {
                 self.batched.borrow_mut().push(p); // the driver's next tick looks again
             } else {
@@ -1117,13 +1136,12 @@ impl Replicas {
             .values()
             .map(|g| {
                 let items = per.remove(&g.partition).unwrap_or_default();
-                let learner = g.raw.raft.prs().conf().learners().contains(&me);
                 crate::engine::PartitionRow {
                     partition: g.partition,
-                    role: match g.raw.raft.state {
-                        StateRole::Leader => "leader",
-                        _ if learner => "learner",
-                        _ => "follower",
+                    role: match g.role(me) {
+                        Role::Leader => "leader",
+                        Role::Learner => "learner",
+                        Role::Follower => "follower",
                     },
                     term: g.raw.raft.term,
                     applied: g.applied,
@@ -1161,7 +1179,7 @@ fn open_group(
     voters: &[u64],
     applied: (u64, u64),
 ) -> Result<Group, String> {
-    if !log.groups().contains(&p) {
+    if !log.has_group(p) {
         let cs = ConfState {
             voters: voters.to_vec(),
             ..Default::default()

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use keel_meta::proto::{NodeCommand, PartitionFact, Role, RoutingTable};
+use keel_meta::proto::{NodeCommand, PartitionFact, RoutingTable};
 use raft::StateRole;
 
 use super::{err, open_group, Replicas};
@@ -82,15 +82,10 @@ impl Replicas {
                 voters.sort_unstable();
                 let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
                 learners.sort_unstable();
-                let role = match g.raw.raft.state {
-                    StateRole::Leader => Role::Leader,
-                    _ if learners.contains(&me) => Role::Learner,
-                    _ => Role::Follower,
-                };
                 let (keys, bytes) = tally.get(&g.partition).copied().unwrap_or((0, 0));
                 PartitionFact {
                     partition: g.partition as u32,
-                    role,
+                    role: g.role(me),
                     term: g.raw.raft.term,
                     applied_index: g.applied,
                     keys,
