@@ -110,6 +110,15 @@ pub enum Command {
         partition: PartitionId,
         leader: NodeId,
     },
+    /// A leader reported a group of a partition the placement has no replicas of (a meta
+    /// service that started again without its state, a lone node's data file reopened under a
+    /// new one): the placement takes the group as it is, in place of any Create in flight that
+    /// would make another. Refused for a partition already placed, or voters not all known.
+    Adopt {
+        partition: PartitionId,
+        voters: Vec<NodeId>,
+        leader: NodeId,
+    },
 }
 
 /// One Raft entry: who proposed it (to answer the proposer once applied) and its commands.
@@ -244,6 +253,11 @@ impl MetaState {
                 self.in_flight.remove(&partition);
                 Ok(())
             }
+            Command::Adopt {
+                partition,
+                voters,
+                leader,
+            } => self.adopt(*partition, voters, *leader),
             &Command::SetLeader { partition, leader } => {
                 let cl = self.cluster_mut()?;
                 if cl
@@ -373,6 +387,42 @@ impl MetaState {
         // Refused, the move stays in flight; the leader gives up moves that no longer apply.
         placement::apply(cl, m).map_err(|e| format!("move {m:?}: {e}"))?;
         self.in_flight.remove(&m.partition());
+        self.epoch += 1;
+        Ok(())
+    }
+
+    fn adopt(
+        &mut self,
+        partition: PartitionId,
+        voters: &[NodeId],
+        leader: NodeId,
+    ) -> Result<(), Refusal> {
+        for &v in voters {
+            self.known_mut(v)?;
+        }
+        if !voters.contains(&leader) {
+            return Err(format!(
+                "partition {partition}: leader {leader} is not one of the voters {voters:?}"
+            ));
+        }
+        let replaced = match self.in_flight.get(&partition) {
+            None | Some(Move::Create { .. }) => self.in_flight.remove(&partition),
+            Some(m) => return Err(format!("partition {partition}: move {m:?} is in flight")),
+        };
+        let cl = self.cluster_mut()?;
+        let create = Move::Create {
+            partition,
+            voters: voters.to_vec(),
+        };
+        let placed = placement::apply(cl, &create)
+            .and_then(|()| cl.set_leader(partition, Some(leader)))
+            .map_err(|e| format!("partition {partition}: cannot adopt {voters:?}: {e}"));
+        if let Err(e) = placed {
+            if let Some(m) = replaced {
+                self.in_flight.insert(partition, m);
+            }
+            return Err(e);
+        }
         self.epoch += 1;
         Ok(())
     }

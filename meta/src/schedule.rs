@@ -120,6 +120,14 @@ pub fn on_heartbeat(
             out.push(Command::CompleteMove { m: m.clone() });
             continue;
         }
+        if pl.voters.is_empty() && adoptable(state, in_flight, f) {
+            out.push(Command::Adopt {
+                partition: f.partition,
+                voters: f.voters.clone(),
+                leader: node,
+            });
+            continue;
+        }
         if pl.leader != Some(node) && pl.voters.contains(&node) {
             out.push(Command::SetLeader {
                 partition: f.partition,
@@ -129,6 +137,25 @@ pub fn on_heartbeat(
     }
     soft.facts.insert(node, facts);
     out
+}
+
+/// Whether a leader's report `f` of a partition the placement has no replicas of shows a group
+/// to take as it is: its voters all known nodes, and no Create in flight for those same voters
+/// (that one completes once each of them reports hosting it).
+fn adoptable(state: &MetaState, in_flight: Option<&Move>, f: &PartitionFact) -> bool {
+    let known = !f.voters.is_empty() && f.voters.iter().all(|&v| state.node(v).is_some());
+    let mut reported = f.voters.clone();
+    reported.sort_unstable();
+    known
+        && match in_flight {
+            None => true,
+            Some(Move::Create { voters, .. }) => {
+                let mut planned = voters.clone();
+                planned.sort_unstable();
+                planned != reported
+            }
+            Some(_) => false,
+        }
 }
 
 /// Whether the leader `leader`'s report `f` shows move `m` done. A new partition's group is
@@ -207,7 +234,11 @@ pub fn node_commands(
         }
     }
     for &p in reported {
-        let hosted = cl.placement(p).is_some_and(|pl| pl.hosts(node));
+        // A partition placed nowhere is not dropped: the replica reported may be the only copy
+        // (a meta service that lost its state); its leader's report has it adopted.
+        let hosted = cl
+            .placement(p)
+            .is_some_and(|pl| pl.hosts(node) || pl.voters.is_empty());
         let coming = state
             .in_flight()
             .get(&p)

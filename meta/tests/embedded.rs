@@ -20,7 +20,7 @@ fn an_embedded_meta_service_serves_a_single_node() {
     // The host program: an executor with a task of its own, and the meta service spawned on it.
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
-            let meta = embedded::run_embedded(cfg).expect("starts");
+            let meta = embedded::prepare(cfg).expect("starts").run();
             glommio::spawn_local(async move {
                 let e = meta.await;
                 panic!("the embedded meta service stopped: {e}");
@@ -39,7 +39,7 @@ fn an_embedded_meta_service_serves_a_single_node() {
     let addrs = vec![listen.clone()];
     wait_ready(&addrs);
     // A second one on the same data file is refused: the lock is held.
-    let twice = embedded::run_embedded(embedded::config(addr(), dir.path("meta.data"), 16, 1));
+    let twice = embedded::prepare(embedded::config(addr(), dir.path("meta.data"), 16, 1));
     assert!(twice.err().unwrap().contains("in use"));
 
     let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

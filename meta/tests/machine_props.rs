@@ -72,6 +72,13 @@ fn command() -> impl Strategy<Value = Command> {
         partition().prop_map(|partition| Command::AbortMove { partition }),
         (partition(), node())
             .prop_map(|(partition, leader)| Command::SetLeader { partition, leader }),
+        (partition(), prop::collection::vec(node(), 0..4), node()).prop_map(
+            |(partition, voters, leader)| Command::Adopt {
+                partition,
+                voters,
+                leader,
+            }
+        ),
     ]
 }
 

@@ -1,5 +1,6 @@
-//! A node placed by the meta service (`node.meta`, `--meta`): it registers, heartbeats with
-//! the facts of every partition it hosts, and carries out the commands and routing tables the
+//! A node placed by the meta service (`node.meta`, `--meta`, or without it and `node.peers` the
+//! one the node runs inside itself at `node.meta_listen`): it registers, heartbeats with the
+//! facts of every partition it hosts, and carries out the commands and routing tables the
 //! heartbeat replies bring (the shards' side is `replica::placed`).
 //!
 //! The meta client is blocking, so registration and heartbeats run on a thread of their own
@@ -68,7 +69,7 @@ impl Cluster {
         Arc::new(Cluster {
             links: (0..shards).map(|_| ShardLink::default()).collect(),
             ready: AtomicUsize::new(0),
-            meta: p.node.meta.clone(),
+            meta: p.meta_addrs(),
             registration: Registration {
                 node: p.node.id,
                 client_addr: p.node.listen.clone(),

@@ -56,6 +56,22 @@ pub struct NodeSection {
     /// meta service spreads each partition's replicas over zones.
     #[serde(default = "default_zone")]
     pub zone: String,
+    /// With `node.meta` and `node.peers` empty: where the meta service this node runs inside
+    /// itself listens (IP:PORT). Other nodes join with `--meta` at this address.
+    #[serde(default)]
+    pub meta_listen: String,
+    /// The embedded meta service's data file; empty: beside the first device, as
+    /// "<device.paths[0]>.meta" (which must then be a file, not a block device).
+    #[serde(default)]
+    pub meta_data: PathBuf,
+    /// The replication factor the embedded meta service gives the keyspace when it creates it
+    /// (one node holds one replica of each partition; more come as nodes join).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u32,
+}
+
+fn default_replication_factor() -> u32 {
+    3
 }
 
 fn default_zone() -> String {
@@ -522,11 +538,85 @@ impl Profile {
         Ok(())
     }
 
-    /// `node.meta`, `node.peer_listen` and `node.zone` go together, and not with `node.peers`.
+    /// Placed by a meta service: one named by `node.meta`, or the one this node runs inside
+    /// itself (`embedded_meta`). Otherwise static placement through `node.peers`.
+    pub fn placed(&self) -> bool {
+        self.node.peers.is_empty() && !self.node.join
+    }
+
+    /// Neither `node.meta` nor `node.peers`: this node runs a one-replica meta service at
+    /// `node.meta_listen` and registers with it.
+    pub fn embedded_meta(&self) -> bool {
+        self.placed() && self.node.meta.is_empty()
+    }
+
+    /// The meta service's replicas this node registers with.
+    pub fn meta_addrs(&self) -> Vec<String> {
+        match self.embedded_meta() {
+            true => vec![self.node.meta_listen.clone()],
+            false => self.node.meta.clone(),
+        }
+    }
+
+    /// The embedded meta service's data file (`node.meta_data`, or beside the first device).
+    pub fn meta_data_path(&self) -> PathBuf {
+        if !self.node.meta_data.as_os_str().is_empty() {
+            return self.node.meta_data.clone();
+        }
+        let mut p = self.device.paths[0].clone().into_os_string();
+        p.push(".meta");
+        p.into()
+    }
+
+    /// `node.meta` (or, for the embedded meta service, `node.meta_listen`), `node.peer_listen`
+    /// and `node.zone` go together, and not with `node.peers`.
     fn validate_meta(&self) -> Result<(), String> {
         let n = &self.node;
-        if n.meta.is_empty() {
+        if !self.placed() {
+            if !n.meta.is_empty() {
+                return Err(rule(
+                    "node.peers",
+                    format!("{:?}", n.peers),
+                    "must be empty (and node.join false) with node.meta: the meta service \
+                     places the partitions and names the peers",
+                ));
+            }
             return Ok(());
+        }
+        let listen: Option<std::net::SocketAddr> = n.listen.parse().ok();
+        let peer: Option<std::net::SocketAddr> = n.peer_listen.parse().ok();
+        // Shard s accepts peers on peer_listen's PORT + s.
+        let shards = n.cores.len() as u32;
+        let peer_port = |port: u16| {
+            peer.is_some_and(|q| {
+                (q.port() as u32..q.port() as u32 + shards).contains(&(port as u32))
+            })
+        };
+        if self.embedded_meta() {
+            let m: Option<std::net::SocketAddr> = n.meta_listen.parse().ok();
+            let clashes = |a: std::net::SocketAddr| {
+                listen.is_some_and(|l| l.port() == a.port()) || peer_port(a.port())
+            };
+            if m.is_none_or(|a| a.port() == 0 || clashes(a)) {
+                return Err(rule(
+                    "node.meta_listen",
+                    format!("{:?}", n.meta_listen),
+                    "must be IP:PORT on a port other than node.listen's and node.peer_listen's \
+                     (one per shard) when node.meta and node.peers are empty: the node runs its \
+                     own meta service there (--meta-listen), e.g. 127.0.0.1:11212",
+                ));
+            }
+            let rf = n.replication_factor;
+            if rf == 0 || rf as usize > keel_meta::placement::REPLICATION_FACTOR_MAX {
+                return Err(rule(
+                    "node.replication_factor",
+                    rf,
+                    &format!(
+                        "must be 1 to {}",
+                        keel_meta::placement::REPLICATION_FACTOR_MAX
+                    ),
+                ));
+            }
         }
         for m in &n.meta {
             if m.parse::<std::net::SocketAddr>().is_err() {
@@ -537,21 +627,13 @@ impl Profile {
                 ));
             }
         }
-        if !n.peers.is_empty() || n.join {
-            return Err(rule(
-                "node.peers",
-                format!("{:?}", n.peers),
-                "must be empty (and node.join false) with node.meta: the meta service places \
-                 the partitions and names the peers",
-            ));
-        }
-        let peer: Option<std::net::SocketAddr> = n.peer_listen.parse().ok();
-        if peer.is_none_or(|a| a.port() == 0 || n.peer_listen == n.listen) {
+        if peer.is_none_or(|a| a.port() == 0) || listen.is_some_and(|l| peer_port(l.port())) {
             return Err(rule(
                 "node.peer_listen",
                 format!("{:?}", n.peer_listen),
-                "must be IP:PORT other than node.listen with node.meta (--peer-listen), e.g. \
-                 127.0.0.1:7100",
+                "must be IP:PORT whose ports (one per shard, PORT + shard) miss node.listen's \
+                 when the node is placed by a meta service (node.meta, or its own when \
+                 node.peers is empty) (--peer-listen), e.g. 127.0.0.1:11213",
             ));
         }
         if n.zone.is_empty() || n.zone.len() > 64 || !n.zone.bytes().all(|b| b.is_ascii_graphic()) {
@@ -740,6 +822,54 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("SPDK backend is not built"));
+    }
+
+    /// Which meta service places a node, and the addresses each mode needs.
+    #[test]
+    fn a_node_without_meta_and_peers_runs_its_own_meta_service() {
+        let p = dev();
+        assert!(p.placed() && p.embedded_meta());
+        assert_eq!(p.meta_addrs(), vec!["127.0.0.1:11212".to_string()]);
+        assert_eq!(
+            p.meta_data_path(),
+            PathBuf::from(".keel-data/keel.data.meta")
+        );
+        let mut q = dev();
+        q.node.meta = vec!["10.0.0.9:7000".into()];
+        assert!(q.placed() && !q.embedded_meta());
+        assert_eq!(q.meta_addrs(), q.node.meta);
+        q.validate().unwrap();
+        let mut q = dev();
+        q.node.peers = vec!["1=127.0.0.1:7100".into()];
+        assert!(!q.placed() && !q.embedded_meta());
+        q.validate().unwrap();
+        q.node.meta = vec!["10.0.0.9:7000".into()];
+        assert!(q.validate().unwrap_err().starts_with("node.peers = "));
+
+        let mut q = dev();
+        q.node.meta_listen = q.node.listen.clone();
+        assert!(q
+            .validate()
+            .unwrap_err()
+            .starts_with("node.meta_listen = \"127.0.0.1:11211\": must be IP:PORT on a port"));
+        // Shard 1 (of 2) accepts peers on peer_listen + 1.
+        q.node.cores = vec![0, 1];
+        q.node.meta_listen = "127.0.0.1:11214".into();
+        assert!(q.validate().unwrap_err().starts_with("node.meta_listen = "));
+        q.node.meta_listen = "127.0.0.1:11215".into();
+        q.validate().unwrap();
+        q.node.peer_listen = "127.0.0.1:11210".into();
+        assert!(q.validate().unwrap_err().starts_with("node.peer_listen = "));
+        let mut q = dev();
+        q.node.replication_factor = 0;
+        assert_eq!(
+            q.validate().unwrap_err(),
+            "node.replication_factor = 0: must be 1 to 7"
+        );
+        q.node.replication_factor = 7;
+        q.validate().unwrap();
+        q.node.meta_data = "/var/lib/keel/meta.data".into();
+        assert_eq!(q.meta_data_path(), q.node.meta_data);
     }
 
     /// `node.metrics_listen` is off unless given; a profile without the key still loads.

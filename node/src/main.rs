@@ -1,6 +1,7 @@
 //! `keel-node --profile hw-configs/dev.toml [--listen ADDR:PORT] [--data PATH[,PATH...]]
 //! [--cores LIST] [--node-id N --peers 1=IP:PORT,2=IP:PORT,... [--join]]
 //! [--node-id N --meta ADDR[,ADDR...] --peer-listen IP:PORT --zone NAME]
+//! [--meta-listen IP:PORT --peer-listen IP:PORT]
 //! [--metrics-listen IP:PORT]` runs a node; `keel-node --check-profile PATH` checks a profile
 //! and exits; `keel-node tune --device PATH --out PROFILE` probes a device and writes a
 //! profile for it.
@@ -53,13 +54,16 @@ struct Args {
     /// registers there and hosts the partitions placed on it.
     #[arg(long, value_name = "ADDR[,ADDR...]")]
     meta: Option<String>,
-    /// Overrides node.peer_listen: where shard 0 accepts peers (shard s on PORT + s); with
-    /// --meta.
+    /// Overrides node.peer_listen: where shard 0 accepts peers (shard s on PORT + s).
     #[arg(long, value_name = "IP:PORT")]
     peer_listen: Option<String>,
-    /// Overrides node.zone: this node's failure domain; with --meta.
+    /// Overrides node.zone: this node's failure domain.
     #[arg(long)]
     zone: Option<String>,
+    /// Overrides node.meta_listen: without --meta and --peers, the node runs its own meta
+    /// service here (other nodes join with --meta at this address).
+    #[arg(long, value_name = "IP:PORT")]
+    meta_listen: Option<String>,
     /// Overrides node.metrics_listen: serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -207,6 +211,9 @@ fn effective_profile(path: &std::path::Path, args: &Args) -> Result<Profile, Str
     }
     if let Some(z) = &args.zone {
         p.node.zone = z.clone();
+    }
+    if let Some(m) = &args.meta_listen {
+        p.node.meta_listen = m.clone();
     }
     p.validate()
         .map_err(|e| format!("profile {}: {e}", path.display()))?;

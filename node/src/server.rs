@@ -275,6 +275,37 @@ fn refuse_taken_port(addr: &str, key: &str) -> Result<(), String> {
     ))
 }
 
+/// How often nodes heartbeat to an embedded meta service: on loopback, and often enough that
+/// a new node hosts its partitions a fraction of a second after it starts.
+const EMBEDDED_META_HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// The meta service a node without `node.meta` and `node.peers` runs inside itself: one replica
+/// at `node.meta_listen`, its data file beside the first device (or `node.meta_data`), a
+/// keyspace of `node.partitions` at `node.replication_factor`. Its data file is locked here.
+fn embedded_meta(p: &Profile) -> Result<keel_meta::embedded::Embedded, String> {
+    refuse_taken_port(&p.node.meta_listen, "meta_listen")?;
+    let data = p.meta_data_path();
+    if p.node.meta_data.as_os_str().is_empty() {
+        use std::os::unix::fs::FileTypeExt;
+        let dev = &p.device.paths[0];
+        if std::fs::metadata(dev).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Err(format!(
+                "node.meta_data is empty and device.paths[0] {} is a block device: the embedded \
+                 meta service needs a file of its own; set node.meta_data",
+                dev.display()
+            ));
+        }
+    }
+    let mut cfg = keel_meta::embedded::config(
+        p.node.meta_listen.clone(),
+        data,
+        p.node.partitions,
+        p.node.replication_factor,
+    );
+    cfg.heartbeat_interval = EMBEDDED_META_HEARTBEAT;
+    keel_meta::embedded::prepare(cfg)
+}
+
 /// Runs the node until it is killed or stopped by SIGTERM. Returns only on a start-up error.
 pub fn run(p: Profile) -> Result<(), String> {
     // Before anything is bound or created: a bad certificate must leave no trace.
@@ -297,12 +328,16 @@ pub fn run(p: Profile) -> Result<(), String> {
         _locks.push(keel_nvme::lock_device(path)?);
     }
     let geo = prepare_devices(&p)?;
+    let mut meta = match p.embedded_meta() {
+        true => Some(embedded_meta(&p)?),
+        false => None,
+    };
     let n = p.node.cores.len();
     let stop = shutdown_on_signal(n)?;
     let mesh: MeshBuilder<Msg, _> = MeshBuilder::full(n, 4096);
     // Client connections open on all shards together (net.connections_max is per node).
     let conns_open = Arc::new(AtomicUsize::new(0));
-    let cluster = (!p.node.meta.is_empty()).then(|| crate::cluster::Cluster::new(&p));
+    let cluster = p.placed().then(|| crate::cluster::Cluster::new(&p));
     let mut handles = Vec::new();
     for (i, &cpu) in p.node.cores.iter().enumerate() {
         let p = p.clone();
@@ -312,11 +347,21 @@ pub fn run(p: Profile) -> Result<(), String> {
         let tls = tls.clone();
         let conns_open = conns_open.clone();
         let cluster = cluster.clone();
+        // Shard 0's executor also runs the embedded meta service, in a task queue of its own.
+        let meta = meta.take();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("keel-shard-{i}"))
             .io_memory(p.io.io_memory_bytes as usize)
             .ring_depth(p.io.ring_depth)
             .spawn(move || async move {
+                if let Some(m) = meta {
+                    glommio::spawn_local(async move {
+                        let e = m.run().await;
+                        eprintln!("keel-node: the embedded meta service failed: {e}");
+                        std::process::exit(1);
+                    })
+                    .detach();
+                }
                 if let Err(e) = run_shard(p, geo, mesh, stop, tls, conns_open, cluster).await {
                     eprintln!("keel-node: {e}");
                     std::process::exit(1);
@@ -419,12 +464,9 @@ async fn run_shard(
             peers.entry(*node).or_insert(*addr);
         }
     }
-    let voters: Vec<u64> = if p.node.join || placed {
-        Vec::new()
-    } else if peers.is_empty() {
-        vec![p.node.id]
-    } else {
-        peers.keys().copied().collect()
+    let voters: Vec<u64> = match p.node.join || placed {
+        true => Vec::new(),
+        false => peers.keys().copied().collect(),
     };
     let peer_addr = match placed {
         true => p.node.peer_listen.parse().ok(),

@@ -140,6 +140,15 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def keel_shards() -> int:
+    """Shards KEEL_CORES gives a keel-node ("0,1", "0-3")."""
+    n = 0
+    for part in filter(None, KEEL_CORES.split(",")):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
 def free_port() -> int:
     """One port from the session's allocator (see `port_block`)."""
     return port_block(1)
@@ -282,6 +291,10 @@ class Server:
         self.kind = kind
         self.workdir = workdir
         self.port = free_port()
+        # A lone keel-node runs its own meta service and accepts peers (one port per shard);
+        # both stay the same across restarts, as the meta service remembers them.
+        self.meta_port = free_port()
+        self.peer_port = port_block(keel_shards())
         self.data_path = workdir / "keel.data"
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "server.log"
@@ -308,6 +321,10 @@ class Server:
             str(self.data_path),
             "--cores",
             KEEL_CORES,
+            "--meta-listen",
+            f"{HOST}:{self.meta_port}",
+            "--peer-listen",
+            f"{HOST}:{self.peer_port}",
             *self.extra_args,
         ]
 

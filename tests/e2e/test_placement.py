@@ -93,24 +93,23 @@ class MetaReplica:
 
 
 class PlacedNode(Server):
-    def __init__(self, workdir: Path, node_id: int, zone: str, meta: str):
+    """A keel-node placed by the meta service at `meta`, or (`meta` None) by the one it runs
+    inside itself, at `self.meta_addr`."""
+
+    def __init__(self, workdir: Path, node_id: int, zone: str, meta: str | None):
         super().__init__("keel", workdir)
         self.node_id = node_id
         self.zone = zone
         self.meta = meta
-        self.peer_port = port_block(SHARDS)
+
+    @property
+    def meta_addr(self) -> str:
+        return self.meta or f"{HOST}:{self.meta_port}"
 
     def command(self) -> list[str]:
-        cmd = super().command() + [
-            "--node-id",
-            str(self.node_id),
-            "--meta",
-            self.meta,
-            "--peer-listen",
-            f"{HOST}:{self.peer_port}",
-            "--zone",
-            self.zone,
-        ]
+        cmd = super().command() + ["--node-id", str(self.node_id), "--zone", self.zone]
+        if self.meta:
+            cmd += ["--meta", self.meta]
         return cmd
 
     def partitions(self) -> dict[int, dict[str, str]]:
@@ -470,3 +469,122 @@ def test_a_node_that_lost_its_data_file_gets_its_replicas_back_from_the_leaders(
     with lost.connect() as c:
         for k in range(600):
             assert c.get(b"d%d" % k) == b"%d" % k
+
+
+def test_a_lone_node_runs_its_own_meta_service_and_a_second_node_joins_it(_tmp_root):
+    # Without --meta and --peers a node is a complete system: it places the keyspace on itself
+    # through the meta service it runs. A second node joins at that meta service's address
+    # while a loader writes and reads through the first: the keyspace (replication factor 3)
+    # grows to a replica on each, leaders split between them, nothing fails, nothing is lost.
+    if not IS_KEEL:
+        pytest.skip("keel only")
+    root = Path(tempfile.mkdtemp(prefix="keel-e2e-lone-", dir=_tmp_root))
+    lone = PlacedNode(root / "lone", 1, "a", None)
+    second = PlacedNode(root / "second", 2, "b", lone.meta_addr)
+    for n in (lone, second):
+        n.workdir.mkdir()
+    try:
+        lone.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            st = status(lone.meta_addr)
+            if st["nodes"] and st["nodes"][0]["leaders"] == PARTITIONS:
+                break
+            time.sleep(0.05)
+        assert len(lone.partitions()) == PARTITIONS
+        assert [(n["id"], n["replicas"]) for n in st["nodes"]] == [(1, PARTITIONS)], st
+        assert st["replication_factor"] == RF and st["under_replicated"] == PARTITIONS, st
+        with lone.connect() as c:
+            for k in range(200):
+                assert c.set(b"lone%d" % k, b"%d" % k) == b"STORED\r\n"
+        with Loader([lone]) as load:
+            second.start()
+            deadline = time.monotonic() + BALANCE_TIMEOUT_S
+            while time.monotonic() < deadline:
+                st = status(lone.meta_addr)
+                leads = sorted(n["leaders"] for n in st["nodes"])
+                if (not st["moves_in_flight"] and st["under_replicated"] == PARTITIONS
+                        and [n["replicas"] for n in st["nodes"]] == [PARTITIONS, PARTITIONS]
+                        and leads[1] - leads[0] <= 2 and sum(leads) == PARTITIONS):
+                    break
+                time.sleep(0.3)
+            else:
+                pytest.fail(f"the second node did not get its replicas and leaders: {st}")
+            time.sleep(1)  # the loader goes on through the balanced pair
+        assert not load.failures, load.failures[:5]
+        assert load.ops > 100, load.ops
+        wait_digests_equal([lone, second])
+        load.check_all([lone, second])
+        with second.connect() as c:
+            for k in range(200):
+                assert c.get(b"lone%d" % k) == b"%d" % k
+        # SIGKILL the node with the meta service: its placement survives (the meta service's
+        # state is in its own Raft log), and both nodes serve again.
+        epoch = st["epoch"]
+        lone.crash_and_restart()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                st = status(lone.meta_addr)
+            except AssertionError:
+                continue
+            if st["leaderless"] == 0 and all(n["health"] == "Up" for n in st["nodes"]):
+                break
+            time.sleep(0.2)
+        assert st["epoch"] >= epoch and [n["replicas"] for n in st["nodes"]] == [PARTITIONS] * 2, st
+        for n in (lone, second):
+            with n.connect() as c:
+                for k in range(0, 200, 7):
+                    assert c.get(b"lone%d" % k) == b"%d" % k
+    finally:
+        for n in (second, lone):
+            n.stop()
+
+
+def test_a_lone_node_survives_losing_its_meta_data_file_or_its_data_file(_tmp_root):
+    # The embedded meta service's file lost: the new meta service adopts the groups the node
+    # reports (they are the only copies) and drops none. The data file lost instead: the
+    # placement still puts every partition on this node, which starts each again empty.
+    if not IS_KEEL:
+        pytest.skip("keel only")
+    root = Path(tempfile.mkdtemp(prefix="keel-e2e-lone-lost-", dir=_tmp_root))
+    node = PlacedNode(root, 1, "a", None)
+    meta_file = node.data_path.with_name(node.data_path.name + ".meta")
+
+    def placed_and_led():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            st = status(node.meta_addr)
+            if (st["nodes"] and st["nodes"][0]["replicas"] == PARTITIONS
+                    and st["nodes"][0]["leaders"] == PARTITIONS and not st["moves_in_flight"]):
+                return
+            time.sleep(0.1)
+        pytest.fail(f"not every partition placed on and led by the node: {st}")
+
+    try:
+        node.start()
+        placed_and_led()
+        with node.connect() as c:
+            for k in range(300):
+                assert c.set(b"keep%d" % k, b"%d" % k) == b"STORED\r\n"
+        node.kill()
+        assert meta_file.exists()
+        meta_file.unlink()
+        node.start()
+        placed_and_led()
+        assert "replica dropped" not in node.log_text()
+        with node.connect() as c:
+            for k in range(300):
+                assert c.get(b"keep%d" % k) == b"%d" % k, k
+
+        node.kill()
+        node.data_path.unlink()
+        node.start()
+        placed_and_led()
+        with node.connect() as c:
+            assert c.get(b"keep1") is None
+            for k in range(300):  # every partition takes writes again
+                assert c.set(b"new%d" % k, b"%d" % k) == b"STORED\r\n"
+        assert "starts again empty" in node.log_text()
+    finally:
+        node.stop()

@@ -184,6 +184,15 @@ fn each_node_is_told_its_part_of_the_moves() {
     assert!(node_commands(&s, 3, &[]).is_empty());
     let m = s.in_flight()[&0].clone();
     s.apply(&Command::CompleteMove { m }).unwrap();
+    let elsewhere = Move::Create {
+        partition: 1,
+        voters: vec![2, 3],
+    };
+    s.apply(&Command::StartMoves {
+        moves: vec![elsewhere.clone()],
+    })
+    .unwrap();
+    s.apply(&Command::CompleteMove { m: elsewhere }).unwrap();
     s.apply(&Command::StartMoves {
         moves: vec![Move::AddLearner {
             partition: 0,
@@ -208,10 +217,11 @@ fn each_node_is_told_its_part_of_the_moves() {
             campaign: false
         }]
     );
-    // A replica the placement no longer has is dropped; one on its way is not.
+    // A replica the placement has elsewhere is dropped; one on its way is not, nor one of a
+    // partition placed nowhere (3: it may be the only copy, and is adopted).
     assert_eq!(
-        node_commands(&s, 1, &[0, 3]),
-        vec![NodeCommand::DropReplica { partition: 3 }]
+        node_commands(&s, 1, &[0, 1, 3]),
+        vec![NodeCommand::DropReplica { partition: 1 }]
     );
     assert_eq!(
         node_commands(&s, 3, &[0]).len(),
@@ -394,4 +404,55 @@ fn a_new_partition_is_created_only_once_every_voter_reports_hosting_it() {
         out.contains(&Command::CompleteMove { m: create }),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_group_placed_nowhere_is_adopted_as_it_is_never_dropped() {
+    // A node reports groups the placement lacks (its meta service started again without its
+    // state): they may be the only copies. It is told to drop none, and each leader's report
+    // has its group adopted, in place of a Create in flight that would make another.
+    let mut s = state(&[(1, "a"), (2, "b")]);
+    let now = Instant::now();
+    let mut soft = Soft::taking_over(&s, now);
+    assert!(node_commands(&s, 1, &[0, 1, 2]).is_empty());
+    let planned = Move::Create {
+        partition: 1,
+        voters: vec![2, 1],
+    };
+    s.apply(&Command::StartMoves {
+        moves: vec![planned],
+    })
+    .unwrap();
+    let facts = vec![
+        fact(0, Role::Leader, 3, &[1], &[]),
+        fact(1, Role::Leader, 3, &[1], &[]),
+        // A voter the meta service does not know yet: adopted once it registers.
+        fact(2, Role::Leader, 3, &[1, 9], &[]),
+    ];
+    let out = on_heartbeat(&s, &mut soft, 1, facts, now);
+    let adopt = |p| Command::Adopt {
+        partition: p,
+        voters: vec![1],
+        leader: 1,
+    };
+    assert_eq!(out, vec![adopt(0), adopt(1)]);
+    for c in &out {
+        s.apply(c).unwrap();
+    }
+    let cl = s.cluster().unwrap();
+    for p in [0, 1] {
+        let pl = cl.placement(p).unwrap();
+        assert_eq!((pl.voters.clone(), pl.leader), (vec![1], Some(1)));
+    }
+    assert!(s.in_flight().is_empty(), "the planned Create is replaced");
+    // Refused, changing nothing: a partition placed already, an unknown voter.
+    let before = s.image();
+    assert!(s.apply(&adopt(0)).is_err());
+    let unknown = Command::Adopt {
+        partition: 2,
+        voters: vec![1, 9],
+        leader: 1,
+    };
+    assert!(s.apply(&unknown).unwrap_err().contains('9'));
+    assert_eq!(s.image(), before);
 }

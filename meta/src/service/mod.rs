@@ -78,7 +78,7 @@ impl ServiceConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.id == 0 {
             return Err("--id 0: meta replica ids start at 1".into());
         }

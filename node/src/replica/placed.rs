@@ -42,19 +42,34 @@ impl Replicas {
         }
         let me = self.settings.node_id;
         let (shards, shard) = (self.settings.shards as u64, self.shard as u64);
-        let missing: Vec<u64> = (0..t.placements.len() as u64)
+        // Placed here with a leader known, but no group here: this node lost its data file.
+        // (A new partition, no leader yet, is made by the Create commands, which give its first
+        // voters their configuration.)
+        let missing: Vec<(u64, bool)> = (0..t.placements.len() as u64)
             .filter(|&p| p % shards == shard)
-            // A group with a leader elsewhere exists: a new one (no leader yet) is made by the
-            // Create commands, which give its first voters their configuration.
-            .filter(|&p| {
-                let pl = &t.placements[p as usize];
-                pl.hosts(me) && pl.leader.is_some_and(|l| l != me)
-            })
             .filter(|p| !self.groups.borrow().contains_key(p))
+            .filter_map(|p| {
+                let pl = &t.placements[p as usize];
+                let only = pl.voters == [me] && pl.learner.is_none();
+                (pl.hosts(me) && pl.leader.is_some()).then_some((p, only))
+            })
             .collect();
         *self.routes.borrow_mut() = Some(t);
-        for p in missing {
-            self.create(p, &[], false);
+        for (p, only) in missing {
+            match only {
+                // Replicated elsewhere: an empty replica catches up from the leader.
+                false => self.create(p, &[], false),
+                // Its only replica was here, and went with the data file: it starts again
+                // empty, as a lone node on a new file does.
+                true => {
+                    eprintln!(
+                        "keel-node: shard {}: partition {p}: its only replica was on this node \
+                         and is not in the data file; it starts again empty",
+                        self.shard
+                    );
+                    self.create(p, &[me], true)
+                }
+            }
         }
     }
 

@@ -221,7 +221,7 @@ pub fn profile_text(run: &TuneRun, dev: &DeviceFigures, host: &HostFigures) -> S
     d.key(
         "peers",
         &n.peers,
-        "dev.toml's: a single node, replication factor 1.",
+        "dev.toml's: no static placement (a meta service places the partitions).",
     );
     d.key("join", n.join, "dev.toml's.");
     d.key("metrics_listen", &n.metrics_listen, "dev.toml's: off.");
@@ -234,10 +234,23 @@ pub fn profile_text(run: &TuneRun, dev: &DeviceFigures, host: &HostFigures) -> S
     d.key(
         "meta",
         &n.meta,
-        "dev.toml's: no meta service; set --meta, --peer-listen and --zone to join one.",
+        "dev.toml's: the node runs its own meta service at meta_listen; set --meta, \
+         --peer-listen and --zone to join another.",
     );
     d.key("peer_listen", &n.peer_listen, "dev.toml's.");
     d.key("zone", &n.zone, "dev.toml's.");
+    d.key("meta_listen", &n.meta_listen, "dev.toml's.");
+    // A file device can hold the embedded meta service's data file beside it; a block device
+    // is Keel's whole, so the meta data goes to the root disk.
+    let (meta_data, why) = match run.device.starts_with("/dev/") {
+        true => (
+            PathBuf::from("/var/lib/keel/meta.data"),
+            "On the root disk: the device is Keel's whole.",
+        ),
+        false => (n.meta_data.clone(), "dev.toml's: beside the device file."),
+    };
+    d.key("meta_data", meta_data.display().to_string(), why);
+    d.key("replication_factor", n.replication_factor, "dev.toml's.");
 
     d.section("device");
     d.key(
