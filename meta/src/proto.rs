@@ -46,6 +46,8 @@ pub struct PartitionFact {
     /// term's).
     pub term: u64,
     pub applied_index: u64,
+    /// Items and bytes of the partition. keel-node reports its shard's totals split evenly
+    /// over the shard's partitions (a node's sum is exact; a partition's share is close).
     pub keys: u64,
     pub bytes: u64,
     /// The group's configuration as this replica knows it; the meta service reads the leader's

@@ -15,11 +15,10 @@
 //! unreachable peer address) stops the node with the meta service's message; an unreachable
 //! meta service is waited for, and the node serves what it hosts meanwhile.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_meta::client::{
     spawn_heartbeats, ClientConfig, ClientError, Heartbeats, MetaClient, NodeSession,
@@ -33,9 +32,6 @@ use crate::replica::Replicas;
 
 /// How often a shard publishes its facts and takes what the heartbeats brought.
 pub const SHARD_POLL: Duration = Duration::from_millis(50);
-
-/// How often a shard counts keys and bytes per partition for its facts (a pass over its index).
-const TALLY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Between a shard and the heartbeat thread.
 #[derive(Default)]
@@ -200,8 +196,6 @@ impl Cluster {
         glommio::spawn_local_into(
             async move {
                 let link = &this.links[id];
-                let mut tally = BTreeMap::new();
-                let mut tallied: Option<Instant> = None;
                 loop {
                     let (table, commands) = {
                         let mut inbox = locked(&link.inbox);
@@ -214,11 +208,7 @@ impl Cluster {
                     for c in &commands {
                         replicas.run_command(c, now);
                     }
-                    if tallied.is_none_or(|t| t.elapsed() >= TALLY_INTERVAL) {
-                        tally = replicas.engine.partition_tally();
-                        tallied = Some(Instant::now());
-                    }
-                    *locked(&link.facts) = replicas.facts(&tally);
+                    *locked(&link.facts) = replicas.facts();
                     glommio::timer::sleep(SHARD_POLL).await;
                 }
             },

@@ -15,7 +15,6 @@
 //! its raftlog holds, and drops the items of any partition it holds no group for (a replica
 //! dropped just before a crash, whose items the last checkpoint still had).
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -84,27 +83,35 @@ impl Replicas {
         routes.as_ref()?.placements.get(p as usize)?.leader
     }
 
-    /// What the next heartbeat reports about each partition this shard hosts. `tally` holds
-    /// keys and bytes per partition as last counted.
-    pub fn facts(&self, tally: &BTreeMap<u64, (u64, u64)>) -> Vec<PartitionFact> {
+    /// What the next heartbeat reports about each partition this shard hosts. Keys and bytes
+    /// are the shard's totals split evenly over the partitions it hosts: keys hash uniformly
+    /// to partitions, so a node's sum (what `keel-meta ctl status` shows) is exact and each
+    /// share close, at no cost. An exact count per partition is a pass over the index
+    /// (`stats partitions`), which at millions of keys would stall the shard on every round.
+    pub fn facts(&self) -> Vec<PartitionFact> {
         let me = self.settings.node_id;
-        self.groups
-            .borrow()
+        let stats = self.engine.stat_values();
+        let stat = |k: &str| stats.iter().find(|(n, _)| *n == k).map_or(0, |&(_, v)| v);
+        let (keys, bytes) = (stat("curr_items"), stat("bytes"));
+        let groups = self.groups.borrow();
+        let n = groups.len().max(1) as u64;
+        let share = |total: u64, i: u64| total / n + u64::from(i < total % n);
+        groups
             .values()
-            .map(|g| {
+            .zip(0u64..)
+            .map(|(g, i)| {
                 let conf = g.raw.raft.prs().conf();
                 let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
                 voters.sort_unstable();
                 let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
                 learners.sort_unstable();
-                let (keys, bytes) = tally.get(&g.partition).copied().unwrap_or((0, 0));
                 PartitionFact {
                     partition: g.partition as u32,
                     role: g.role(me),
                     term: g.raw.raft.term,
                     applied_index: g.applied,
-                    keys,
-                    bytes,
+                    keys: share(keys, i),
+                    bytes: share(bytes, i),
                     voters,
                     learners,
                 }
