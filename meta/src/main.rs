@@ -42,9 +42,10 @@ struct Cli {
     /// How often nodes heartbeat.
     #[arg(long, default_value_t = 1000)]
     heartbeat_interval_ms: u64,
-    /// A node silent this long is marked down.
-    #[arg(long, default_value_t = 10_000)]
-    failure_timeout_ms: u64,
+    /// A node silent this long is marked down and its replicas are rebuilt elsewhere: a
+    /// duration such as 30s, 3s or 500ms.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    failure_timeout: Duration,
     /// A move not done after this long is given up and planned again.
     #[arg(long, default_value_t = 120_000)]
     move_timeout_ms: u64,
@@ -115,7 +116,7 @@ fn serve(cli: Cli) -> Result<(), String> {
     cfg.partitions = cli.partitions;
     cfg.replication_factor = cli.replicas;
     cfg.heartbeat_interval = Duration::from_millis(cli.heartbeat_interval_ms.max(1));
-    cfg.failure_timeout = Duration::from_millis(cli.failure_timeout_ms.max(1));
+    cfg.failure_timeout = cli.failure_timeout;
     cfg.move_timeout = Duration::from_millis(cli.move_timeout_ms.max(1));
     cfg.limits.moves_in_flight_max = cli.moves_in_flight_max.max(1);
     let h = service::start_thread(cfg)?;
@@ -146,6 +147,42 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("keel-meta: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// "30s", "3s", "500ms", "2m": a positive whole number and a unit.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a duration is a whole number and a unit (ms, s, m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{s:?}: the unit must be ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_take_a_unit() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            super::parse_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(super::parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["30", "s", "0s", "-1s", "3h", "1.5s"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

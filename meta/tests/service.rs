@@ -272,8 +272,8 @@ fn a_silent_node_is_marked_down_and_back_up_when_it_heartbeats() {
             "8",
             "--replicas",
             "2",
-            "--failure-timeout-ms",
-            "600",
+            "--failure-timeout",
+            "600ms",
         ],
     );
     let addrs = vec![meta.addr.clone()];

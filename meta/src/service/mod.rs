@@ -57,7 +57,7 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// A replica with the defaults: one group of one unless `peers` is set, 64 partitions at
-    /// replication factor 3, heartbeats every second, Down after 10 s.
+    /// replication factor 3, heartbeats every second, Down after 30 s.
     pub fn new(id: u64, listen: impl Into<String>, data: impl Into<PathBuf>) -> Self {
         ServiceConfig {
             id,
@@ -67,7 +67,7 @@ impl ServiceConfig {
             partitions: 64,
             replication_factor: 3,
             heartbeat_interval: Duration::from_secs(1),
-            failure_timeout: Duration::from_secs(10),
+            failure_timeout: Duration::from_secs(30),
             move_timeout: Duration::from_secs(120),
             limits: Limits {
                 // One plan's Raft entry stays well inside a raftlog segment.
