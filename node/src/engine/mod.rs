@@ -1041,12 +1041,18 @@ impl<D: Device + 'static> Engine<D> {
         .detach();
     }
 
+    /// Items in the index and live bytes in the value log (`curr_items`, `bytes`).
+    pub fn items_and_bytes(&self) -> (u64, u64) {
+        let live = self.log.segs.borrow().iter().map(|s| s.live).sum();
+        (self.index.borrow().len() as u64, live)
+    }
+
     pub fn stat_values(&self) -> Vec<(&'static str, u64)> {
         let cache = self.cache.borrow();
         let segs = self.log.segs.borrow();
-        let live: u64 = segs.iter().map(|s| s.live).sum();
+        let (items, live) = self.items_and_bytes();
         vec![
-            ("curr_items", self.index.borrow().len() as u64),
+            ("curr_items", items),
             ("total_items", self.stats.total_items.get()),
             ("bytes", live),
             ("limit_maxbytes", self.log.dev.size_bytes()),

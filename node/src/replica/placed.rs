@@ -90,9 +90,7 @@ impl Replicas {
     /// (`stats partitions`), which at millions of keys would stall the shard on every round.
     pub fn facts(&self) -> Vec<PartitionFact> {
         let me = self.settings.node_id;
-        let stats = self.engine.stat_values();
-        let stat = |k: &str| stats.iter().find(|(n, _)| *n == k).map_or(0, |&(_, v)| v);
-        let (keys, bytes) = (stat("curr_items"), stat("bytes"));
+        let (keys, bytes) = self.engine.items_and_bytes();
         let groups = self.groups.borrow();
         let n = groups.len().max(1) as u64;
         let share = |total: u64, i: u64| total / n + u64::from(i < total % n);
