@@ -4,9 +4,18 @@
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// The tests of this file run one at a time: each measures timing against an in-test server,
+/// and on a 2-core machine the others' load threads would add their own delays to it.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// One connection at 400 req/s to a server that sleeps 50 ms on every 100th request. Open loop:
 /// each stall delays the 20 requests scheduled during it (400/s x 50 ms), by 50, 47.5, ... 2.5 ms:
@@ -14,6 +23,7 @@ use common::*;
 /// p90 is about 25 ms, p99 about 47.5 ms, max about 50 ms.
 #[test]
 fn open_loop_shows_the_stall_at_the_right_percentile() {
+    let _alone = alone();
     let srv = TestServer::start(Faults {
         stall_every: 100,
         stall: Duration::from_millis(50),
@@ -80,6 +90,7 @@ fn open_loop_shows_the_stall_at_the_right_percentile() {
 /// looks small, but the report must say so instead of hiding it.
 #[test]
 fn closed_loop_reports_the_stall_in_its_notes() {
+    let _alone = alone();
     let srv = TestServer::start(Faults {
         stall_every: 100,
         stall: Duration::from_millis(50),
@@ -125,6 +136,7 @@ fn closed_loop_reports_the_stall_in_its_notes() {
 
 #[test]
 fn wrong_data_fails_the_run_loudly() {
+    let _alone = alone();
     let srv = TestServer::start(Faults {
         corrupt_every: 50,
         ..Default::default()
@@ -165,6 +177,7 @@ fn wrong_data_fails_the_run_loudly() {
 
 #[test]
 fn a_silent_server_cannot_hang_the_run() {
+    let _alone = alone();
     let srv = TestServer::start(Faults {
         silent: true,
         ..Default::default()
