@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use crate::machine::Registration;
 use crate::placement::{NodeId, PartitionId};
 use crate::proto::{
-    self, Heartbeat, HeartbeatReply, Kind, NodeCommand, PartitionFact, Registered, Request,
-    Response, RouteNode, RoutingTable, Status, FRAME_HEADER_BYTES,
+    self, Heartbeat, HeartbeatReply, Kind, NodeCommand, NodeReport, Registered, Request, Response,
+    RouteNode, RoutingTable, Status, FRAME_HEADER_BYTES,
 };
 
 /// Errors of the client, one per thing a caller can act on.
@@ -366,18 +366,18 @@ impl NodeSession {
         Ok(())
     }
 
-    /// One heartbeat with these facts, registering first if the session is not registered.
+    /// One heartbeat with this report, registering first if the session is not registered.
     /// [`ClientError::NotRegistered`]: the meta service does not know the node (an operator
     /// removed it with `ctl remove`); the session forgets its registration, and the next call
     /// registers the node again as a new, empty one. A node that should stay out stops calling.
-    pub fn heartbeat(&mut self, partitions: Vec<PartitionFact>) -> Result<Beat, ClientError> {
+    pub fn heartbeat(&mut self, report: NodeReport) -> Result<Beat, ClientError> {
         if !self.registered {
             self.register()?;
         }
         let hb = Heartbeat {
             node: self.registration.node,
             epoch: self.cache.epoch(),
-            partitions,
+            report,
         };
         let reply = match self.client.heartbeat(&hb) {
             Err(ClientError::NotRegistered) => {
@@ -411,13 +411,13 @@ impl Heartbeats {
     }
 }
 
-/// Runs `session` on a thread: a heartbeat every interval with the facts `facts` returns, each
+/// Runs `session` on a thread: a heartbeat every interval with the report `report` returns, each
 /// reply's commands handed to `on_beat` (with the new table when it changed). A failed
 /// heartbeat (meta unreachable) is reported to `on_error` and retried at the next interval;
 /// the node keeps serving with the table it has.
 pub fn spawn_heartbeats(
     mut session: NodeSession,
-    mut facts: impl FnMut() -> Vec<PartitionFact> + Send + 'static,
+    mut report: impl FnMut() -> NodeReport + Send + 'static,
     mut on_beat: impl FnMut(&Beat, &RoutingCache) + Send + 'static,
     mut on_error: impl FnMut(&ClientError) + Send + 'static,
 ) -> std::io::Result<Heartbeats> {
@@ -429,7 +429,7 @@ pub fn spawn_heartbeats(
         .spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let t0 = Instant::now();
-                match session.heartbeat(facts()) {
+                match session.heartbeat(report()) {
                     Ok(beat) => {
                         if beat.table_changed {
                             *c.lock().expect("not poisoned") = session.cache.clone();

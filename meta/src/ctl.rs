@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use crate::client::{ClientConfig, ClientError, MetaClient};
 use crate::placement::{Health, Move, NodeId};
-use crate::proto::Status;
+use crate::proto::{NodeStatus, Status};
 
 /// One ctl command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +70,17 @@ fn health(h: Health) -> &'static str {
     }
 }
 
+/// The HEARTBEAT cell: how long ago the leader heard the node, and how long ago its peers did
+/// where that is a second or more later (cut off from the meta service only).
+fn heard(n: &NodeStatus) -> String {
+    match (n.last_heartbeat_ms, n.peers_heard_ms) {
+        (None, None) => "-".into(),
+        (None, Some(p)) => format!("-; peers {p} ms ago"),
+        (Some(h), Some(p)) if p + 1000 <= h => format!("{h} ms ago; peers {p} ms ago"),
+        (Some(h), _) => format!("{h} ms ago"),
+    }
+}
+
 /// A move in words.
 pub fn describe_move(m: &Move) -> String {
     match m {
@@ -124,11 +135,22 @@ pub fn status_table(s: &Status) -> String {
     );
     let _ = writeln!(
         o,
-        "partitions: {} under-replicated, {} without a leader; {} moves in flight",
+        "partitions: {} under-replicated ({} without a majority), {} without a leader; {} moves \
+         in flight ({} repairs)",
         s.under_replicated,
+        s.without_majority,
         s.leaderless,
-        s.moves_in_flight.len()
+        s.moves_in_flight.len(),
+        s.repairs_in_flight
     );
+    if s.nodes_up < s.replication_factor {
+        let _ = writeln!(
+            o,
+            "only {} nodes up for replication factor {}: partitions keep the replicas they can \
+             and get the rest back as nodes return",
+            s.nodes_up, s.replication_factor
+        );
+    }
     let mut rows = vec![[
         "NODE",
         "ZONE",
@@ -155,8 +177,7 @@ pub fn status_table(s: &Status) -> String {
             n.learners.to_string(),
             n.keys.to_string(),
             n.bytes.to_string(),
-            n.last_heartbeat_ms
-                .map_or("-".to_string(), |ms| format!("{ms} ms ago")),
+            heard(n),
         ]);
     }
     let _ = writeln!(o);
@@ -191,6 +212,14 @@ pub fn status_table(s: &Status) -> String {
             zs.join(", ")
         }
     );
+    let failed: Vec<&NodeStatus> = s.nodes.iter().filter(|n| n.failure.is_some()).collect();
+    if !failed.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "device failures:");
+        for n in failed {
+            let _ = writeln!(o, "  node {}: {}", n.id, n.failure.as_deref().unwrap_or(""));
+        }
+    }
     if !s.moves_in_flight.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(o, "moves in flight:");
@@ -204,7 +233,7 @@ pub fn status_table(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{MetaReplica, NodeStatus};
+    use crate::proto::MetaReplica;
 
     #[test]
     fn the_status_table_shows_nodes_zones_and_moves() {
@@ -219,6 +248,8 @@ mod tests {
             device_bytes: 1 << 30,
             memory_bytes: 1 << 30,
             last_heartbeat_ms: (id != 3).then_some(250),
+            peers_heard_ms: None,
+            failure: None,
             replicas,
             leaders,
             learners: 0,
@@ -246,11 +277,21 @@ mod tests {
             balance: false,
             nodes: vec![
                 node(1, "a", Health::Up, 6, 4),
-                node(2, "b", Health::Draining, 6, 4),
-                node(3, "b", Health::Down, 4, 0),
+                NodeStatus {
+                    last_heartbeat_ms: Some(9000),
+                    peers_heard_ms: Some(80),
+                    ..node(2, "b", Health::Draining, 6, 4)
+                },
+                NodeStatus {
+                    failure: Some("raftlog: write at 4096: EIO".into()),
+                    ..node(3, "b", Health::Down, 4, 0)
+                },
             ],
+            nodes_up: 1,
             under_replicated: 4,
+            without_majority: 0,
             leaderless: 0,
+            repairs_in_flight: 1,
             moves_in_flight: vec![Move::AddLearner {
                 partition: 5,
                 node: 1,
@@ -263,7 +304,21 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("8 partitions, replication factor 2; placement epoch 12; balance off"));
-        assert!(t.contains("partitions: 4 under-replicated, 0 without a leader; 1 moves in flight"));
+        assert!(
+            t.contains(
+                "partitions: 4 under-replicated (0 without a majority), 0 without a leader; 1 \
+                 moves in flight (1 repairs)"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("only 1 nodes up for replication factor 2: partitions keep"),
+            "{t}"
+        );
+        assert!(
+            t.contains("device failures:\n  node 3: raftlog: write at 4096: EIO"),
+            "{t}"
+        );
         assert!(
             t.contains("zones: a: 1 nodes (1 up), b: 2 nodes (0 up)"),
             "{t}"
@@ -274,6 +329,7 @@ mod tests {
         );
         let row = |id: &str| t.lines().find(|l| l.starts_with(id)).unwrap().to_string();
         assert!(row("2 ").contains("draining"));
+        assert!(row("2 ").ends_with("9000 ms ago; peers 80 ms ago"), "{t}");
         assert!(row("3 ").contains("down") && row("3 ").trim_end().ends_with('-'));
         assert!(row("1 ").contains("250 ms ago"));
         // Columns line up: every row's REPLICAS column starts where its header does.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::machine::{codec, Registration};
 use crate::placement::{Health, Move, NodeId, PartitionId, Placement};
 
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 pub const FRAME_HEADER_BYTES: usize = 12;
 /// A routing table of 65,536 partitions at RF 3 is about 4 MiB; a frame may be 64 MiB.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -62,7 +62,28 @@ pub struct Heartbeat {
     /// The epoch of the routing table the node holds (0: none); the reply carries a table only
     /// when the meta service's epoch is newer.
     pub epoch: u64,
+    pub report: NodeReport,
+}
+
+/// What a node says of itself with every heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
     pub partitions: Vec<PartitionFact>,
+    /// The peer nodes this node has received Raft traffic from, each with how long ago the
+    /// latest arrived. The meta service does not mark a node Down while a node it hears says it
+    /// heard from it within the failure timeout: cut off from the meta service only, the node
+    /// still serves its groups, and rebuilding its replicas elsewhere would only add copies.
+    pub peers_heard: Vec<PeerHeard>,
+    /// Set once one of the node's devices failed (its value log or Raft log is poisoned: a
+    /// write or sync returned an error). The meta service marks the node Down at once and keeps
+    /// it so while it says this; the node stops serving (keel-node exits after the report).
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHeard {
+    pub node: NodeId,
+    pub ms_ago: u64,
 }
 
 /// What a node must do, handed out with heartbeat replies (the planner's moves, turned into
@@ -205,6 +226,12 @@ pub struct NodeStatus {
     pub memory_bytes: u64,
     /// Milliseconds since the leader last heard it (None: not since it took over).
     pub last_heartbeat_ms: Option<u64>,
+    /// Milliseconds since a node the leader hears last reported hearing from it (None: none
+    /// has since the leader took over). Recent while its heartbeat is old: cut off from the
+    /// meta service only, and not marked Down for it.
+    pub peers_heard_ms: Option<u64>,
+    /// The device failure it reported (it is Down while it does).
+    pub failure: Option<String>,
     pub replicas: u32,
     pub leaders: u32,
     pub learners: u32,
@@ -231,10 +258,19 @@ pub struct Status {
     pub replication_factor: u32,
     pub balance: bool,
     pub nodes: Vec<NodeStatus>,
+    /// Nodes Up (neither Down nor Draining). Fewer than the replication factor: partitions
+    /// keep the replicas they can and get the rest back as nodes return.
+    pub nodes_up: u32,
     /// Partitions with fewer voters on serving nodes than the replication factor.
     pub under_replicated: u32,
+    /// Partitions whose voters on serving nodes are no majority: they take no write (and no
+    /// repair: a membership change needs a majority) until enough of their nodes return.
+    pub without_majority: u32,
     /// Partitions with no known leader.
     pub leaderless: u32,
+    /// Moves in flight that repair a partition (it is under-replicated, or has a voter on a
+    /// Down node); `moves_in_flight` lists them with the rest.
+    pub repairs_in_flight: u32,
     pub moves_in_flight: Vec<Move>,
 }
 
@@ -369,9 +405,10 @@ mod tests {
         assert_eq!(decode_request(&payload).unwrap(), req);
 
         let mut v = buf.clone();
-        v[0] = 2;
+        v[0] = WIRE_VERSION + 1;
         let e = read_frame_blocking(&mut &v[..]).unwrap_err();
-        assert!(e.to_string().contains("version 2"), "{e}");
+        let want = format!("version {}", WIRE_VERSION + 1);
+        assert!(e.to_string().contains(&want), "{e}");
         let mut v = buf.clone();
         *v.last_mut().unwrap() ^= 1;
         assert!(read_frame_blocking(&mut &v[..]).is_err(), "CRC");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::machine::{partition_mismatch, Command, MetaState, Refusal, Registration};
 use crate::placement::{self, plan, Limits, Move, NodeId, PartitionId};
-use crate::proto::{NodeCommand, PartitionFact, Role};
+use crate::proto::{NodeCommand, NodeReport, PartitionFact, Role};
 
 /// What the leader keeps in memory about the nodes (lost at a leader change; rebuilt from the
 /// next heartbeats, every node counting as heard at the moment the leader took over).
@@ -24,6 +24,11 @@ pub struct Soft {
     pub leader_term: BTreeMap<PartitionId, u64>,
     /// When each move in flight was first seen by this leader.
     pub move_seen: BTreeMap<PartitionId, Instant>,
+    /// The latest time a node this leader hears said it heard from each node (its Raft
+    /// traffic): a node heard by its peers is not marked Down for missing heartbeats.
+    pub vouched: BTreeMap<NodeId, Instant>,
+    /// The device failure each node reported in its latest heartbeat, if any.
+    pub failures: BTreeMap<NodeId, String>,
 }
 
 impl Soft {
@@ -75,23 +80,43 @@ pub fn check_registration(
     Ok(())
 }
 
-/// Records a heartbeat's facts in `soft` and returns the commands they call for: the node back
-/// up, leaders reported by a newer term, moves the reported configurations show done.
+/// Records a heartbeat's report in `soft` and returns the commands it calls for: the node Down
+/// for a device failure or back Up, leaders reported by a newer term, moves the reported
+/// configurations show done.
 pub fn on_heartbeat(
     state: &MetaState,
     soft: &mut Soft,
     node: NodeId,
-    facts: Vec<PartitionFact>,
+    report: NodeReport,
     now: Instant,
 ) -> Vec<Command> {
     let mut out = Vec::new();
     soft.last_seen.insert(node, now);
+    for h in &report.peers_heard {
+        let at = now
+            .checked_sub(Duration::from_millis(h.ms_ago))
+            .unwrap_or(now);
+        let v = soft.vouched.entry(h.node).or_insert(at);
+        *v = (*v).max(at);
+    }
     let Some(info) = state.node(node) else {
         return out;
     };
-    if info.down {
-        out.push(Command::SetDown { node, down: false });
+    match &report.failure {
+        Some(why) => {
+            soft.failures.insert(node, why.clone());
+            if !info.down {
+                out.push(Command::SetDown { node, down: true });
+            }
+        }
+        None => {
+            soft.failures.remove(&node);
+            if info.down {
+                out.push(Command::SetDown { node, down: false });
+            }
+        }
     }
+    let facts = report.partitions;
     let Some(cl) = state.cluster() else {
         return out;
     };
@@ -318,22 +343,24 @@ pub fn moves_to_start(state: &MetaState, limits: &Limits) -> Round {
     Round { start, stale }
 }
 
-/// Nodes heard last more than `failure_timeout` before `now` that are not marked Down yet.
+/// Nodes not marked Down yet that this leader last heard more than `failure_timeout` before
+/// `now`, and that no node it hears heard from within that time either. A node cut off from
+/// the meta service alone (its peers still get its Raft traffic) stays Up: its groups go on,
+/// and a repair would only copy what is not lost.
 pub fn silent_nodes(
     state: &MetaState,
     soft: &Soft,
     now: Instant,
     failure_timeout: Duration,
 ) -> Vec<Command> {
+    let silent = |t: Option<&Instant>| {
+        t.is_none_or(|&t| now.saturating_duration_since(t) >= failure_timeout)
+    };
     state
         .nodes()
         .values()
         .filter(|n| !n.down)
-        .filter(|n| {
-            soft.last_seen
-                .get(&n.id)
-                .is_none_or(|&t| now.saturating_duration_since(t) >= failure_timeout)
-        })
+        .filter(|n| silent(soft.last_seen.get(&n.id)) && silent(soft.vouched.get(&n.id)))
         .map(|n| Command::SetDown {
             node: n.id,
             down: true,

@@ -48,7 +48,7 @@ fn an_embedded_meta_service_serves_a_single_node() {
     session.register().unwrap();
     let mut created = Vec::new();
     for _ in 0..200 {
-        let beat = session.heartbeat(Vec::new()).unwrap();
+        let beat = session.heartbeat(Default::default()).unwrap();
         for c in beat.commands {
             if let NodeCommand::Create {
                 partition,
@@ -79,8 +79,8 @@ fn an_embedded_meta_service_serves_a_single_node() {
     assert_eq!(cache.table().unwrap().replication_factor, 1);
     // The heartbeat thread of the library: the node reports the partitions it now leads, and
     // the table the thread keeps shows them led by it.
-    let facts = move || {
-        (0..16)
+    let facts = move || keel_meta::proto::NodeReport {
+        partitions: (0..16)
             .map(|p| keel_meta::proto::PartitionFact {
                 partition: p,
                 role: keel_meta::proto::Role::Leader,
@@ -91,7 +91,8 @@ fn an_embedded_meta_service_serves_a_single_node() {
                 voters: vec![1],
                 learners: vec![],
             })
-            .collect()
+            .collect(),
+        ..Default::default()
     };
     let (btx, brx) = std::sync::mpsc::channel();
     let hb = keel_meta::client::spawn_heartbeats(

@@ -145,7 +145,7 @@ fn four_nodes_in_two_zones_then_a_fifth_then_drain_and_remove() {
     let hb = keel_meta::proto::Heartbeat {
         node: 5,
         epoch: 0,
-        partitions: Vec::new(),
+        report: Default::default(),
     };
     let e = client(&addrs).heartbeat(&hb).unwrap_err();
     assert!(matches!(e, ClientError::NotRegistered), "{e}");
@@ -302,6 +302,78 @@ fn a_silent_node_is_marked_down_and_back_up_when_it_heartbeats() {
         s.nodes.iter().find(|n| n.id == 3).unwrap().health,
         Health::Up
     );
+}
+
+#[test]
+fn a_node_cut_off_from_the_meta_service_only_stays_up_and_a_failed_device_is_down_at_once() {
+    // Node 3's heartbeats stop reaching the meta service, but its peers report hearing it: it
+    // stays Up past several failure timeouts, and nothing is rebuilt. Node 4 reports a device
+    // failure: it is Down with the next heartbeat (far sooner than the failure timeout) and its
+    // replicas are rebuilt on the others.
+    let dir = TempDir::new("cutoff");
+    let a = addr();
+    let meta = Meta::start(
+        &a,
+        &dir.path("meta.data"),
+        &[
+            "--partitions",
+            "16",
+            "--replicas",
+            "3",
+            "--failure-timeout",
+            "600ms",
+        ],
+    );
+    let addrs = vec![meta.addr.clone()];
+    wait_ready(&addrs);
+    let mut c = FakeCluster::new(&addrs, 16);
+    for (id, zone) in [(1, "a"), (2, "b"), (3, "c"), (4, "c")] {
+        c.add(id, zone).unwrap();
+    }
+    c.settle();
+    c.nodes.get_mut(&3).unwrap().cut_off = true;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        c.round();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = client(&addrs).status().unwrap();
+    let n3 = s.nodes.iter().find(|n| n.id == 3).unwrap();
+    assert_eq!(n3.health, Health::Up, "{n3:?}");
+    assert!(n3.last_heartbeat_ms.unwrap() >= 2500, "{n3:?}");
+    assert!(n3.peers_heard_ms.unwrap() < 600, "{n3:?}");
+    assert_eq!((s.under_replicated, s.repairs_in_flight), (0, 0), "{s:?}");
+    assert!(s.moves_in_flight.is_empty(), "{:?}", s.moves_in_flight);
+    let (ok, out, _) = ctl(&addrs, &["status"]);
+    assert!(ok && out.contains("ms ago; peers "), "{out}");
+    c.nodes.get_mut(&3).unwrap().cut_off = false;
+    c.round();
+
+    let failed_at = Instant::now();
+    c.nodes.get_mut(&4).unwrap().failure =
+        Some("raftlog: write at 8192: Input/output error".into());
+    c.round();
+    let s = client(&addrs).status().unwrap();
+    let n4 = s.nodes.iter().find(|n| n.id == 4).unwrap();
+    assert_eq!(n4.health, Health::Down, "{n4:?}");
+    assert!(failed_at.elapsed() < Duration::from_millis(600));
+    assert!(n4
+        .failure
+        .as_deref()
+        .unwrap()
+        .contains("Input/output error"));
+    let (ok, out, _) = ctl(&addrs, &["status"]);
+    assert!(
+        ok && out.contains("device failures:\n  node 4: raftlog: write at 8192"),
+        "{out}"
+    );
+    // keel-node exits once it has said so; its replicas are rebuilt on the others.
+    c.kill(4);
+    let s = c.settle();
+    let n4 = s.nodes.iter().find(|n| n.id == 4).unwrap();
+    assert_eq!((n4.health, n4.replicas), (Health::Down, 0), "{n4:?}");
+    assert_eq!((s.under_replicated, s.without_majority), (0, 0), "{s:?}");
+    assert_eq!(s.nodes_up, 3);
 }
 
 #[test]

@@ -15,16 +15,18 @@
 //! unreachable peer address) stops the node with the meta service's message; an unreachable
 //! meta service is waited for, and the node serves what it hosts meanwhile.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_meta::client::{
     spawn_heartbeats, ClientConfig, ClientError, Heartbeats, MetaClient, NodeSession,
 };
 use keel_meta::machine::Registration;
-use keel_meta::proto::{NodeCommand, PartitionFact, RoutingTable};
+use keel_meta::placement::NodeId;
+use keel_meta::proto::{NodeCommand, NodeReport, PartitionFact, PeerHeard, RoutingTable};
 
 use crate::config::Profile;
 use crate::engine::Engine;
@@ -37,6 +39,10 @@ pub const SHARD_POLL: Duration = Duration::from_millis(50);
 #[derive(Default)]
 pub struct ShardLink {
     facts: Mutex<Vec<PartitionFact>>,
+    /// When the shard's transport last got a frame from each peer node.
+    heard: Mutex<Vec<(NodeId, Instant)>>,
+    /// The shard's device failure (its value log or Raft log poisoned).
+    failure: Mutex<Option<String>>,
     inbox: Mutex<Inbox>,
 }
 
@@ -53,6 +59,11 @@ pub struct Cluster {
     meta: Vec<String>,
     registration: Registration,
     heartbeats: Mutex<Option<Heartbeats>>,
+    /// The heartbeat interval the meta service asked for (0 until registered).
+    heartbeat_interval_ms: AtomicU64,
+    /// A heartbeat on its way carries a device failure; and one that did was answered.
+    failure_sent: AtomicBool,
+    failure_delivered: AtomicBool,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,7 +88,68 @@ impl Cluster {
                 partitions: p.node.partitions,
             },
             heartbeats: Mutex::new(None),
+            heartbeat_interval_ms: AtomicU64::new(0),
+            failure_sent: AtomicBool::new(false),
+            failure_delivered: AtomicBool::new(false),
         })
+    }
+
+    /// What the next heartbeat says: every shard's partitions, the peers the shards heard
+    /// (each at the latest time any shard did) and the first shard's device failure.
+    fn report(&self) -> NodeReport {
+        let now = Instant::now();
+        let mut heard: BTreeMap<NodeId, Instant> = BTreeMap::new();
+        let mut failure = None;
+        let mut partitions = Vec::new();
+        for (i, l) in self.links.iter().enumerate() {
+            partitions.extend(locked(&l.facts).iter().cloned());
+            for &(n, t) in locked(&l.heard).iter() {
+                let e = heard.entry(n).or_insert(t);
+                *e = (*e).max(t);
+            }
+            if let Some(f) = locked(&l.failure).as_ref().filter(|_| failure.is_none()) {
+                failure = Some(format!("shard {i}: {f}"));
+            }
+        }
+        self.failure_sent.store(failure.is_some(), Ordering::SeqCst);
+        NodeReport {
+            partitions,
+            peers_heard: (heard.into_iter())
+                .map(|(node, t)| PeerHeard {
+                    node,
+                    ms_ago: now.saturating_duration_since(t).as_millis() as u64,
+                })
+                .collect(),
+            failure,
+        }
+    }
+
+    /// A device of shard `shard` failed: the next heartbeats say so, and once one that did
+    /// was answered (or after two heartbeat intervals and a second, at most 10 s; at once
+    /// before registration) the node stops (exit 1). The meta service marks it Down at once
+    /// rather than after its failure timeout; its groups elect leaders among the other
+    /// replicas, and its replicas are rebuilt elsewhere (they could take no write and apply no
+    /// entry here). Restarted on a working device, the node rejoins.
+    pub async fn fail(&self, shard: usize, why: &str) -> ! {
+        eprintln!(
+            "keel-node: shard {shard}: FATAL: device failure: {why}; telling the meta service"
+        );
+        *locked(&self.links[shard].failure) = Some(why.to_string());
+        let interval = self.heartbeat_interval_ms.load(Ordering::SeqCst);
+        let wait = match interval {
+            0 => Duration::ZERO,
+            ms => Duration::from_millis((2 * ms + 1000).min(10_000)),
+        };
+        let deadline = Instant::now() + wait;
+        while !self.failure_delivered.load(Ordering::SeqCst) && Instant::now() < deadline {
+            glommio::timer::sleep(SHARD_POLL).await;
+        }
+        let said = match self.failure_delivered.load(Ordering::SeqCst) {
+            true => "the meta service knows",
+            false => "the meta service did not answer",
+        };
+        eprintln!("keel-node: stopping for the device failure ({said})");
+        std::process::exit(1);
     }
 
     /// A shard accepts peers now; the last one to say so starts the heartbeat thread.
@@ -128,17 +200,20 @@ impl Cluster {
         if let Some(t) = session.cache.table() {
             self.deliver_table(t);
         }
+        self.heartbeat_interval_ms.store(
+            session.heartbeat_interval.as_millis().max(1) as u64,
+            Ordering::SeqCst,
+        );
         let (facts, beat) = (self.clone(), self.clone());
         let failing = Arc::new(AtomicBool::new(false));
         let (ok_flag, err_flag) = (failing.clone(), failing);
         let started = spawn_heartbeats(
             session,
-            move || {
-                (facts.links.iter())
-                    .flat_map(|l| locked(&l.facts).clone())
-                    .collect()
-            },
+            move || facts.report(),
             move |b, cache| {
+                if beat.failure_sent.load(Ordering::SeqCst) {
+                    beat.failure_delivered.store(true, Ordering::SeqCst);
+                }
                 if ok_flag.swap(false, Ordering::SeqCst) {
                     eprintln!("keel-node: the meta service answers heartbeats again");
                 }
@@ -209,6 +284,12 @@ impl Cluster {
                         replicas.run_command(c, now);
                     }
                     *locked(&link.facts) = replicas.facts();
+                    if let Some(t) = replicas.transport.borrow().as_ref() {
+                        *locked(&link.heard) = t.heard();
+                    }
+                    if let Some(why) = replicas.device_failure() {
+                        this.fail(id, &why).await;
+                    }
                     glommio::timer::sleep(SHARD_POLL).await;
                 }
             },

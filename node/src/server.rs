@@ -377,6 +377,19 @@ pub fn run(p: Profile) -> Result<(), String> {
     Ok(())
 }
 
+/// A shard cannot go on (its Raft log failed, or a checkpoint could not be written): a node
+/// placed by a meta service tells it first ([`crate::cluster::Cluster::fail`]); either way
+/// the process stops.
+async fn fatal(cluster: Option<&crate::cluster::Cluster>, shard: usize, why: &str) -> ! {
+    match cluster {
+        Some(c) => c.fail(shard, why).await,
+        None => {
+            eprintln!("keel-node: shard {shard}: FATAL: {why}");
+            std::process::exit(1);
+        }
+    }
+}
+
 async fn run_shard(
     p: Profile,
     geo: Vec<Superblock>,
@@ -574,26 +587,22 @@ async fn run_shard(
     )
     .map_err(|e| e.to_string())?
     .detach();
-    let r = replicas.clone();
+    let (r, c) = (replicas.clone(), cluster.clone());
     glommio::spawn_local_into(
         async move {
             let e = driver::run_raft(r).await;
-            eprintln!("keel-node: shard {id}: FATAL: {e}");
-            std::process::exit(1);
+            fatal(c.as_deref(), id, &e).await
         },
         raft_tq,
     )
     .map_err(|e| e.to_string())?
     .detach();
-    let r = replicas.clone();
+    let (r, c) = (replicas.clone(), cluster.clone());
     glommio::spawn_local_into(
         async move {
             match driver::run_checkpoints(r, ckpt_area, ckpt, stop.flag.clone()).await {
                 Ok(()) => stop.shard_done(id),
-                Err(e) => {
-                    eprintln!("keel-node: shard {id}: FATAL: {e}");
-                    std::process::exit(1);
-                }
+                Err(e) => fatal(c.as_deref(), id, &e).await,
             }
         },
         ckpt_tq,

@@ -1,5 +1,7 @@
 use super::*;
 use crate::machine::Registration;
+use crate::placement::Health;
+use crate::proto::PeerHeard;
 
 fn reg(node: NodeId, zone: &str) -> Registration {
     Registration {
@@ -25,6 +27,13 @@ fn state(nodes: &[(NodeId, &str)]) -> MetaState {
         s.apply(&Command::Register(reg(n, z))).unwrap();
     }
     s
+}
+
+fn rep(partitions: Vec<PartitionFact>) -> NodeReport {
+    NodeReport {
+        partitions,
+        ..NodeReport::default()
+    }
 }
 
 fn fact(
@@ -102,18 +111,18 @@ fn a_leaders_report_completes_the_move_it_shows_done() {
     // A follower's report proves nothing; the leader's without the learner neither.
     let follower = pl.voters.iter().copied().find(|&v| v != leader).unwrap();
     let f = fact(0, Role::Follower, 3, &pl.voters, &[spare]);
-    assert!(on_heartbeat(&s, &mut soft, follower, vec![f], Instant::now()).is_empty());
+    assert!(on_heartbeat(&s, &mut soft, follower, rep(vec![f]), Instant::now()).is_empty());
     let f = fact(0, Role::Leader, 3, &pl.voters, &[]);
-    assert!(on_heartbeat(&s, &mut soft, leader, vec![f], Instant::now()).is_empty());
+    assert!(on_heartbeat(&s, &mut soft, leader, rep(vec![f]), Instant::now()).is_empty());
     let f = fact(0, Role::Leader, 3, &pl.voters, &[spare]);
-    let out = on_heartbeat(&s, &mut soft, leader, vec![f.clone()], Instant::now());
+    let out = on_heartbeat(&s, &mut soft, leader, rep(vec![f.clone()]), Instant::now());
     assert!(
         out.is_empty(),
         "the learner has not reported its replica yet: {out:?}"
     );
     let mine = fact(0, Role::Learner, 3, &pl.voters, &[spare]);
-    assert!(on_heartbeat(&s, &mut soft, spare, vec![mine], Instant::now()).is_empty());
-    let out = on_heartbeat(&s, &mut soft, leader, vec![f], Instant::now());
+    assert!(on_heartbeat(&s, &mut soft, spare, rep(vec![mine]), Instant::now()).is_empty());
+    let out = on_heartbeat(&s, &mut soft, leader, rep(vec![f]), Instant::now());
     assert_eq!(out, vec![Command::CompleteMove { m: add }]);
 }
 
@@ -130,7 +139,7 @@ fn a_new_leader_is_recorded_and_a_stale_one_is_not() {
         &s,
         &mut soft,
         new,
-        vec![fact(1, Role::Leader, 5, &pl.voters, &[])],
+        rep(vec![fact(1, Role::Leader, 5, &pl.voters, &[])]),
         now,
     );
     assert_eq!(
@@ -148,7 +157,7 @@ fn a_new_leader_is_recorded_and_a_stale_one_is_not() {
         &s,
         &mut soft,
         old,
-        vec![fact(1, Role::Leader, 4, &pl.voters, &[])],
+        rep(vec![fact(1, Role::Leader, 4, &pl.voters, &[])]),
         now,
     );
     assert!(out.is_empty(), "{out:?}");
@@ -387,9 +396,9 @@ fn a_new_partition_is_created_only_once_every_voter_reports_hosting_it() {
     let mut soft = Soft::taking_over(&s, Instant::now());
     let now = Instant::now();
     let f = fact(0, Role::Follower, 2, &[1, 2, 3], &[]);
-    assert!(on_heartbeat(&s, &mut soft, 2, vec![f], now).is_empty());
+    assert!(on_heartbeat(&s, &mut soft, 2, rep(vec![f]), now).is_empty());
     let lead = fact(0, Role::Leader, 2, &[1, 2, 3], &[]);
-    let out = on_heartbeat(&s, &mut soft, 1, vec![lead.clone()], now);
+    let out = on_heartbeat(&s, &mut soft, 1, rep(vec![lead.clone()]), now);
     assert!(
         !out.contains(&Command::CompleteMove { m: create.clone() }),
         "node 3 has not reported the partition: {out:?}"
@@ -398,8 +407,8 @@ fn a_new_partition_is_created_only_once_every_voter_reports_hosting_it() {
         .iter()
         .any(|c| matches!(c, NodeCommand::Create { partition: 0, .. })));
     let f = fact(0, Role::Follower, 2, &[1, 2, 3], &[]);
-    assert!(on_heartbeat(&s, &mut soft, 3, vec![f], now).is_empty());
-    let out = on_heartbeat(&s, &mut soft, 1, vec![lead], now);
+    assert!(on_heartbeat(&s, &mut soft, 3, rep(vec![f]), now).is_empty());
+    let out = on_heartbeat(&s, &mut soft, 1, rep(vec![lead]), now);
     assert!(
         out.contains(&Command::CompleteMove { m: create }),
         "{out:?}"
@@ -429,7 +438,7 @@ fn a_group_placed_nowhere_is_adopted_as_it_is_never_dropped() {
         // A voter the meta service does not know yet: adopted once it registers.
         fact(2, Role::Leader, 3, &[1, 9], &[]),
     ];
-    let out = on_heartbeat(&s, &mut soft, 1, facts, now);
+    let out = on_heartbeat(&s, &mut soft, 1, rep(facts), now);
     let adopt = |p| Command::Adopt {
         partition: p,
         voters: vec![1],
@@ -455,4 +464,83 @@ fn a_group_placed_nowhere_is_adopted_as_it_is_never_dropped() {
     };
     assert!(s.apply(&unknown).unwrap_err().contains('9'));
     assert_eq!(s.image(), before);
+}
+
+#[test]
+fn a_node_its_peers_hear_is_not_marked_down_and_one_nobody_hears_is() {
+    // Node 1 is cut off from the meta service but node 2 hears its Raft traffic; node 3 is
+    // heard by nobody. Past the failure timeout only node 3 is marked Down; once node 2 stops
+    // hearing node 1 too, node 1 follows a timeout after the last time it was heard.
+    let s = state(&[(1, "a"), (2, "b"), (3, "c")]);
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(5);
+    let mut soft = Soft::taking_over(&s, t0);
+    let at = |ms| t0 + Duration::from_millis(ms);
+    for ms in (1000..=9000).step_by(1000) {
+        let report = NodeReport {
+            peers_heard: vec![PeerHeard {
+                node: 1,
+                ms_ago: 100,
+            }],
+            ..NodeReport::default()
+        };
+        assert!(on_heartbeat(&s, &mut soft, 2, report, at(ms)).is_empty());
+    }
+    let down = |n| Command::SetDown {
+        node: n,
+        down: true,
+    };
+    assert_eq!(silent_nodes(&s, &soft, at(9000), timeout), vec![down(3)]);
+    // Node 2 goes on heartbeating, having last heard node 1 at 8900 ms.
+    for ms in [10_000, 12_000, 14_000] {
+        let report = NodeReport {
+            peers_heard: vec![PeerHeard {
+                node: 1,
+                ms_ago: ms - 8900,
+            }],
+            ..NodeReport::default()
+        };
+        on_heartbeat(&s, &mut soft, 2, report, at(ms));
+    }
+    assert_eq!(silent_nodes(&s, &soft, at(13_800), timeout), vec![down(3)]);
+    assert_eq!(
+        silent_nodes(&s, &soft, at(13_900), timeout),
+        vec![down(1), down(3)]
+    );
+}
+
+#[test]
+fn a_device_failure_report_marks_the_node_down_at_once_and_keeps_it_down() {
+    let mut s = state(&[(1, "a"), (2, "b")]);
+    let now = Instant::now();
+    let mut soft = Soft::taking_over(&s, now);
+    let failed = || NodeReport {
+        failure: Some("raftlog: write failed: No space left on device".into()),
+        ..NodeReport::default()
+    };
+    let out = on_heartbeat(&s, &mut soft, 1, failed(), now);
+    assert_eq!(
+        out,
+        vec![Command::SetDown {
+            node: 1,
+            down: true
+        }]
+    );
+    for c in &out {
+        s.apply(c).unwrap();
+    }
+    assert!(soft.failures[&1].contains("No space"));
+    // Heard, but failed: it stays Down.
+    assert!(on_heartbeat(&s, &mut soft, 1, failed(), now).is_empty());
+    assert_eq!(s.node(1).unwrap().health(), Health::Down);
+    // Restarted on a working device: its next heartbeat brings it back.
+    let out = on_heartbeat(&s, &mut soft, 1, NodeReport::default(), now);
+    assert_eq!(
+        out,
+        vec![Command::SetDown {
+            node: 1,
+            down: false
+        }]
+    );
+    assert!(!soft.failures.contains_key(&1));
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::Service;
 use crate::machine::{unknown_node, Command, MetaState, Registration};
-use crate::placement::{Health, NodeId};
+use crate::placement::{Health, NodeId, Placement};
 use crate::proto::{
     HeartbeatReply, MetaReplica, NodeStatus, Registered, Request, Response, RouteNode,
     RoutingTable, Status,
@@ -39,20 +39,48 @@ pub(super) async fn handle(svc: &Rc<Service>, req: Request) -> Response {
             if svc.state.borrow().node(hb.node).is_none() {
                 return Response::NotRegistered;
             }
-            let partitions = svc.state.borrow().keyspace().map_or(0, |k| k.0);
-            if hb.partitions.len() > partitions as usize {
+            let (partitions, nodes) = {
+                let st = svc.state.borrow();
+                (st.keyspace().map_or(0, |k| k.0), st.nodes().len())
+            };
+            let r = &hb.report;
+            if r.partitions.len() > partitions as usize {
                 return Response::Refused(format!(
                     "node {}: a heartbeat with {} partition facts; the keyspace has {partitions}",
                     hb.node,
-                    hb.partitions.len()
+                    r.partitions.len()
                 ));
             }
-            let reported: Vec<_> = hb.partitions.iter().map(|f| f.partition).collect();
+            if r.peers_heard.len() > nodes {
+                return Response::Refused(format!(
+                    "node {}: a heartbeat naming {} peers heard; {nodes} nodes are registered",
+                    hb.node,
+                    r.peers_heard.len()
+                ));
+            }
+            if r.failure
+                .as_ref()
+                .is_some_and(|f| f.len() > FAILURE_BYTES_MAX)
+            {
+                return Response::Refused(format!(
+                    "node {}: a device failure report over {FAILURE_BYTES_MAX} bytes",
+                    hb.node
+                ));
+            }
+            if let Some(why) = &r.failure {
+                if !svc.soft.borrow().failures.contains_key(&hb.node) {
+                    eprintln!(
+                        "keel-meta: node {} reports a device failure: {why}",
+                        hb.node
+                    );
+                }
+            }
+            let reported: Vec<_> = r.partitions.iter().map(|f| f.partition).collect();
             let cmds = schedule::on_heartbeat(
                 &svc.state.borrow(),
                 &mut svc.soft.borrow_mut(),
                 hb.node,
-                hb.partitions,
+                hb.report,
                 now,
             );
             if !cmds.is_empty() {
@@ -130,6 +158,8 @@ async fn one(svc: &Service, c: Command) -> Response {
 
 /// Bytes an address or zone name may take.
 const NAME_BYTES_MAX: usize = 255;
+/// Bytes a node's device failure report may take.
+const FAILURE_BYTES_MAX: usize = 4096;
 
 async fn register(svc: &Service, r: Registration) -> Response {
     let now = Instant::now();
@@ -241,6 +271,7 @@ fn status(
     meta_replicas: Vec<MetaReplica>,
 ) -> Status {
     let cl = st.cluster().expect("bootstrapped");
+    let ago = |t: Option<&Instant>| t.map(|&t| now.saturating_duration_since(t).as_millis() as u64);
     let loads = crate::placement::measure::node_loads(cl);
     let nodes = st
         .nodes()
@@ -259,10 +290,9 @@ fn status(
                 cores: n.cores,
                 device_bytes: n.device_bytes,
                 memory_bytes: n.memory_bytes,
-                last_heartbeat_ms: soft
-                    .last_seen
-                    .get(&n.id)
-                    .map(|&t| now.saturating_duration_since(t).as_millis() as u64),
+                last_heartbeat_ms: ago(soft.last_seen.get(&n.id)),
+                peers_heard_ms: ago(soft.vouched.get(&n.id)),
+                failure: soft.failures.get(&n.id).cloned(),
                 replicas: l.replicas,
                 leaders: l.leaders,
                 learners: l.replicas - l.voters,
@@ -273,15 +303,23 @@ fn status(
         .collect();
     let rf = cl.replication_factor();
     let serving = |id: &NodeId| st.node(*id).is_some_and(|n| n.health() != Health::Down);
-    let under_replicated = cl
-        .placements()
-        .iter()
-        .filter(|p| p.voters.iter().filter(|v| serving(v)).count() < rf)
+    let serving_voters = |p: &Placement| p.voters.iter().filter(|v| serving(v)).count();
+    let count =
+        |f: &dyn Fn(&Placement) -> bool| cl.placements().iter().filter(|p| f(p)).count() as u32;
+    let under_replicated = count(&|p| serving_voters(p) < rf);
+    let without_majority =
+        count(&|p| !p.voters.is_empty() && serving_voters(p) * 2 <= p.voters.len());
+    let leaderless = count(&|p| p.leader.is_none());
+    let repairs_in_flight = st
+        .in_flight()
+        .keys()
+        .filter_map(|&p| cl.placement(p))
+        .filter(|p| serving_voters(p) < rf || p.voters.iter().any(|v| !serving(v)))
         .count() as u32;
-    let leaderless = cl
-        .placements()
-        .iter()
-        .filter(|p| p.leader.is_none())
+    let nodes_up = st
+        .nodes()
+        .values()
+        .filter(|n| n.health() == Health::Up)
         .count() as u32;
     Status {
         meta_replicas,
@@ -292,8 +330,11 @@ fn status(
         replication_factor: rf as u32,
         balance: st.balance(),
         nodes,
+        nodes_up,
         under_replicated,
+        without_majority,
         leaderless,
+        repairs_in_flight,
         moves_in_flight: st.in_flight().values().cloned().collect(),
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use keel_meta::client::{ClientConfig, ClientError, MetaClient, NodeSession};
 use keel_meta::machine::Registration;
-use keel_meta::proto::{NodeCommand, PartitionFact, Role, Status};
+use keel_meta::proto::{NodeCommand, NodeReport, PartitionFact, PeerHeard, Role, Status};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keel-meta");
 
@@ -203,7 +203,12 @@ pub struct FakeNode {
     pub id: u64,
     pub zone: String,
     pub session: NodeSession,
+    /// Heartbeats, carries out commands, and its peers hear it.
     pub alive: bool,
+    /// Alive, but its heartbeats do not reach the meta service (its peers still hear it).
+    pub cut_off: bool,
+    /// The device failure it reports with its heartbeats.
+    pub failure: Option<String>,
     _peer: TcpListener,
 }
 
@@ -256,6 +261,8 @@ impl FakeCluster {
                 zone: zone.to_string(),
                 session,
                 alive: true,
+                cut_off: false,
+                failure: None,
                 _peer: peer,
             },
         );
@@ -284,6 +291,37 @@ impl FakeCluster {
                 learners: g.learners.clone(),
             })
             .collect()
+    }
+
+    /// Node `id`'s heartbeat report: its groups, the live nodes it shares a group with (as
+    /// heard just now) and its device failure.
+    pub fn report(&self, id: u64) -> NodeReport {
+        let mut peers = BTreeSet::new();
+        for g in self.groups.values() {
+            let members: Vec<u64> = g.voters.iter().chain(&g.learners).copied().collect();
+            if members.contains(&id) {
+                peers.extend(members.into_iter().filter(|&n| n != id));
+            }
+        }
+        NodeReport {
+            partitions: self.facts(id),
+            peers_heard: (peers.into_iter())
+                .filter(|n| self.nodes.get(n).is_some_and(|x| x.alive))
+                .map(|node| PeerHeard { node, ms_ago: 50 })
+                .collect(),
+            failure: self.nodes[&id].failure.clone(),
+        }
+    }
+
+    /// Node `id` stops (as keel-node exits): it heartbeats no more, and each group it led
+    /// elects another live voter in a new term.
+    pub fn kill(&mut self, id: u64) {
+        self.nodes.get_mut(&id).expect("known node").alive = false;
+        let nodes = &self.nodes;
+        for g in self.groups.values_mut().filter(|g| g.leader == Some(id)) {
+            g.leader = (g.voters.iter().copied()).find(|v| nodes.get(v).is_some_and(|n| n.alive));
+            g.term += 1;
+        }
     }
 
     /// Carries out one command as node `id` would (idempotently).
@@ -345,16 +383,16 @@ impl FakeCluster {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         let mut handed = 0;
         for id in ids {
-            if !self.nodes[&id].alive {
+            if !self.nodes[&id].alive || self.nodes[&id].cut_off {
                 continue;
             }
-            let facts = self.facts(id);
+            let report = self.report(id);
             let beat = self
                 .nodes
                 .get_mut(&id)
                 .unwrap()
                 .session
-                .heartbeat(facts)
+                .heartbeat(report)
                 .unwrap_or_else(|e| panic!("node {id}: heartbeat: {e}"));
             handed += beat.commands.len();
             for c in &beat.commands {

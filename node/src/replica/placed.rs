@@ -83,6 +83,18 @@ impl Replicas {
         routes.as_ref()?.placements.get(p as usize)?.leader
     }
 
+    /// The shard's device failure, if its Raft log or value log is poisoned (a write or sync
+    /// returned an error: nothing after it can be made durable).
+    pub fn device_failure(&self) -> Option<String> {
+        if let Some(p) = self.log.poisoned() {
+            return Some(format!("raftlog: {p}"));
+        }
+        self.engine
+            .log
+            .poisoned()
+            .map(|p| format!("value log: {p}"))
+    }
+
     /// What the next heartbeat reports about each partition this shard hosts. Keys and bytes
     /// are the shard's totals split evenly over the partitions it hosts: keys hash uniformly
     /// to partitions, so a node's sum (what `keel-meta ctl status` shows) is exact and each

@@ -3,6 +3,7 @@
 //! counted; the transport carries on and the peer reconnects.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -128,6 +129,7 @@ async fn read_conn(inner: &Inner, mut stream: TcpStream) {
         buf.truncate(len + n);
         StatCells::add(&stats.bytes_received, n as u64);
         let mut pos = 0;
+        let mut passed = false;
         loop {
             match decode_frame(&buf[pos..], max) {
                 Ok(Decoded::Frame { consumed }) => {
@@ -141,6 +143,7 @@ async fn read_conn(inner: &Inner, mut stream: TcpStream) {
                         StatCells::add(&stats.dropped_faults, 1);
                         continue;
                     }
+                    passed = true;
                     (inner.on_frame)(Inbound {
                         from_node: from.from_node,
                         from_shard: from.from_shard,
@@ -156,6 +159,12 @@ async fn read_conn(inner: &Inner, mut stream: TcpStream) {
                     return;
                 }
             }
+        }
+        if passed {
+            inner
+                .heard
+                .borrow_mut()
+                .insert(from.from_node, Instant::now());
         }
         buf.drain(..pos);
         if buf.capacity() > 4 * READ_CHUNK_BYTES && buf.len() < READ_CHUNK_BYTES {

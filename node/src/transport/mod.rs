@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{AbortHandle, Abortable};
 use glommio::net::TcpListener;
@@ -182,6 +182,9 @@ stats!(
     rejected_connections,
     connects,
     connect_failures,
+    /// Idle connections found closed by their peer before a write (a peer that died or
+    /// restarted meanwhile), and connected again.
+    closed_idle,
 );
 
 impl StatCells {
@@ -220,6 +223,8 @@ struct Inner {
     closed: Cell<bool>,
     /// Seeds each writer's back-off jitter; differs per process so peers do not retry in step.
     jitter_seed: Cell<u64>,
+    /// When a frame last arrived from each peer node (and was handed on).
+    heard: RefCell<HashMap<u64, Instant>>,
 }
 
 /// The transport of one shard. Dropping it stops its tasks: the listener and every connection
@@ -266,6 +271,7 @@ impl Transport {
             next_task: Cell::new(0),
             closed: Cell::new(false),
             jitter_seed: Cell::new(seed),
+            heard: RefCell::new(HashMap::new()),
         });
         inner.spawn_owned(inbound::accept_loop(inner.clone(), listener));
         Ok(Rc::new(Transport { inner }))
@@ -332,6 +338,17 @@ impl Transport {
             .borrow()
             .get(&(to_node, to_shard))
             .map_or(0, |d| d.queued_bytes.get())
+    }
+
+    /// Each peer node this shard has received a frame from, and when the latest arrived (the
+    /// meta service's evidence that a node it no longer hears is alive).
+    pub fn heard(&self) -> Vec<(u64, Instant)> {
+        self.inner
+            .heard
+            .borrow()
+            .iter()
+            .map(|(&n, &t)| (n, t))
+            .collect()
     }
 
     /// Every peer node and its shards' addresses.

@@ -1,7 +1,9 @@
 //! The writer task of one destination: connects (with back-off) while something is queued,
 //! sends the hello, then writes everything queued in one write per wake-up.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -13,12 +15,21 @@ use super::{Dest, Inner, StatCells};
 /// A write buffer that grew past this (one large batch) is given back once written.
 const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
+/// A connection that wrote nothing for this long is checked for a close by its peer before the
+/// next write. A peer that died (or restarted) while the connection was idle left it
+/// half-closed: a write into it still succeeds, and only the one after it fails, so its frames
+/// would be lost without a trace. Raft resends what it lost, but the reply to a forwarded
+/// request is sent once: a restarted node's first forward to a node it had no traffic with
+/// would time out. A busy connection meets the peer's reset on its next write instead.
+const IDLE_PROBE_AFTER: Duration = Duration::from_millis(50);
+
 pub(super) async fn writer(inner: Rc<Inner>, dest: Rc<Dest>, jitter_seed: u64) {
     let stats = &inner.stats;
     let mut rng = SplitMix64::new(jitter_seed);
     let mut stream: Option<TcpStream> = None;
     let mut failures: u32 = 0;
     let mut buf: Vec<u8> = Vec::new();
+    let mut wrote = Instant::now();
     loop {
         if dest.queue.borrow().is_empty() {
             dest.wake.wait().await;
@@ -27,6 +38,10 @@ pub(super) async fn writer(inner: Rc<Inner>, dest: Rc<Dest>, jitter_seed: u64) {
         // Let every task that is runnable in this loop iteration queue its payloads first, so
         // one write carries them all.
         futures_lite::future::yield_now().await;
+        if (stream.as_ref()).is_some_and(|s| wrote.elapsed() >= IDLE_PROBE_AFTER && closed(s)) {
+            StatCells::add(&stats.closed_idle, 1);
+            stream = None;
+        }
         let s = match stream.as_mut() {
             Some(s) => s,
             None => match connect(&inner, &dest).await {
@@ -61,6 +76,7 @@ pub(super) async fn writer(inner: Rc<Inner>, dest: Rc<Dest>, jitter_seed: u64) {
             "queued_bytes counts each payload with its header"
         );
         dest.queued_bytes.set(0);
+        wrote = Instant::now();
         match write_counted(&inner, s, &buf).await {
             Ok(()) => {
                 StatCells::add(&stats.frames_sent, frames);
@@ -74,6 +90,33 @@ pub(super) async fn writer(inner: Rc<Inner>, dest: Rc<Dest>, jitter_seed: u64) {
         }
         if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
             buf = Vec::new();
+        }
+    }
+}
+
+/// Whether the peer closed `s` (or reset it): a peek that finds the end of the stream, without
+/// waiting. The peer sends nothing on a connection it accepted once past the handshake, so any
+/// byte waiting means it is open.
+fn closed(s: &TcpStream) -> bool {
+    let mut b = 0u8;
+    // SAFETY: a one-byte buffer on the stack, valid for the call; the descriptor is owned by `s`.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => {
+            let e = std::io::Error::last_os_error();
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            )
         }
     }
 }

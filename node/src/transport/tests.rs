@@ -200,6 +200,36 @@ fn late_peer_gets_the_queued_frames_and_a_restarted_peer_gets_new_ones() {
 }
 
 #[test]
+fn a_peer_that_restarted_while_the_connection_was_idle_gets_the_very_next_frame() {
+    // A frame sent once (a forwarded request's reply) must not be lost in the half-closed
+    // connection to the peer's previous process: the writer sees the close before it writes.
+    run(|| async {
+        let (a1, a2) = (free_addr(), free_addr());
+        let (_g1, f1) = sink();
+        let t1 = Transport::start(cfg(1, a1, &[(2, a2)]), f1).unwrap();
+        let (g2, f2) = sink();
+        let t2 = Transport::start(cfg(2, a2, &[(1, a1)]), f2).unwrap();
+        t1.send(2, 0, payload(1));
+        wait_for("the first frame", || g2.borrow().len() == 1).await;
+        drop(t2);
+        let (g2b, f2b) = sink();
+        let _t2b = Transport::start(cfg(2, a2, &[(1, a1)]), f2b).unwrap();
+        glommio::timer::sleep(IDLE_WAIT).await;
+        t1.send(2, 0, payload(2));
+        wait_for("the one frame after the restart", || {
+            g2b.borrow().len() == 1
+        })
+        .await;
+        assert_eq!(index(&g2b.borrow()[0].payload), 2);
+        let st = t1.stats();
+        assert_eq!((st.closed_idle, st.dropped_disconnected), (1, 0), "{st:?}");
+    });
+}
+
+/// Longer than the writer's idle probe threshold (outbound::IDLE_PROBE_AFTER).
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+#[test]
 fn garbage_bad_crc_wrong_target_and_over_long_frames_close_only_their_connection() {
     run(|| async {
         let (t1, g1, t2, _g2) = pair();
@@ -374,7 +404,13 @@ fn partitioned_node_gets_nothing_and_is_not_heard() {
         wait_for("200 partition drops", || t1.stats().dropped_faults == 200).await;
         assert_eq!(t1.stats().frames_received, 100);
         assert!(g1.borrow().is_empty());
+        assert!(
+            t1.heard().is_empty(),
+            "dropped frames are not hearing the node"
+        );
+        assert_eq!(t2.heard().len(), 0);
 
+        let before = Instant::now();
         t1.set_faults(None);
         t1.send(2, 0, payload(1000));
         t2.send(1, 0, payload(1001));
@@ -385,6 +421,11 @@ fn partitioned_node_gets_nothing_and_is_not_heard() {
         assert_eq!(index(&g2.borrow()[0].payload), 1000);
         assert_eq!(index(&g1.borrow()[0].payload), 1001);
         assert_eq!(t2.stats().frames_received, 1);
+        for (t, from) in [(&t1, 2), (&t2, 1)] {
+            let heard = t.heard();
+            assert_eq!(heard.len(), 1, "{heard:?}");
+            assert!(heard[0].0 == from && heard[0].1 >= before, "{heard:?}");
+        }
     });
 }
 
