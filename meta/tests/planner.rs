@@ -397,3 +397,39 @@ fn apply_refuses_moves_that_do_not_fit() {
     assert_eq!(s.placement(0).unwrap().replaces, None, "the move is over");
     s.remove_node(4).unwrap();
 }
+
+#[test]
+fn repairs_go_first_to_the_partitions_one_failure_from_losing_their_majority() {
+    // Replication factor 5 on 8 nodes: partition 1 lost two voters (three serve: one more
+    // failure and it takes no write), partition 0 lost one, partition 2 none. With room for one
+    // move at a time, the first learner is partition 1's, though 0 comes first in id order; in
+    // the end both have five voters on Up nodes.
+    let nodes: Vec<(NodeId, &str)> = (1..=8).map(|i| (i, "z")).collect();
+    let mut s = cluster(3, 5, &nodes);
+    let placed = |voters: Vec<NodeId>| Placement {
+        leader: Some(voters[0]),
+        voters,
+        learner: None,
+        replaces: None,
+    };
+    s.set_placement(0, placed(vec![1, 2, 3, 4, 6])).unwrap();
+    s.set_placement(1, placed(vec![1, 2, 3, 4, 5])).unwrap();
+    s.set_placement(2, placed(vec![1, 2, 3, 7, 8])).unwrap();
+    s.set_health(5, Health::Down).unwrap();
+    s.set_health(4, Health::Down).unwrap();
+    let limits = Limits {
+        moves_in_flight_max: 1,
+        balance: false,
+        ..Limits::default()
+    };
+    let first = plan(&s, &limits);
+    assert!(
+        matches!(first[..], [Move::AddLearner { partition: 1, .. }]),
+        "{first:?}"
+    );
+    settle(&mut s, &limits);
+    for p in s.placements() {
+        assert!(p.voters.iter().all(|&v| v != 4 && v != 5), "{p:?}");
+        assert_eq!(p.voters.len(), 5);
+    }
+}

@@ -10,6 +10,11 @@
 //! repeats every command until it sees it done), so a shard runs each heartbeat's commands
 //! once.
 //!
+//! Each heartbeat also names the peers whose Raft traffic the shards received and how long
+//! ago (so the meta service does not declare this node dead while its peers hear it), and a
+//! shard's device failure: a placed node whose Raft log or value log is poisoned reports it and
+//! then exits ([`Cluster::fail`]).
+//!
 //! Registration starts once every shard accepts peers (the meta service checks that the peer
 //! address answers). A refusal (an id held by another live node, another partition count, an
 //! unreachable peer address) stops the node with the meta service's message; an unreachable

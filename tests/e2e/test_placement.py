@@ -9,7 +9,12 @@ request fails, no acknowledged write is lost and every partition's replicas hold
 service of three replicas loses its leader and keeps placing. A node restarted after SIGKILL
 keeps its replicas; one that lost its data file gets them back from the leaders' snapshots.
 Refusals: an id held by a live node, another partition count; the data port's member_*
-commands. KEEL_E2E_KEEP=1 keeps the processes' directories (logs) for a look afterwards.
+commands. Failures (issue 9), each under load with nothing acknowledged lost: five nodes lose one
+(its replicas rebuilt on the four others, leaders within 1 of their share; back, it is filled
+again), then a whole zone at once; two of three nodes lost (no majority: nothing changes until
+one returns); a node cut off from the meta service only (not declared dead); a loop device that
+starts failing writes (the node says so and is Down at once; needs root and losetup, else
+skipped). KEEL_E2E_KEEP=1 keeps the processes' directories (logs) for a look afterwards.
 
 What each node hosts is read from the node itself (`stats partitions`), not from the meta
 service's view. Every wait is a bounded retry on an observable state.
