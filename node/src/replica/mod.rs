@@ -269,6 +269,9 @@ pub struct RaftStats {
     pub duplicate_forwards: Cell<u64>,
     /// Forwards answered `MOVED` (the routing table was stale) and sent again.
     pub moved: Cell<u64>,
+    /// Forwarded reads sent again to a new leader before the one asked answered (it died or
+    /// stepped down).
+    pub reads_reforwarded: Cell<u64>,
     /// Heartbeats committing beyond this replica's log (see `sane_heartbeat`).
     pub stale_heartbeats: Cell<u64>,
     /// Writes refused because the raftlog had too few free segments.
@@ -783,44 +786,88 @@ impl Replicas {
         let Some(t) = self.transport.borrow().clone() else {
             return Pending::Ready(err("no transport to reach the leader"));
         };
-        let (mut id, mut rx) = self.send_forward(&t, leader, p, &op, now, hops);
-        // Kept for a retry after a `MOVED` answer (only placement by the meta service moves
-        // partitions away).
-        let mut retry = self.settings.placed.then_some(op);
+        let mut to = leader;
+        let (mut id, mut rx) = self.send_forward(&t, to, p, &op, now, hops);
+        // Kept for a retry: after a `MOVED` answer (only placement by the meta service moves
+        // partitions away), and for a read, once another leader is known before the answer
+        // came (the one asked died or stepped down): a read changes nothing, so asking the
+        // new leader instead costs nothing, where waiting would end in a timeout. A write is
+        // never sent twice: the first leader may have proposed it already.
+        let read = is_read(&op);
+        let mut retry = (self.settings.placed || read).then_some(op);
         let this = self.clone();
         // The deadline starts now, not when the connection first polls this future: a pipeline
         // awaits its replies in order, and must not add up its forwards' timeouts.
         let deadline = Instant::now() + self.settings.request_timeout;
         Pending::Later(Box::pin(async move {
             loop {
-                let r = futures_lite::future::or(async { rx.await.ok() }, async {
-                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-                    None
-                })
-                .await;
+                // The answer, the deadline, or (a read) each tick a look for a new leader.
+                let r = loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let step = if read {
+                        left.min(this.settings.tick)
+                    } else {
+                        left
+                    };
+                    let got =
+                        futures_lite::future::or(async { Some((&mut rx).await.ok()) }, async {
+                            glommio::timer::sleep(step).await;
+                            None
+                        })
+                        .await;
+                    match got {
+                        Some(r) => break r,
+                        None if Instant::now() >= deadline => break None,
+                        None => {}
+                    }
+                    let Some(l) = this.leader_now(p).filter(|&l| l != to) else {
+                        continue;
+                    };
+                    let op = retry.take().expect("a read is kept for a retry");
+                    this.forwards.borrow_mut().remove(&id);
+                    this.stats
+                        .reads_reforwarded
+                        .set(this.stats.reads_reforwarded.get() + 1);
+                    if l == this.settings.node_id {
+                        return crate::engine::resolve(this.submit_to(p, op, now, hops)).await;
+                    }
+                    to = l;
+                    (id, rx) = this.send_forward(&t, to, p, &op, now, hops);
+                    retry = Some(op);
+                };
                 this.forwards.borrow_mut().remove(&id);
                 let moved =
                     matches!(&r, Some(OpResult::ServerError(m)) if m.starts_with(placed::MOVED));
                 let op = match retry.take() {
-                    Some(op) if moved && Instant::now() < deadline => op,
+                    Some(op) if moved && this.settings.placed && Instant::now() < deadline => op,
                     _ => return r.unwrap_or_else(|| err("the leader did not answer in time")),
                 };
                 this.stats.moved.set(this.stats.moved.get() + 1);
                 // The table may be renewed meanwhile (the next heartbeat brings it).
                 glommio::timer::sleep(this.settings.tick).await;
                 let me = this.settings.node_id;
-                let to = match this.groups.borrow().contains_key(&p) {
+                let next = match this.groups.borrow().contains_key(&p) {
                     true => None,
                     false => this.routed_leader(p).filter(|&l| l != me),
                 };
-                let Some(to) = to else {
+                let Some(next) = next else {
                     // Hosted here now, or no leader known: the usual path (which waits).
                     return crate::engine::resolve(this.submit_to(p, op, now, hops)).await;
                 };
+                to = next;
                 (id, rx) = this.send_forward(&t, to, p, &op, now, hops);
                 retry = Some(op);
             }
         }))
+    }
+
+    /// The leader of partition `p` as this shard knows it now: its group's, where it hosts one
+    /// (None while an election runs), else the routing table's.
+    fn leader_now(&self, p: u64) -> Option<u64> {
+        match self.groups.borrow().get(&p) {
+            Some(g) => Some(g.raw.raft.leader_id).filter(|&l| l != 0),
+            None => self.routed_leader(p),
+        }
     }
 
     /// Sends `op` to `leader` as a forwarded request; its reply comes through the receiver.
@@ -1092,6 +1139,7 @@ impl Replicas {
             ("keel_raft_proposed_ops", s.proposed_ops.get()),
             ("keel_raft_duplicate_forwards", s.duplicate_forwards.get()),
             ("keel_raft_moved", s.moved.get()),
+            ("keel_raft_reads_reforwarded", s.reads_reforwarded.get()),
             ("keel_raft_stale_heartbeats", s.stale_heartbeats.get()),
             ("keel_placement_epoch", self.routes_epoch()),
             ("keel_raft_applied_entries", s.applied_entries.get()),
