@@ -493,6 +493,15 @@ def _refused(n: PlacedNode, profile: Path | None = None) -> str:
 def test_a_node_id_held_by_a_live_node_and_another_partition_count_are_refused(placed):
     cl = placed()
     cl.add_node(1, "a")
+    # add_node returns once the data port answers, which can be before the node has registered:
+    # the twin must come second, or it is the one that holds the id.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        held = [n for n in status(cl.meta)["nodes"] if n["id"] == 1]
+        if held and held[0]["health"] == "Up" and held[0]["last_heartbeat_ms"] is not None:
+            break
+        time.sleep(0.1)
+    assert held and held[0]["health"] == "Up", held
     # Its own data file and ports: only the id is the same as the running node's.
     twin = cl.add_node(1, "b", start=False)
     err = _refused(twin)
