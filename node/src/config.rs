@@ -116,6 +116,21 @@ pub struct EngineSection {
     pub segment_bytes: u64,
     pub value_len_max: usize,
     pub cache_bytes: u64,
+    /// An index checkpoint is taken once this many records (and a quarter of the index's
+    /// entries) were appended since the last one began.
+    #[serde(default = "index_checkpoint_records_min_default")]
+    pub index_checkpoint_records_min: u64,
+    /// ... or once this long passed with anything appended.
+    #[serde(default = "index_checkpoint_interval_ms_default")]
+    pub index_checkpoint_interval_ms: u64,
+}
+
+fn index_checkpoint_records_min_default() -> u64 {
+    1_000_000
+}
+
+fn index_checkpoint_interval_ms_default() -> u64 {
+    300_000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -376,6 +391,18 @@ impl Profile {
             l.flushes_in_flight_max,
             1,
             64,
+        )?;
+        between(
+            "engine.index_checkpoint_records_min",
+            e.index_checkpoint_records_min,
+            1,
+            1 << 40,
+        )?;
+        between(
+            "engine.index_checkpoint_interval_ms",
+            e.index_checkpoint_interval_ms,
+            1000,
+            86_400_000,
         )?;
         let r = &self.raft;
         between("raft.tick_ms", r.tick_ms, 1, 10_000)?;

@@ -20,6 +20,7 @@ use keel_nvme::{Device, Region, UringDevice, BLOCK_BYTES};
 use crate::config::Profile;
 use crate::engine::format::{self, Superblock, DATA_START_BYTES};
 use crate::engine::gc::{self, GcConfig};
+use crate::engine::index_checkpoint::{self, IndexCheckpointConfig};
 use crate::engine::log::{self as vlog, LogConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::protocol::Limits;
@@ -640,6 +641,26 @@ async fn run_shard(
             eprintln!("keel-node: shard {id}: FATAL: garbage collection failed: {e}");
         },
         gc_tq,
+    )
+    .map_err(|e| e.to_string())?
+    .detach();
+    // Index checkpoints: bulk sequential writes that only bound restart time, like GC.
+    let ixckpt_tq = ex.create_task_queue(
+        Shares::Static(50),
+        glommio::Latency::NotImportant,
+        "index-checkpoint",
+    );
+    let ixckpt_engine = engine.clone();
+    let ixckpt_cfg = IndexCheckpointConfig {
+        records_min: p.engine.index_checkpoint_records_min,
+        interval: Duration::from_millis(p.engine.index_checkpoint_interval_ms),
+    };
+    glommio::spawn_local_into(
+        async move {
+            let e = index_checkpoint::run_index_checkpoints(ixckpt_engine, ixckpt_cfg).await;
+            eprintln!("keel-node: shard {id}: FATAL: index checkpoint failed: {e}");
+        },
+        ixckpt_tq,
     )
     .map_err(|e| e.to_string())?
     .detach();

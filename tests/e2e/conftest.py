@@ -301,6 +301,8 @@ class Server:
         self.starts = 0
         # More keel-node arguments (e.g. --metrics-listen), kept across restarts.
         self.extra_args: list[str] = []
+        # The profile keel-node runs with (a test may write its own), kept across restarts.
+        self.profile: Path = KEEL_PROFILE
 
     # -- commands
 
@@ -314,7 +316,7 @@ class Server:
         return [
             str(KEEL_NODE_BIN),
             "--profile",
-            str(KEEL_PROFILE),
+            str(self.profile),
             "--listen",
             f"{HOST}:{self.port}",
             "--data",

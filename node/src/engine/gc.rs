@@ -89,10 +89,20 @@ pub async fn collect<D: Device + 'static>(
         let first = segs[seg].first_seq;
         (
             first,
-            segs.iter()
-                .any(|s| s.state != SegState::Free && s.first_seq < first),
+            segs.iter().any(|s| {
+                matches!(s.state, SegState::Sealed | SegState::Active) && s.first_seq < first
+            }),
         )
     };
+    // Side records an index checkpoint on the device replays must stay too.
+    let replayed_after = engine.side_records_needed_after();
+    // A segment sealed a moment ago may still have its tail in the append buffer: read it only
+    // once every record appended so far is on the device (a record missed here would be lost
+    // with the segment, its index entry left pointing at a freed one).
+    log.flush_signal.notify();
+    if log.written(log.last_seq()).await.is_err() {
+        return Ok(()); // poisoned: run_gc stops moving anything
+    }
     let buf = log.dev.read_at(base, log.seg_bytes as usize).await?;
     let now = Engine::<D>::now();
     let mut moved = Vec::new();
@@ -116,13 +126,14 @@ pub async fn collect<D: Device + 'static>(
             Kind::Delete => None,
             Kind::Touch | Kind::Flush => None,
         };
+        let needed = older_exists || h.seq > replayed_after;
         let rewrite = match h.kind {
             Kind::Put => keep.is_some(),
-            Kind::Delete => older_exists && entry.is_none(),
+            Kind::Delete => needed && entry.is_none(),
             Kind::Touch => {
-                older_exists && entry.is_some_and(|e| e.cas == h.cas && log.seg_of(e.offset) != seg)
+                needed && entry.is_some_and(|e| e.cas == h.cas && log.seg_of(e.offset) != seg)
             }
-            Kind::Flush => older_exists,
+            Kind::Flush => needed,
         };
         if !rewrite {
             continue;
@@ -141,8 +152,13 @@ pub async fn collect<D: Device + 'static>(
             cas: Some(h.cas),
             bits,
         };
+        if engine.gc_copies_from.get().is_none() {
+            engine.gc_copies_from.set(Some(log.last_seq() + 1));
+        }
         let Ok(a) = log.append(&r, true) else {
-            // No room even in the reserve, or poisoned: leave the segment as it is.
+            // No room even in the reserve, or poisoned: leave the segment as it is. (The
+            // copies made stay unswitched and harmless; the next collection starts afresh.)
+            engine.gc_copies_from.set(None);
             return Ok(());
         };
         engine
@@ -161,10 +177,14 @@ pub async fn collect<D: Device + 'static>(
     let need = log.last_seq();
     while engine.checkpoint_seq.get() < need {
         if log.poisoned().is_some() {
+            engine.gc_copies_from.set(None);
             return Ok(());
         }
         engine.checkpoint_signal.wait().await;
     }
+    // An index checkpoint that walks the index from now on sees the copies' places; one that
+    // began before saw the old places, but began below the copies, so a restart replays them.
+    engine.gc_copies_from.set(None);
     {
         let mut index = engine.index.borrow_mut();
         for (key, old_offset, cas, a) in moved {

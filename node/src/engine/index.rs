@@ -1,8 +1,7 @@
 //! The in-memory index: key -> where the value lives and the item's metadata.
 
-use std::collections::HashMap;
-
-use xxhash_rust::xxh3::Xxh3Builder;
+use hashbrown::HashTable;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// One item. 32 bytes; the key is held by the map (a boxed slice: 16 bytes + the key bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +41,14 @@ pub struct Atime([u8; 3]);
 impl Atime {
     const MASK: u32 = (1 << 24) - 1;
 
+    pub fn bytes(self) -> [u8; 3] {
+        self.0
+    }
+
+    pub fn from_bytes(b: [u8; 3]) -> Atime {
+        Atime(b)
+    }
+
     pub fn at(unix_s: u32) -> Atime {
         let b = unix_s.to_le_bytes();
         Atime([b[0], b[1], b[2]])
@@ -62,10 +69,99 @@ impl Atime {
     }
 }
 
-pub type Index = HashMap<Box<[u8]>, IndexEntry, Xxh3Builder>;
+/// key -> entry: a hash table whose slots an index checkpoint can visit by position while the
+/// shard keeps serving (see [`Index::bucket`] and [`Index::moves`]).
+pub struct Index {
+    table: HashTable<(Box<[u8]>, IndexEntry)>,
+    moves: u64,
+}
 
-pub fn new_index() -> Index {
-    HashMap::with_hasher(Xxh3Builder::new())
+fn hash(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::with_capacity(0)
+    }
+}
+
+impl Index {
+    pub fn with_capacity(n: usize) -> Index {
+        Index {
+            table: HashTable::with_capacity(n),
+            moves: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
+        self.table
+            .find(hash(key), |(k, _)| **k == *key)
+            .map(|(_, e)| e)
+    }
+
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut IndexEntry> {
+        self.table
+            .find_mut(hash(key), |(k, _)| **k == *key)
+            .map(|(_, e)| e)
+    }
+
+    /// Sets `key`'s entry; the one it replaces, if any.
+    pub fn insert(&mut self, key: Box<[u8]>, e: IndexEntry) -> Option<IndexEntry> {
+        let h = hash(&key);
+        if let Some((_, slot)) = self.table.find_mut(h, |(k, _)| **k == *key) {
+            return Some(std::mem::replace(slot, e));
+        }
+        // The table rehashes (grows, or reorganizes in place) only when an insert finds no
+        // room left, and only then do entries change buckets: counted, for a checkpoint that
+        // walks the buckets (it starts again). Counted whenever it may happen (an insert into
+        // a tombstone needs no room, but is counted too).
+        if self.table.len() == self.table.capacity() {
+            self.moves += 1;
+        }
+        self.table.insert_unique(h, (key, e), |(k, _)| hash(k));
+        None
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> Option<IndexEntry> {
+        match self.table.find_entry(hash(key), |(k, _)| **k == *key) {
+            Ok(slot) => Some(slot.remove().0 .1),
+            Err(_) => None,
+        }
+    }
+
+    /// Keeps the entries `keep` says yes to (removal never moves another entry).
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8], &mut IndexEntry) -> bool) {
+        self.table.retain(|(k, e)| keep(k, e));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
+        self.table.iter().map(|(k, e)| (&k[..], e))
+    }
+
+    /// Positions [`Index::bucket`] takes: `0..buckets()`.
+    pub fn buckets(&self) -> usize {
+        self.table.num_buckets()
+    }
+
+    /// The entry in bucket `i`, if one is there.
+    pub fn bucket(&self, i: usize) -> Option<(&[u8], &IndexEntry)> {
+        self.table.get_bucket(i).map(|(k, e)| (&k[..], e))
+    }
+
+    /// How many times entries may have changed buckets so far. A walk of the buckets during
+    /// which this did not change saw every entry that stayed in the table throughout.
+    pub fn moves(&self) -> u64 {
+        self.moves
+    }
 }
 
 impl IndexEntry {
@@ -138,7 +234,7 @@ fn index_memory_per_key() {
     }
     let n = 2_000_000u64;
     let before = rss_bytes();
-    let mut index = new_index();
+    let mut index = Index::default();
     for i in 0..n {
         let key = format!("feature:{i:012}");
         let e = IndexEntry {

@@ -28,6 +28,8 @@ pub enum SegState {
     Active,
     /// Full (or closed at start-up); a GC candidate.
     Sealed,
+    /// Holds a part of an index checkpoint (engine/index_checkpoint.rs); never collected.
+    Index,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -174,6 +176,22 @@ impl<D: Device> ValueLog<D> {
             return Err(LogError::Full(nsegs));
         }
         Ok(log)
+    }
+
+    /// Takes a free segment for an index checkpoint's part, leaving at least `margin` free
+    /// ones (and GC's reserve) to writes. Given back with [`ValueLog::free_segment`].
+    pub fn take_segment_for_index(&self, margin: usize) -> Option<usize> {
+        let mut free = self.free.borrow_mut();
+        if free.len() <= margin + self.gc_reserve {
+            return None;
+        }
+        let seg = free.pop_front()? as usize;
+        self.segs.borrow_mut()[seg] = Seg {
+            state: SegState::Index,
+            first_seq: 0,
+            live: 0,
+        };
+        Some(seg)
     }
 
     pub fn seg_of(&self, offset: u64) -> usize {
@@ -376,6 +394,11 @@ impl<D: Device> ValueLog<D> {
             }
             Err(e) => Err(self.poison(e)),
         }
+    }
+
+    /// Poisons the log for a failure found outside it (an index checkpoint's write).
+    pub fn fail(&self, e: IoError) -> LogError {
+        self.poison(e)
     }
 
     fn poison(&self, e: IoError) -> LogError {

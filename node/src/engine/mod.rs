@@ -12,6 +12,7 @@ pub mod cache;
 pub mod format;
 pub mod gc;
 pub mod index;
+pub mod index_checkpoint;
 pub mod log;
 pub mod ops;
 pub mod recovery;
@@ -133,6 +134,11 @@ pub struct Engine<D: Device> {
     /// the copies it moved out are below this (recovery ignores records above it).
     pub checkpoint_seq: Cell<u64>,
     pub checkpoint_signal: log::Signal,
+    /// Index checkpoints on the device and the one being written.
+    pub ixckpt: index_checkpoint::IndexCheckpoints,
+    /// While GC has moved copies waiting for their switch: the seq of the first. An index
+    /// checkpoint that starts then begins below it (recovery must replay the copies).
+    pub gc_copies_from: Cell<Option<u64>>,
     /// Device reads of values in flight, by record offset and CAS (the version: a freed
     /// offset may hold another item's record by the time a later miss looks), see
     /// [`Engine::value_of`]. Weak: the waiters keep a read alive, not this map.
@@ -170,9 +176,19 @@ impl<D: Device + 'static> Engine<D> {
             seq_max: checkpoint_seq,
             partitions_mask: cfg.partitions_mask,
         };
+        let started = std::time::Instant::now();
         let rec = recovery::recover(&dev, &scan)
             .await
             .map_err(|e: IoError| format!("recovery failed: {e}"))?;
+        for why in &rec.refused {
+            eprintln!("keel-node: {why}; not used");
+        }
+        let ixckpt = index_checkpoint::IndexCheckpoints::default();
+        ixckpt.loaded.set(rec.index_checkpoint.is_some());
+        ixckpt.rejected.set(rec.refused.len() as u64);
+        ixckpt.next_generation.set(rec.generation_max + 1);
+        *ixckpt.current.borrow_mut() = rec.index_checkpoint.clone();
+        ixckpt.recovery_ms.set(started.elapsed().as_millis() as u64);
         let stats = EngineStats::default();
         stats.corrupt_records.set(rec.corrupt_records);
         stats.recovered_records.set(rec.records);
@@ -192,6 +208,8 @@ impl<D: Device + 'static> Engine<D> {
             partitions_mask: cfg.partitions_mask,
             checkpoint_seq: Cell::new(checkpoint_seq),
             checkpoint_signal: log::Signal::default(),
+            ixckpt,
+            gc_copies_from: Cell::new(None),
             reads: RefCell::new(HashMap::new()),
             rmw_value: RefCell::new(None),
             cur: Cell::new(Stamp::read(now)),
@@ -939,7 +957,7 @@ impl<D: Device + 'static> Engine<D> {
             .borrow()
             .iter()
             .filter(|(k, e)| crate::shard::partition_of(k, mask) == partition && !e.expired(now))
-            .map(|(k, e)| (k.clone(), *e))
+            .map(|(k, e)| (k.into(), *e))
             .collect()
     }
 
@@ -1047,10 +1065,23 @@ impl<D: Device + 'static> Engine<D> {
         (self.index.borrow().len() as u64, live)
     }
 
+    /// GC keeps every tombstone, touch and flush record with a seq above this: an index
+    /// checkpoint on the device replays them (u64::MAX: none is there).
+    pub fn side_records_needed_after(&self) -> u64 {
+        let ix = &self.ixckpt;
+        [ix.current.borrow(), ix.previous.borrow()]
+            .iter()
+            .filter_map(|g| g.as_ref().map(|g| g.base_seq))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     pub fn stat_values(&self) -> Vec<(&'static str, u64)> {
         let cache = self.cache.borrow();
         let segs = self.log.segs.borrow();
         let (items, live) = self.items_and_bytes();
+        let current = self.ixckpt.current.borrow();
+        let current = current.as_ref();
         vec![
             ("curr_items", items),
             ("total_items", self.stats.total_items.get()),
@@ -1078,6 +1109,33 @@ impl<D: Device + 'static> Engine<D> {
             ("keel_gc_moved_bytes", self.stats.gc_moved_bytes.get()),
             ("expired_unfetched", self.stats.expired_unfetched.get()),
             ("keel_poisoned", self.log.poisoned().is_some() as u64),
+            ("keel_index_checkpoints", self.ixckpt.written.get()),
+            (
+                "keel_index_checkpoints_abandoned",
+                self.ixckpt.abandoned.get(),
+            ),
+            (
+                "keel_index_checkpoint_generation",
+                current.map_or(0, |g| g.generation),
+            ),
+            (
+                "keel_index_checkpoint_base_seq",
+                current.map_or(0, |g| g.base_seq),
+            ),
+            (
+                "keel_index_checkpoint_entries",
+                current.map_or(0, |g| g.entries),
+            ),
+            (
+                "keel_index_checkpoint_bytes",
+                current.map_or(0, |g| g.bytes),
+            ),
+            (
+                "keel_index_checkpoint_loaded",
+                self.ixckpt.loaded.get() as u64,
+            ),
+            ("keel_index_checkpoints_refused", self.ixckpt.rejected.get()),
+            ("keel_recovery_ms", self.ixckpt.recovery_ms.get()),
         ]
     }
 }
@@ -1115,5 +1173,7 @@ pub async fn resolve(p: Pending) -> OpResult {
     }
 }
 
+#[cfg(test)]
+mod index_checkpoint_tests;
 #[cfg(test)]
 mod tests;

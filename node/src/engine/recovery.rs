@@ -13,6 +13,11 @@
 //!   here must be exactly the checkpoint's (a replayed append or incr must not find its own
 //!   effect already there).
 //! - A flush record clears the items of its partition (its key) written before it.
+//! - With an index checkpoint (engine/index_checkpoint.rs) the newest usable one is loaded and
+//!   only records above its `base_seq` are replayed, by the rules above; segments holding
+//!   nothing above it are not read. Every other checkpoint's headers are zeroed. A checkpoint
+//!   that fails to load, or whose result points anywhere but a log segment, is set aside and
+//!   the next (in the end: every segment) is used.
 
 use std::collections::HashMap;
 
@@ -21,7 +26,8 @@ use keel_nvme::{Device, IoError, Region};
 use crate::shard::partition_of;
 
 use super::format::{self, Bad, Kind, SEG_HEADER_BYTES};
-use super::index::{new_index, Atime, Index, IndexEntry, STALE};
+use super::index::{Atime, Index, IndexEntry, STALE};
+use super::index_checkpoint::{self as ixckpt, Generation};
 use super::log::{Seg, SegState};
 
 pub struct Recovered {
@@ -35,6 +41,12 @@ pub struct Recovered {
     pub pending_flush: HashMap<u64, u32>,
     /// Records after the checkpoint, ignored.
     pub ignored_records: u64,
+    /// The index checkpoint the index was loaded from.
+    pub index_checkpoint: Option<Generation>,
+    /// Index checkpoints set aside, and why.
+    pub refused: Vec<String>,
+    /// The highest index-checkpoint generation seen, usable or not.
+    pub generation_max: u64,
 }
 
 pub struct Scan {
@@ -51,7 +63,7 @@ fn clear_partition(index: &mut Index, partition: u64, mask: u64) {
 }
 
 pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovered, IoError> {
-    let (seg_bytes, value_len_max, now) = (scan.seg_bytes, scan.value_len_max, scan.now);
+    let seg_bytes = scan.seg_bytes;
     let nsegs = (dev.size_bytes() / seg_bytes) as usize;
     let mut segs = vec![
         Seg {
@@ -61,21 +73,17 @@ pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovere
         };
         nsegs
     ];
-    let mut r = Recovered {
-        index: new_index(),
-        segs: Vec::new(),
-        next_seq: 1,
-        records: 0,
-        corrupt_records: 0,
-        damaged_segment_headers: 0,
-        pending_flush: HashMap::new(),
-        ignored_records: 0,
-    };
+    let mut damaged_segment_headers = 0;
     let mut order = Vec::new();
+    let mut parts = Vec::new();
     for (i, seg) in segs.iter_mut().enumerate() {
         let block = dev
             .read_at(i as u64 * seg_bytes, SEG_HEADER_BYTES as usize)
             .await?;
+        if let Some(p) = ixckpt::decode_part_header(&block).filter(|p| p.seg_no as usize == i) {
+            parts.push(p);
+            continue;
+        }
         match format::decode_seg_header(&block) {
             Some(h) if h.seg_no as usize == i => {
                 *seg = Seg {
@@ -86,13 +94,102 @@ pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovere
                 order.push((h.first_seq, i));
             }
             _ if block.iter().all(|&b| b == 0) => {}
-            _ => r.damaged_segment_headers += 1,
+            _ => damaged_segment_headers += 1,
         }
     }
     order.sort_unstable();
+    let mut refused = Vec::new();
+    let mut chosen = None;
+    for g in ixckpt::candidates(&parts, scan.seq_max) {
+        let index = match ixckpt::load(dev, seg_bytes, &g, scan.now).await {
+            Ok(index) => index,
+            Err(why) => {
+                refused.push(format!("index checkpoint {}: {why}", g.generation));
+                continue;
+            }
+        };
+        let mut with = segs.clone();
+        for &s in &g.segs {
+            with[s].state = SegState::Index;
+        }
+        match replay(dev, scan, &order, with, index, g.base_seq).await? {
+            Ok(mut r) => {
+                r.index_checkpoint = Some(g);
+                chosen = Some(r);
+                break;
+            }
+            Err(why) => refused.push(format!("index checkpoint {}: {why}", g.generation)),
+        }
+    }
+    let mut r = match chosen {
+        Some(r) => r,
+        None => replay(dev, scan, &order, segs, Index::default(), 0)
+            .await?
+            .expect("a full scan points only into the segments it read"),
+    };
+    // Every other generation goes: a restart must never take a stale one (GC keeps the
+    // records it needs only for the generations it knows of).
+    let keep: Vec<usize> = r
+        .index_checkpoint
+        .iter()
+        .flat_map(|g| g.segs.clone())
+        .collect();
+    let mut zeroed = false;
+    for p in &parts {
+        if !keep.contains(&(p.seg_no as usize)) {
+            let buf = dev.alloc(SEG_HEADER_BYTES as usize);
+            dev.write_at(buf, p.seg_no as u64 * seg_bytes).await?;
+            zeroed = true;
+        }
+    }
+    if zeroed {
+        // fdatasync: the zeroed headers hold before any of these segments is used again.
+        dev.sync().await?;
+    }
+    r.damaged_segment_headers = damaged_segment_headers;
+    r.refused = refused;
+    r.generation_max = parts.iter().map(|p| p.generation).max().unwrap_or(0);
+    Ok(r)
+}
+
+/// Applies the records with a seq in (`base_seq`, `scan.seq_max`] to `index`, reading only the
+/// segments that may hold one. `Ok(Err)`: the result points into a segment that is not a log
+/// segment (a checkpoint that does not match the log).
+async fn replay<D: Device>(
+    dev: &Region<D>,
+    scan: &Scan,
+    order: &[(u64, usize)],
+    mut segs: Vec<Seg>,
+    index: Index,
+    base_seq: u64,
+) -> Result<Result<Recovered, String>, IoError> {
+    let (seg_bytes, value_len_max, now) = (scan.seg_bytes, scan.value_len_max, scan.now);
+    let nsegs = segs.len();
+    let mut r = Recovered {
+        index,
+        segs: Vec::new(),
+        next_seq: 1,
+        records: 0,
+        corrupt_records: 0,
+        damaged_segment_headers: 0,
+        pending_flush: HashMap::new(),
+        ignored_records: 0,
+        index_checkpoint: None,
+        refused: Vec::new(),
+        generation_max: 0,
+    };
     let mut side_live = vec![0u64; nsegs]; // tombstones, touches and flushes still in the log
     let mut last_seq = 0u64;
-    for &(first_seq, seg) in &order {
+    for (k, &(first_seq, seg)) in order.iter().enumerate() {
+        // Seqs grow from segment to segment: one whose successor starts at or below
+        // base_seq + 1 holds nothing to replay.
+        if order
+            .get(k + 1)
+            .is_some_and(|&(next, _)| next <= base_seq + 1)
+        {
+            last_seq = last_seq.max(first_seq.saturating_sub(1));
+            continue;
+        }
         let base = seg as u64 * seg_bytes;
         let buf = dev.read_at(base, seg_bytes as usize).await?;
         let mut pos = SEG_HEADER_BYTES as usize;
@@ -115,6 +212,11 @@ pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovere
             let h = rec.header;
             seg_last = h.seq;
             let offset = base + pos as u64;
+            if h.seq <= base_seq {
+                // The index checkpoint holds its effect.
+                pos += rec.len;
+                continue;
+            }
             if h.seq > scan.seq_max {
                 r.ignored_records += 1;
                 pos += rec.len;
@@ -194,10 +296,16 @@ pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovere
         s.live = side_live[i];
     }
     for (key, e) in r.index.iter() {
-        segs[(e.offset / seg_bytes) as usize].live +=
-            format::record_bytes(key.len(), e.value_len as usize) as u64;
+        let seg = &mut segs[(e.offset / seg_bytes) as usize];
+        if seg.state != SegState::Sealed {
+            return Ok(Err(format!(
+                "the item at offset {} is in a segment that holds no log",
+                e.offset
+            )));
+        }
+        seg.live += format::record_bytes(key.len(), e.value_len as usize) as u64;
     }
     r.segs = segs;
     r.next_seq = last_seq + 1;
-    Ok(r)
+    Ok(Ok(r))
 }

@@ -1170,7 +1170,7 @@ impl Replicas {
     /// so equal CAS means equal value).
     pub fn digest(&self) -> u64 {
         let index = self.engine.index.borrow();
-        digest_of(index.iter().map(|(k, e)| (&k[..], e)).collect())
+        digest_of(index.iter().collect())
     }
 
     /// Every partition this shard hosts: its role, term, applied index, keys and digest (as
@@ -1182,7 +1182,7 @@ impl Replicas {
         for (k, e) in index.iter() {
             per.entry(partition_of(k, self.partitions_mask))
                 .or_default()
-                .push((&k[..], e));
+                .push((k, e));
         }
         let me = self.settings.node_id;
         let groups = self.groups.borrow();

@@ -310,6 +310,16 @@ pub fn profile_text(run: &TuneRun, dev: &DeviceFigures, host: &HostFigures) -> S
             None => "dev.toml's (the host's memory could not be read).".into(),
         },
     );
+    d.key(
+        "index_checkpoint_records_min",
+        e.index_checkpoint_records_min,
+        "dev.toml's.",
+    );
+    d.key(
+        "index_checkpoint_interval_ms",
+        e.index_checkpoint_interval_ms,
+        "dev.toml's.",
+    );
 
     let l = &base.raftlog;
     d.section("raftlog");
