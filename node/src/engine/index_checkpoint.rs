@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use keel_nvme::{align_up, Device, IoError, Region, BLOCK_BYTES};
 
-use super::format::{self, SEG_HEADER_BYTES};
+use super::format::{self, u32_at, u64_at, SEG_HEADER_BYTES};
 use super::index::{Atime, Index, IndexEntry, STALE};
 use super::log::LogError;
 use super::Engine;
@@ -85,14 +85,6 @@ pub struct PartHeader {
     pub entries: u32,
     pub data_bytes: u32,
     pub data_crc: u32,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 pub fn encode_part_header(h: &PartHeader) -> [u8; PART_HEADER_BYTES] {

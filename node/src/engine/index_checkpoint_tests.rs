@@ -12,10 +12,8 @@ use keel_nvme::Region;
 
 use super::gc;
 use super::index_checkpoint::write_one;
-use super::log::{run_flush, LogConfig};
-use super::{resolve, Engine, EngineConfig, Op, OpResult, Stamp, StoreMode};
-
-const SEG: u64 = 2 << 20;
+use super::tests::{checkpoint, open_region, run, SEG};
+use super::{resolve, Engine, Op, OpResult, Stamp, StoreMode};
 
 thread_local! {
     static NEXT_CAS: Cell<u64> = const { Cell::new(1 << 20) };
@@ -33,47 +31,14 @@ fn stamp() -> Stamp {
     }
 }
 
-fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap();
-}
-
 async fn open(dev: Rc<SimDevice>, checkpoint_seq: u64) -> E {
     let size = keel_nvme::Device::size_bytes(&*dev);
-    let region = Region::new(dev, 0, size).unwrap();
-    let cfg = EngineConfig {
-        log: LogConfig {
-            seg_bytes: SEG,
-            value_len_max: 256 << 10,
-            batch_bytes_max: 4096,
-            flush_delay: Duration::from_millis(1),
-        },
-        cache_bytes: 1 << 20,
-        partitions_mask: 0,
-    };
-    let e = Engine::open(region, cfg, checkpoint_seq).await.unwrap();
-    let log = e.log.clone();
-    glommio::spawn_local(async move {
-        run_flush(log).await;
-    })
-    .detach();
-    e
+    open_region(Region::new(dev, 0, size).unwrap(), checkpoint_seq).await
 }
 
 /// A restart from what a crash now would leave (seeded), as of engine checkpoint `seq`.
 async fn reopen(dev: &SimDevice, seq: u64, seed: u64) -> E {
     open(Rc::new(SimDevice::from_image(dev.crash_image(), seed)), seq).await
-}
-
-/// The engine checkpoint: the value log synced through the seq it returns.
-async fn checkpoint(e: &E) -> u64 {
-    let seq = e.log.sync().await.unwrap();
-    e.checkpoint_seq.set(seq);
-    e.checkpoint_signal.notify();
-    seq
 }
 
 async fn set(e: &E, m: &mut Model, key: &str, value: Vec<u8>) {

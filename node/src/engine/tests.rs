@@ -25,16 +25,18 @@ fn stamp() -> Stamp {
 }
 
 /// What the checkpoint task does: sync the value log and publish the seq it covers.
-async fn checkpoint(e: &Rc<Engine<UringDevice>>) -> u64 {
+pub(super) async fn checkpoint<D: keel_nvme::Device + 'static>(e: &Rc<Engine<D>>) -> u64 {
     let seq = e.log.sync().await.unwrap();
     e.checkpoint_seq.set(seq);
     e.checkpoint_signal.notify();
     seq
 }
 
-const SEG: u64 = 2 << 20;
+pub(super) const SEG: u64 = 2 << 20;
 
-fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+pub(super) fn run<F: std::future::Future<Output = ()> + 'static>(
+    f: impl FnOnce() -> F + Send + 'static,
+) {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(f)
         .unwrap()
@@ -44,7 +46,14 @@ fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Se
 
 async fn open(path: &std::path::Path, checkpoint_seq: u64) -> Rc<Engine<UringDevice>> {
     let dev = Rc::new(UringDevice::open(path, 8 * SEG).await.unwrap());
-    let region = Region::new(dev, 0, 8 * SEG).unwrap();
+    open_region(Region::new(dev, 0, 8 * SEG).unwrap(), checkpoint_seq).await
+}
+
+/// The engine of these tests (2 MiB segments, one partition) on `region`, its flush task running.
+pub(super) async fn open_region<D: keel_nvme::Device + 'static>(
+    region: Region<D>,
+    checkpoint_seq: u64,
+) -> Rc<Engine<D>> {
     let cfg = EngineConfig {
         log: LogConfig {
             seg_bytes: SEG,
