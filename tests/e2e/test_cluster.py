@@ -57,9 +57,7 @@ class ClusterNode(Server):
             self.profile.write_text(text)
 
     def command(self) -> list[str]:
-        cmd = super().command()
-        cmd[cmd.index(str(KEEL_PROFILE))] = str(self.profile)
-        return cmd + ["--node-id", str(self.node_id), "--peers", self.peers]
+        return super().command() + ["--node-id", str(self.node_id), "--peers", self.peers]
 
     def pause(self):
         self.proc.send_signal(signal.SIGSTOP)
