@@ -284,7 +284,7 @@ impl Cluster {
                     if let Some(t) = table {
                         replicas.set_routes(t);
                     }
-                    let now = Engine::<keel_nvme::UringDevice>::now();
+                    let now = Engine::<keel_nvme::AnyDevice>::now();
                     for c in &commands {
                         replicas.run_command(c, now);
                     }

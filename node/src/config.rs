@@ -105,9 +105,20 @@ pub fn device_of_shard(shards: usize, devices: usize, s: usize) -> usize {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IoSection {
+    /// "io_uring", or "spdk" in a keel-node built with `--features spdk`.
     pub backend: String,
     pub ring_depth: usize,
     pub io_memory_bytes: u64,
+    /// SPDK's JSON config (it creates the bdevs that `device.paths` name), for "spdk".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spdk_config: String,
+    /// Hugepage memory SPDK reserves at start in MiB, for "spdk" (0: grown on demand).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spdk_mem_mb: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -285,13 +296,7 @@ impl Profile {
         }
         self.validate_device_paths()?;
         let d = &self.device;
-        if self.io.backend != "io_uring" {
-            return Err(rule(
-                "io.backend",
-                format!("{:?}", self.io.backend),
-                "must be \"io_uring\" (the SPDK backend is not built in this binary)",
-            ));
-        }
+        self.validate_backend()?;
         if !(8..=32768).contains(&self.io.ring_depth) || !self.io.ring_depth.is_power_of_two() {
             return Err(rule(
                 "io.ring_depth",
@@ -573,6 +578,49 @@ impl Profile {
 
     /// Neither `node.meta` nor `node.peers`: this node runs a one-replica meta service at
     /// `node.meta_listen` and registers with it.
+    /// The device backend `io` names (validated).
+    pub fn backend(&self) -> keel_nvme::Backend {
+        match self.io.backend.as_str() {
+            "spdk" => keel_nvme::Backend::Spdk(keel_nvme::SpdkConfig {
+                json_config: self.io.spdk_config.clone(),
+                mem_size_mb: self.io.spdk_mem_mb,
+            }),
+            _ => keel_nvme::Backend::IoUring,
+        }
+    }
+
+    fn validate_backend(&self) -> Result<(), String> {
+        let io = &self.io;
+        match io.backend.as_str() {
+            "io_uring" => Ok(()),
+            "spdk" if !cfg!(feature = "spdk") => Err(rule(
+                "io.backend",
+                "\"spdk\"",
+                "the SPDK backend is not built in this binary (build keel-node with --features \
+                 spdk on a host with SPDK installed), use \"io_uring\"",
+            )),
+            "spdk" if io.spdk_config.is_empty() => Err(rule(
+                "io.spdk_config",
+                "\"\"",
+                "must name SPDK's JSON config, which creates the bdevs device.paths names",
+            )),
+            "spdk" if self.embedded_meta() && self.node.meta_data.as_os_str().is_empty() => {
+                Err(rule(
+                    "node.meta_data",
+                    "\"\"",
+                    "must name a file for the embedded meta service when device.paths are SPDK \
+                     bdevs",
+                ))
+            }
+            "spdk" => Ok(()),
+            other => Err(rule(
+                "io.backend",
+                format!("{other:?}"),
+                "must be \"io_uring\" or \"spdk\"",
+            )),
+        }
+    }
+
     pub fn embedded_meta(&self) -> bool {
         self.placed() && self.node.meta.is_empty()
     }
@@ -844,11 +892,29 @@ mod tests {
             .unwrap_err()
             .starts_with("node.metrics_listen = "));
         let mut p = dev();
+        p.io.backend = "nvme".into();
+        assert_eq!(
+            p.validate().unwrap_err(),
+            "io.backend = \"nvme\": must be \"io_uring\" or \"spdk\""
+        );
         p.io.backend = "spdk".into();
-        assert!(p
-            .validate()
-            .unwrap_err()
-            .contains("SPDK backend is not built"));
+        let err = p.validate().unwrap_err();
+        if cfg!(feature = "spdk") {
+            assert!(err.starts_with("io.spdk_config = \"\": must name"), "{err}");
+            p.io.spdk_config = "spdk.json".into();
+            let err = p.validate().unwrap_err();
+            assert!(
+                err.starts_with("node.meta_data = \"\": must name a file"),
+                "{err}"
+            );
+            p.node.meta_data = "meta.data".into();
+            p.validate().unwrap();
+        } else {
+            assert!(
+                err.contains("SPDK backend is not built in this binary"),
+                "{err}"
+            );
+        }
     }
 
     /// Which meta service places a node, and the addresses each mode needs.

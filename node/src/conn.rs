@@ -201,7 +201,7 @@ async fn serve(
         // it, so it stands for each one's parse time.
         let parsed_at = Instant::now();
         info.last_cmd.set(parsed_at);
-        let now = crate::engine::Engine::<keel_nvme::UringDevice>::now();
+        let now = crate::engine::Engine::<keel_nvme::AnyDevice>::now();
         let mut pos = 0;
         let mut close = false;
         parsed_all = true;

@@ -201,7 +201,7 @@ fn render(shards: Vec<ShardFigures>) -> String {
 
 /// Every shard's `stats` and latency histograms, as `stats` collects them.
 async fn collect(shard: &Rc<Shard>) -> Vec<ShardFigures> {
-    let now = crate::engine::Engine::<keel_nvme::UringDevice>::now();
+    let now = crate::engine::Engine::<keel_nvme::AnyDevice>::now();
     let ops = || {
         vec![
             Op::Stats(StatsGroup::General),

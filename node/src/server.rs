@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement, Shares};
-use keel_nvme::{Device, Region, UringDevice, BLOCK_BYTES};
+use keel_nvme::{AnyDevice, Backend, Device, Region, BLOCK_BYTES};
 
 use crate::config::Profile;
 use crate::engine::format::{self, Superblock, DATA_START_BYTES};
@@ -77,12 +77,13 @@ fn prepare_devices(p: &Profile) -> Result<Vec<Superblock>, String> {
         .map(|(d, path)| (path.clone(), geometry(p, d)))
         .collect();
     let size = p.device.size_bytes;
+    let backend = p.backend();
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("keel-format")
         .spawn(move || async move {
             let mut out = Vec::new();
             for (path, want) in wants {
-                out.push(prepare_device(&path, size, want).await?);
+                out.push(prepare_device(&backend, &path, size, want).await?);
             }
             Ok(out)
         })
@@ -92,11 +93,12 @@ fn prepare_devices(p: &Profile) -> Result<Vec<Superblock>, String> {
 }
 
 async fn prepare_device(
+    backend: &Backend,
     path: &std::path::Path,
     size: u64,
     want: Superblock,
 ) -> Result<Superblock, String> {
-    let dev = UringDevice::open(path, size)
+    let dev = AnyDevice::open(backend, path, size)
         .await
         .map_err(|e| e.to_string())?;
     let block = dev
@@ -319,7 +321,14 @@ pub fn run(p: Profile) -> Result<(), String> {
         refuse_taken_port(&p.node.metrics_listen, "metrics_listen")?;
     }
     let mut _locks = Vec::new();
-    for path in &p.device.paths {
+    // SPDK bdevs are names, not paths: SPDK's JSON config says where their data is, so that is
+    // what is locked (SPDK itself locks none of an aio bdev's file, but an NVMe controller is
+    // one process's alone).
+    let files = p.backend() == Backend::IoUring;
+    if !files {
+        _locks.push(keel_nvme::lock_device(p.io.spdk_config.as_ref())?);
+    }
+    for path in p.device.paths.iter().filter(|_| files) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -411,7 +420,7 @@ async fn run_shard(
     let t0 = Instant::now();
     let d = p.device_of_shard(id);
     let geo = geo[d];
-    let dev = UringDevice::open(&p.device.paths[d], p.device.size_bytes)
+    let dev = AnyDevice::open(&p.backend(), &p.device.paths[d], p.device.size_bytes)
         .await
         .map_err(|e| e.to_string())?;
     let dev = Rc::new(dev);
@@ -521,7 +530,7 @@ async fn run_shard(
     )
     .map_err(|e| format!("shard {id}: {e}"))?;
     if placed {
-        replicas.drop_orphaned_items(Engine::<UringDevice>::now());
+        replicas.drop_orphaned_items(Engine::<AnyDevice>::now());
     }
     if let Some(peer_addr) = peer_addr {
         let at = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip(), a.port() + id as u16);

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
-use keel_nvme::UringDevice;
+use keel_nvme::AnyDevice;
 
 use crate::conn::ConnInfo;
 use crate::engine::{self, ConnRow, Engine, Op, OpResult, Pending, StatsGroup};
@@ -87,7 +87,7 @@ pub struct Shard {
     pub id: usize,
     pub nshards: usize,
     partitions_mask: u64,
-    pub engine: Rc<Engine<UringDevice>>,
+    pub engine: Rc<Engine<AnyDevice>>,
     pub replicas: Rc<Replicas>,
     mesh: Senders<Msg>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<Vec<OpResult>>>>,
@@ -131,7 +131,7 @@ impl Shard {
     pub fn new(
         id: usize,
         nshards: usize,
-        engine: Rc<Engine<UringDevice>>,
+        engine: Rc<Engine<AnyDevice>>,
         replicas: Rc<Replicas>,
         mesh: Senders<Msg>,
         cfg: ShardConfig,

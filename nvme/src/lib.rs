@@ -9,11 +9,15 @@
 //! belong to the engine and the Raft log, which are generic over the [`Device`] trait (the one
 //! seam of this crate) so tests can wrap it.
 //!
-//! SPDK: the `spdk` backend described in DESIGN.md is not built here, because these hosts have no
-//! NVMe controller to hand to SPDK. A second implementation of [`Device`] is where it would go.
+//! Backends: io_uring ([`UringDevice`], always built) and SPDK ([`SpdkDevice`], cargo feature
+//! `spdk`, against an SPDK installed on the host: see spdk/README.md). A node opens the one its
+//! profile names as an [`AnyDevice`].
 
+mod any;
 mod lock;
 mod preflight;
+#[cfg(feature = "spdk")]
+mod spdk;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod uring;
@@ -21,10 +25,13 @@ mod uring;
 use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
+pub use any::{AnyBuf, AnyDevice, AnyReadBuf, Backend, SpdkConfig};
 pub use lock::{lock_device, DeviceLock};
 pub use preflight::{
     memlock_limits, preflight, raise_open_files, PreflightError, MEMLOCK_PER_EXECUTOR_BYTES,
 };
+#[cfg(feature = "spdk")]
+pub use spdk::{SpdkBuf, SpdkDevice, SpdkReadBuf};
 pub use uring::UringDevice;
 
 /// Every offset and length that reaches the device is a multiple of this.

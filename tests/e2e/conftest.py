@@ -9,6 +9,7 @@ for a reply.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,12 @@ KEEL_NODE_BIN = Path(os.environ.get("KEEL_NODE_BIN", REPO_ROOT / "target" / "rel
 KEEL_PROFILE = REPO_ROOT / "hw-configs" / "dev.toml"
 KEEL_CORES = os.environ.get("KEEL_E2E_CORES", "0,1")
 MEMCACHED_BIN = os.environ.get("MEMCACHED_BIN", "memcached")
+# keel-node's device backend: "io_uring", or "spdk" for a keel-node built with --features spdk
+# (scripts/test-spdk): each node's data file is then an SPDK aio bdev named SPDK_BDEV.
+BACKEND = os.environ.get("KEEL_E2E_BACKEND", "io_uring")
+if BACKEND not in ("io_uring", "spdk"):
+    raise pytest.UsageError(f"KEEL_E2E_BACKEND={BACKEND!r}: must be 'io_uring' or 'spdk'")
+SPDK_BDEV = "keel0"
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -301,8 +308,35 @@ class Server:
         self.starts = 0
         # More keel-node arguments (e.g. --metrics-listen), kept across restarts.
         self.extra_args: list[str] = []
-        # The profile keel-node runs with (a test may write its own), kept across restarts.
+        # The profile keel-node runs with (a test may write its own from this one's text), kept
+        # across restarts.
         self.profile: Path = KEEL_PROFILE
+        if kind == "keel" and BACKEND == "spdk":
+            self.profile = self._spdk_profile()
+
+    def _spdk_profile(self) -> Path:
+        """KEEL_PROFILE on the SPDK backend: an aio bdev over this node's data file."""
+        config = self.workdir / "spdk.json"
+        config.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [{
+            "method": "bdev_aio_create",
+            "params": {"name": SPDK_BDEV, "filename": str(self.data_path), "block_size": 4096},
+        }]}]}))
+        text = KEEL_PROFILE.read_text()
+        for key, value in (("backend", f'"spdk"\nspdk_config = "{config}"'),
+                           ("meta_data", f'"{self.data_path}.meta"')):
+            text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+            assert n == 1, key
+        path = self.workdir / "profile-spdk.toml"
+        path.write_text(text)
+        return path
+
+    def _size_spdk_file(self):
+        """An aio bdev needs its file at full size before SPDK starts (keel sizes a file itself
+        only on io_uring)."""
+        size = int(re.search(r"^size_bytes = ([\d_]+)", self.profile.read_text(), re.M)[1])
+        with open(self.data_path, "ab") as f:
+            if f.tell() < size:
+                os.posix_fallocate(f.fileno(), 0, size)
 
     # -- commands
 
@@ -320,7 +354,7 @@ class Server:
             "--listen",
             f"{HOST}:{self.port}",
             "--data",
-            str(self.data_path),
+            SPDK_BDEV if BACKEND == "spdk" else str(self.data_path),
             "--cores",
             KEEL_CORES,
             "--meta-listen",
@@ -345,6 +379,8 @@ class Server:
                 f"keel-node binary not found at {KEEL_NODE_BIN}: run `cargo build --release` or set "
                 "KEEL_NODE_BIN (or KEEL_E2E_TARGET=memcached to run against memcached)"
             )
+        if self.kind == "keel" and BACKEND == "spdk":
+            self._size_spdk_file()
         self.starts += 1
         log = open(self.log_path, "ab")
         log.write(f"\n=== start #{self.starts}: {' '.join(self.command())}\n".encode())

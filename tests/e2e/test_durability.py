@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import KEEL_PROFILE, free_port
+from conftest import free_port
 
 pytestmark = pytest.mark.keel_only
 
@@ -178,7 +178,7 @@ def test_a_restart_loads_the_index_checkpoint_and_serves_every_key(keel_node):
     log after it (before, a restart scanned every segment: its time grew with the data). The
     profile takes checkpoints often enough for the test; every key is then checked, including
     the writes made after the checkpoint."""
-    text = KEEL_PROFILE.read_text()
+    text = keel_node.profile.read_text()
     for key, value in (("index_checkpoint_records_min", "50_000"),
                        ("index_checkpoint_interval_ms", "2_000")):
         text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)

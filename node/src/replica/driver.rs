@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_nvme::AnyDevice;
 use keel_nvme::Region;
-use keel_nvme::UringDevice;
 use keel_raftlog::Flush;
 use raft::eraftpb::{Entry, EntryType};
 use raft::{StateRole, Storage};
@@ -270,7 +270,7 @@ fn drain_apply(r: &Rc<Replicas>, p: u64) {
                             // Dropped while the entry waited for its read: what the entry
                             // wrote after the drop cleared the partition goes too.
                             drop(groups);
-                            rr.drop_items(p, crate::engine::Engine::<UringDevice>::now());
+                            rr.drop_items(p, crate::engine::Engine::<AnyDevice>::now());
                             return;
                         };
                         g.applying = false;
@@ -383,7 +383,7 @@ fn serve_reads(r: &Replicas, g: &mut Group) {
 /// segment and returns Ok: a restart then replays nothing. Returns Err only on failure.
 pub async fn run_checkpoints(
     r: Rc<Replicas>,
-    area: Region<UringDevice>,
+    area: Region<AnyDevice>,
     mut last: Checkpoint,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
@@ -449,7 +449,7 @@ fn raftlog_tight(r: &Replicas) -> bool {
 
 async fn checkpoint_once(
     r: &Rc<Replicas>,
-    area: &Region<UringDevice>,
+    area: &Region<AnyDevice>,
     last: Checkpoint,
 ) -> Result<Checkpoint, String> {
     // Captured together, with no await between: the engine state through `value_seq` is

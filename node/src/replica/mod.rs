@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use keel_meta::proto::Role;
-use keel_nvme::UringDevice;
+use keel_nvme::AnyDevice;
 use keel_raftlog::{GroupStorage, RaftLog};
 use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
@@ -226,7 +226,7 @@ impl Group {
 
 pub struct Group {
     pub partition: u64,
-    pub raw: RawNode<GroupStorage<UringDevice>>,
+    pub raw: RawNode<GroupStorage<AnyDevice>>,
     proposals: VecDeque<Proposal>,
     /// Writes for the next entry, proposed when the driver runs (or sooner: see `flush_batch`).
     batch: Batch,
@@ -284,8 +284,8 @@ pub struct Replicas {
     pub settings: RaftSettings,
     pub shard: u32,
     pub partitions_mask: u64,
-    pub engine: Rc<Engine<UringDevice>>,
-    pub log: Rc<RaftLog<UringDevice>>,
+    pub engine: Rc<Engine<AnyDevice>>,
+    pub log: Rc<RaftLog<AnyDevice>>,
     pub groups: RefCell<BTreeMap<u64, Group>>,
     pub transport: RefCell<Option<Rc<Transport>>>,
     /// Wakes the driver: a proposal, a message from a peer, the raftlog got more durable.
@@ -336,8 +336,8 @@ impl Replicas {
         shard: u32,
         partitions: Vec<u64>,
         partitions_mask: u64,
-        engine: Rc<Engine<UringDevice>>,
-        log: Rc<RaftLog<UringDevice>>,
+        engine: Rc<Engine<AnyDevice>>,
+        log: Rc<RaftLog<AnyDevice>>,
         applied: &BTreeMap<u64, (u64, u64)>,
     ) -> Result<Rc<Replicas>, String> {
         let mut groups = BTreeMap::new();
@@ -419,7 +419,7 @@ impl Replicas {
     /// no await in between, then the values are read. `None` if a value can no longer be read
     /// as captured (overwritten and collected meanwhile): raft-rs asks again later.
     async fn build_snapshot(&self, group: u64) -> Option<Snapshot> {
-        let now = crate::engine::Engine::<UringDevice>::now();
+        let now = crate::engine::Engine::<AnyDevice>::now();
         let (index, term, conf, captured) = {
             let groups = self.groups.try_borrow().ok()?;
             let g = groups.get(&group)?;
@@ -508,7 +508,7 @@ impl Replicas {
                 self.learn_peer(node, addr);
             }
         }
-        let now = crate::engine::Engine::<UringDevice>::now();
+        let now = crate::engine::Engine::<AnyDevice>::now();
         if self.engine.install_partition(p, &items, now).is_err() {
             // Out of space or poisoned: leave the group as it is; the leader retries.
             return;
@@ -1228,7 +1228,7 @@ fn digest_of(mut items: Vec<(&[u8], &crate::engine::index::IndexEntry)>) -> u64 
 /// (index, term)). The only voter campaigns at once.
 fn open_group(
     settings: &RaftSettings,
-    log: &RaftLog<UringDevice>,
+    log: &RaftLog<AnyDevice>,
     p: u64,
     voters: &[u64],
     applied: (u64, u64),
@@ -1303,7 +1303,7 @@ fn open_group(
 /// The checkpoint's applied index must fall inside what the raftlog holds (entries after it are
 /// replayed); the rules are `RaftLog::align_to_checkpoint`'s.
 fn check_applied(
-    log: &RaftLog<UringDevice>,
+    log: &RaftLog<AnyDevice>,
     p: u64,
     applied: u64,
     applied_term: u64,

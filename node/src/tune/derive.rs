@@ -266,7 +266,11 @@ pub fn profile_text(run: &TuneRun, dev: &DeviceFigures, host: &HostFigures) -> S
 
     let io = &base.io;
     d.section("io");
-    d.key("backend", &io.backend, "The only backend in this build.");
+    d.key(
+        "backend",
+        &io.backend,
+        "io_uring; \"spdk\" needs a keel-node built with --features spdk (nvme/spdk/README.md).",
+    );
     d.key(
         "ring_depth",
         ring,
