@@ -236,6 +236,96 @@ impl Device for SimDevice {
     }
 }
 
+/// The backend the real-device tests of the layers above run on: `KEEL_TEST_BACKEND=spdk`
+/// (in a build with the `spdk` feature; scripts/test-spdk) puts each test file behind an SPDK aio
+/// bdev, anything else (the default) opens it with io_uring.
+pub async fn open_test_device(path: &std::path::Path, size_bytes: u64) -> crate::AnyDevice {
+    #[cfg(feature = "spdk")]
+    if std::env::var("KEEL_TEST_BACKEND").as_deref() == Ok("spdk") {
+        let (cfg, bdev) = spdk_test_bdev(path, size_bytes);
+        return crate::AnyDevice::open(&crate::Backend::Spdk(cfg), bdev.as_ref(), size_bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    crate::AnyDevice::Uring(
+        crate::UringDevice::open(path, size_bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+}
+
+/// Test files a process may put behind SPDK (its one JSON config lists a bdev for each).
+#[cfg(feature = "spdk")]
+const SPDK_TEST_BDEVS: usize = 16;
+/// The size of each (sparse files: only what a test writes takes room).
+#[cfg(feature = "spdk")]
+const SPDK_TEST_BDEV_BYTES: u64 = 256 << 20;
+
+/// The bdev a test file is behind: the same one each time the file is opened. A process's first
+/// call writes the JSON config of SPDK_TEST_BDEVS aio bdevs over sparse files of its own; the
+/// test's own path gets an empty file, so that the test may remove it as it would its data.
+#[cfg(feature = "spdk")]
+fn spdk_test_bdev(path: &std::path::Path, size_bytes: u64) -> (crate::SpdkConfig, String) {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CFG: OnceLock<crate::SpdkConfig> = OnceLock::new();
+    static GIVEN: Mutex<Option<HashMap<std::path::PathBuf, String>>> = Mutex::new(None);
+    assert!(
+        size_bytes <= SPDK_TEST_BDEV_BYTES,
+        "test devices hold 256 MiB"
+    );
+    let cfg = CFG.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("keel-spdk-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bdevs: Vec<String> = (0..SPDK_TEST_BDEVS)
+            .map(|i| {
+                let file = dir.join(format!("t{i}.img"));
+                std::fs::File::create(&file)
+                    .and_then(|f| f.set_len(SPDK_TEST_BDEV_BYTES))
+                    .unwrap();
+                format!(
+                    r#"{{"method": "bdev_aio_create", "params": {{"name": "t{i}", "filename": "{}", "block_size": 4096}}}}"#,
+                    file.display()
+                )
+            })
+            .collect();
+        let json = dir.join("spdk.json");
+        std::fs::write(
+            &json,
+            format!(
+                r#"{{"subsystems": [{{"subsystem": "bdev", "config": [{}]}}]}}"#,
+                bdevs.join(", ")
+            ),
+        )
+        .unwrap();
+        crate::SpdkConfig {
+            json_config: json.display().to_string(),
+            mem_size_mb: 0,
+        }
+    });
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashMap::new);
+    let n = given.len();
+    let bdev = given
+        .entry(path.to_path_buf())
+        .or_insert_with(|| {
+            assert!(
+                n < SPDK_TEST_BDEVS,
+                "more than {SPDK_TEST_BDEVS} test files in one process"
+            );
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            format!("t{n}")
+        })
+        .clone();
+    (cfg.clone(), bdev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use keel_nvme::{Region, UringDevice};
+use keel_nvme::testing::open_test_device;
+use keel_nvme::{AnyDevice, Region};
 
 use super::gc;
 use super::log::{run_flush, LogConfig};
@@ -18,7 +19,7 @@ thread_local! {
 fn stamp() -> Stamp {
     let cas = NEXT_CAS.with(|c| c.replace(c.get() + 1));
     Stamp {
-        now: Engine::<UringDevice>::now(),
+        now: Engine::<AnyDevice>::now(),
         cas,
         partition: 0,
     }
@@ -44,8 +45,8 @@ pub(super) fn run<F: std::future::Future<Output = ()> + 'static>(
         .unwrap();
 }
 
-async fn open(path: &std::path::Path, checkpoint_seq: u64) -> Rc<Engine<UringDevice>> {
-    let dev = Rc::new(UringDevice::open(path, 8 * SEG).await.unwrap());
+async fn open(path: &std::path::Path, checkpoint_seq: u64) -> Rc<Engine<AnyDevice>> {
+    let dev = Rc::new(open_test_device(path, 8 * SEG).await);
     open_region(Region::new(dev, 0, 8 * SEG).unwrap(), checkpoint_seq).await
 }
 
@@ -73,7 +74,7 @@ pub(super) async fn open_region<D: keel_nvme::Device + 'static>(
     e
 }
 
-async fn set(e: &Rc<Engine<UringDevice>>, key: &str, value: &[u8]) -> OpResult {
+async fn set(e: &Rc<Engine<AnyDevice>>, key: &str, value: &[u8]) -> OpResult {
     let op = Op::Store {
         mode: StoreMode::Set,
         key: key.into(),
@@ -86,7 +87,7 @@ async fn set(e: &Rc<Engine<UringDevice>>, key: &str, value: &[u8]) -> OpResult {
     resolve(e.start(op, stamp())).await
 }
 
-async fn get(e: &Rc<Engine<UringDevice>>, key: &str) -> Option<Vec<u8>> {
+async fn get(e: &Rc<Engine<AnyDevice>>, key: &str) -> Option<Vec<u8>> {
     let op = Op::Get {
         key: key.into(),
         touch: None,
@@ -95,7 +96,7 @@ async fn get(e: &Rc<Engine<UringDevice>>, key: &str) -> Option<Vec<u8>> {
         want_value: true,
         bump: true,
     };
-    match resolve(e.start(op, Stamp::read(Engine::<UringDevice>::now()))).await {
+    match resolve(e.start(op, Stamp::read(Engine::<AnyDevice>::now()))).await {
         OpResult::Hit(i) => Some(i.value.to_vec()),
         OpResult::Miss => None,
         other => panic!("get {key}: {other:?}"),
@@ -369,7 +370,7 @@ fn concurrent_misses_on_one_value_share_one_device_read() {
             want_value: true,
             bump: true,
         };
-        let waiter = e.start(op, Stamp::read(Engine::<UringDevice>::now()));
+        let waiter = e.start(op, Stamp::read(Engine::<AnyDevice>::now()));
         assert!(matches!(waiter, super::Pending::Later(_)));
         assert_eq!(e.reads.borrow().len(), 1);
         drop(waiter);

@@ -1,8 +1,10 @@
-//! The log on the real io_uring device (O_DIRECT file, fdatasync through the ring).
+//! The log on a real device: an O_DIRECT file through io_uring, or an SPDK aio bdev over it
+//! (KEEL_TEST_BACKEND=spdk, scripts/test-spdk).
 
 use std::rc::Rc;
 
-use keel_nvme::{Region, UringDevice};
+use keel_nvme::testing::open_test_device;
+use keel_nvme::Region;
 
 use super::*;
 
@@ -16,7 +18,7 @@ fn append_flush_reopen_on_a_real_file() {
             .map(|i| entry(i, 1, &data(3, i, 1, 700)))
             .collect();
         {
-            let dev = Rc::new(UringDevice::open(&p, size).await.unwrap());
+            let dev = Rc::new(open_test_device(&p, size).await);
             let log = RaftLog::open(Region::new(dev, 0, size).unwrap(), cfg())
                 .await
                 .unwrap();
@@ -29,7 +31,7 @@ fn append_flush_reopen_on_a_real_file() {
             assert!(log.stats().flushes > 0);
             drop(f);
         }
-        let dev = Rc::new(UringDevice::open(&p, size).await.unwrap());
+        let dev = Rc::new(open_test_device(&p, size).await);
         let back = RaftLog::open(Region::new(dev, 0, size).unwrap(), cfg())
             .await
             .unwrap();
