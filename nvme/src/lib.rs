@@ -69,6 +69,40 @@ pub enum IoError {
     Open { path: String, msg: String },
 }
 
+/// The checks every backend makes on a write: block aligned, and inside the device's
+/// `size` bytes.
+pub(crate) fn check_write(path: &str, offset: u64, len: u64, size: u64) -> Result<(), IoError> {
+    if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 {
+        return Err(IoError::Unaligned {
+            op: "write",
+            path: path.into(),
+            offset,
+            len,
+        });
+    }
+    check_range("write", path, offset, len, size)
+}
+
+/// `offset..offset + len` lies inside a device of `size` bytes.
+pub(crate) fn check_range(
+    op: &'static str,
+    path: &str,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<(), IoError> {
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(IoError::OutOfRange {
+            op,
+            path: path.into(),
+            offset,
+            len,
+            size,
+        });
+    }
+    Ok(())
+}
+
 /// A block device as the storage layers see it: aligned writes, reads, and a durability barrier.
 ///
 /// `async fn` without `Send`: a shard's device handle never leaves its thread.

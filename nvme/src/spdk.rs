@@ -575,38 +575,14 @@ impl Device for SpdkDevice {
 
     async fn write_at(&self, buf: SpdkBuf, offset: u64) -> Result<(), IoError> {
         let len = buf.len() as u64;
-        if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 {
-            return Err(IoError::Unaligned {
-                op: "write",
-                path: self.name.clone(),
-                offset,
-                len,
-            });
-        }
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(IoError::OutOfRange {
-                op: "write",
-                path: self.name.clone(),
-                offset,
-                len,
-                size: self.size,
-            });
-        }
+        crate::check_write(&self.name, offset, len, self.size)?;
         self.io(1, "write", Some(buf), offset, len).await.map(drop)
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<SpdkReadBuf, IoError> {
         let start = offset / BLOCK_BYTES * BLOCK_BYTES;
+        crate::check_range("read", &self.name, offset, len as u64, self.size)?;
         let end = (offset + len as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        if end > self.size {
-            return Err(IoError::OutOfRange {
-                op: "read",
-                path: self.name.clone(),
-                offset,
-                len: len as u64,
-                size: self.size,
-            });
-        }
         let buf = self.alloc((end - start) as usize);
         let buf = self
             .io(0, "read", Some(buf), start, end - start)

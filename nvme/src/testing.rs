@@ -128,19 +128,6 @@ impl SimDevice {
             source: std::io::Error::from_raw_os_error(5),
         }
     }
-
-    fn range(&self, op: &'static str, offset: u64, len: u64) -> Result<(), IoError> {
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(IoError::OutOfRange {
-                op,
-                path: self.name.clone(),
-                offset,
-                len,
-                size: self.size,
-            });
-        }
-        Ok(())
-    }
 }
 
 impl SimState {
@@ -180,15 +167,7 @@ impl Device for SimDevice {
 
     async fn write_at(&self, buf: Vec<u8>, offset: u64) -> Result<(), IoError> {
         let len = buf.len() as u64;
-        if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 {
-            return Err(IoError::Unaligned {
-                op: "write",
-                path: self.name.clone(),
-                offset,
-                len,
-            });
-        }
-        self.range("write", offset, len)?;
+        crate::check_write(&self.name, offset, len, self.size)?;
         let latency = self.st.borrow().write_latency;
         delay(latency).await;
         let mut st = self.st.borrow_mut();
@@ -203,7 +182,7 @@ impl Device for SimDevice {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
-        self.range("read", offset, len as u64)?;
+        crate::check_range("read", &self.name, offset, len as u64, self.size)?;
         let st = self.st.borrow();
         Ok(st.current[offset as usize..offset as usize + len].to_vec())
     }

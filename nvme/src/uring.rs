@@ -174,14 +174,7 @@ impl Device for UringDevice {
 
     async fn write_at(&self, buf: DmaBuf, offset: u64) -> Result<(), IoError> {
         let len = buf.len() as u64;
-        if offset % BLOCK_BYTES != 0 || len % BLOCK_BYTES != 0 {
-            return Err(IoError::Unaligned {
-                op: "write",
-                path: self.path.clone(),
-                offset,
-                len,
-            });
-        }
+        crate::check_write(&self.path, offset, len, self.size)?;
         let wrote = self
             .file
             .write_at(buf.0, offset)
