@@ -292,12 +292,15 @@ impl Deref for SpdkReadBuf {
 struct Op {
     done: Cell<Option<bool>>,
     buf: RefCell<Option<SpdkBuf>>,
+    /// The device's count of I/Os SPDK holds, taken down at the completion.
+    outstanding: Rc<Cell<usize>>,
 }
 
 extern "C" fn op_done(ok: bool, arg: *mut c_void) {
     // SAFETY: arg is the Rc<Op> leaked by IoFuture::poll for this I/O, taken back once here.
     let op = unsafe { Rc::from_raw(arg as *const Op) };
     op.done.set(Some(ok));
+    op.outstanding.set(op.outstanding.get() - 1);
 }
 
 /// A bdev opened on the calling shard's thread.
@@ -311,7 +314,9 @@ pub struct SpdkDevice {
     thread: Rc<LocalThread>,
     name: String,
     size: u64,
-    in_flight: Rc<Cell<usize>>,
+    /// I/Os SPDK holds (their futures may be gone: the completion frees the buffer then); the
+    /// device closes only once they are done.
+    outstanding: Rc<Cell<usize>>,
 }
 
 impl SpdkDevice {
@@ -368,7 +373,7 @@ impl SpdkDevice {
             thread,
             name: name.clone(),
             size: size_bytes,
-            in_flight: Rc::new(Cell::new(0)),
+            outstanding: Rc::new(Cell::new(0)),
         };
         let have = block_size as u64 * blocks;
         if block_size == 0 || BLOCK_BYTES % block_size as u64 != 0 {
@@ -387,15 +392,13 @@ impl SpdkDevice {
                 "it does not support flush, so no write could be made durable".into(),
             ));
         }
-        // Messages for this thread (a channel put, a bdev event) while no I/O polls it.
+        // Messages for this thread (a channel put, a bdev event) and the completions of I/Os
+        // whose futures are gone, while no I/O future polls it.
         let t = Rc::downgrade(&dev.thread);
-        let busy = dev.in_flight.clone();
         glommio::spawn_local(async move {
             while let Some(t) = t.upgrade() {
-                if busy.get() == 0 {
-                    // SAFETY: t.0 is this OS thread's SPDK thread (the task runs on it).
-                    unsafe { keel_spdk_thread_poll(t.0) };
-                }
+                // SAFETY: t.0 is this OS thread's SPDK thread (the task runs on it).
+                unsafe { keel_spdk_thread_poll(t.0) };
                 drop(t);
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
@@ -436,6 +439,13 @@ impl SpdkDevice {
 
 impl Drop for SpdkDevice {
     fn drop(&mut self) {
+        // The channel must not go while SPDK still holds I/Os on it (those of dropped futures):
+        // poll them home first. Bounded: a bdev completes or fails an I/O in far less.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.outstanding.get() > 0 && std::time::Instant::now() < deadline {
+            // SAFETY: this OS thread's SPDK thread.
+            unsafe { keel_spdk_thread_poll(self.thread.0) };
+        }
         // SAFETY: desc and ch were opened on this thread; the put completes at a later poll of
         // the thread (the background task, or the thread's stop).
         unsafe { keel_spdk_close(self.desc, self.ch) }
@@ -462,6 +472,7 @@ impl Future for IoFuture<'_> {
             let op = Rc::new(Op {
                 done: Cell::new(None),
                 buf: RefCell::new(self.buf.take()),
+                outstanding: dev.outstanding.clone(),
             });
             let ptr = op
                 .buf
@@ -504,7 +515,7 @@ impl Future for IoFuture<'_> {
                     why.to_string(),
                 )));
             }
-            dev.in_flight.set(dev.in_flight.get() + 1);
+            dev.outstanding.set(dev.outstanding.get() + 1);
             self.op = Some(op);
         }
         let op = self.op.as_ref().expect("submitted above");
@@ -520,7 +531,6 @@ impl Future for IoFuture<'_> {
             Some(ok) => {
                 let buf = op.buf.borrow_mut().take();
                 self.op = None;
-                dev.in_flight.set(dev.in_flight.get() - 1);
                 if ok {
                     Poll::Ready(Ok(buf))
                 } else {
@@ -531,17 +541,6 @@ impl Future for IoFuture<'_> {
                         "the bdev failed the I/O".into(),
                     )))
                 }
-            }
-        }
-    }
-}
-
-impl Drop for IoFuture<'_> {
-    fn drop(&mut self) {
-        if let Some(op) = self.op.take() {
-            // Dropped in flight: the completion still comes (and frees the buffer with `op`).
-            if op.done.get().is_none() {
-                self.dev.in_flight.set(self.dev.in_flight.get() - 1);
             }
         }
     }

@@ -120,6 +120,13 @@ fn bad_requests_and_bad_bdevs_are_refused_with_a_reason() {
             let f = std::pin::pin!(dev.read_at(0, 4096));
             let _ = f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
         }
+        // A device dropped while SPDK still holds a dropped future's write: it waits for the
+        // completion before closing its channel.
+        {
+            let other = SpdkDevice::open("aio1", &cfg, 1 << 20).await.unwrap();
+            let f = std::pin::pin!(other.write_at(other.alloc(65536), 65536));
+            let _ = f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        }
         let mut buf = dev.alloc(BLOCK_BYTES as usize);
         buf[..5].copy_from_slice(b"after");
         dev.write_at(buf, 0).await.unwrap();
