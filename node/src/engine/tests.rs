@@ -225,7 +225,23 @@ fn gc_frees_overwritten_segments_and_keeps_live_values() {
     });
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
+/// A directory of the test's own, removed when the guard is dropped (at the test's end).
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> TempDir {
     let d = std::env::temp_dir().join(format!(
         "keel-engine-test-{}-{:?}",
         std::process::id(),
@@ -233,7 +249,7 @@ fn tempfile_dir() -> std::path::PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 /// mg's `h`, `l` and the recache tokens, with the clock driven by hand through the stamps: a
@@ -380,5 +396,4 @@ fn concurrent_misses_on_one_value_share_one_device_read() {
         );
         assert_eq!(get(&e, "big").await.as_deref(), Some(&big[..]));
     });
-    std::fs::remove_dir_all(dir).unwrap();
 }
