@@ -12,7 +12,7 @@ use keel_nvme::Region;
 
 use super::gc;
 use super::index_checkpoint::write_one;
-use super::tests::{checkpoint, open_region, run, SEG};
+use super::tests::{checkpoint, open_region, read, run, SEG};
 use super::{resolve, Engine, Op, OpResult, Stamp, StoreMode};
 
 thread_local! {
@@ -67,19 +67,7 @@ async fn delete(e: &E, m: &mut Model, key: &str) {
 }
 
 async fn get(e: &E, key: &str) -> Option<Vec<u8>> {
-    let op = Op::Get {
-        key: key.into(),
-        touch: None,
-        vivify: None,
-        recache: None,
-        want_value: true,
-        bump: false,
-    };
-    match resolve(e.start(op, Stamp::read(Engine::<SimDevice>::now()))).await {
-        OpResult::Hit(i) => Some(i.value.to_vec()),
-        OpResult::Miss => None,
-        other => panic!("get {key}: {other:?}"),
-    }
+    read(e, key, false).await
 }
 
 fn stat(e: &E, name: &str) -> u64 {

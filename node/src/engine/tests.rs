@@ -88,15 +88,24 @@ async fn set(e: &Rc<Engine<AnyDevice>>, key: &str, value: &[u8]) -> OpResult {
 }
 
 async fn get(e: &Rc<Engine<AnyDevice>>, key: &str) -> Option<Vec<u8>> {
+    read(e, key, true).await
+}
+
+/// The value of `key`, read as a client's get does; `bump` says whether it counts as an access.
+pub(super) async fn read<D: keel_nvme::Device + 'static>(
+    e: &Rc<Engine<D>>,
+    key: &str,
+    bump: bool,
+) -> Option<Vec<u8>> {
     let op = Op::Get {
         key: key.into(),
         touch: None,
         vivify: None,
         recache: None,
         want_value: true,
-        bump: true,
+        bump,
     };
-    match resolve(e.start(op, Stamp::read(Engine::<AnyDevice>::now()))).await {
+    match resolve(e.start(op, Stamp::read(Engine::<D>::now()))).await {
         OpResult::Hit(i) => Some(i.value.to_vec()),
         OpResult::Miss => None,
         other => panic!("get {key}: {other:?}"),
