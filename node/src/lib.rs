@@ -14,6 +14,7 @@
 //!
 //! Not here yet: Raft membership changes, the meta service.
 
+pub mod bulk;
 pub mod cluster;
 pub mod config;
 pub mod conn;

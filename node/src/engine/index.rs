@@ -76,7 +76,8 @@ pub struct Index {
     moves: u64,
 }
 
-fn hash(key: &[u8]) -> u64 {
+/// The hash the index files keys under (keel-bulk sorts a table's entries by it).
+pub fn hash(key: &[u8]) -> u64 {
     xxh3_64(key)
 }
 

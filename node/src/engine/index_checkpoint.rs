@@ -65,7 +65,7 @@ use super::Engine;
 
 pub const IDX_MAGIC: u64 = u64::from_le_bytes(*b"KEELIDX1");
 pub const IDX_VERSION: u32 = 1;
-const PART_HEADER_BYTES: usize = 64;
+pub const PART_HEADER_BYTES: usize = 64;
 pub const ENTRY_BYTES: usize = 34;
 /// Longest key an entry may hold (memcached's limit; longer is damage).
 const KEY_LEN_MAX: usize = 250;
@@ -130,10 +130,16 @@ pub fn entry_bytes(key: &[u8]) -> usize {
     ENTRY_BYTES + key.len()
 }
 
+/// Appends `key`'s entry, with the one persisted bit ([`STALE`]) of its bits.
 pub fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: &IndexEntry) {
+    encode_entry_bits(out, key, e, e.bits & STALE);
+}
+
+/// Appends `key`'s entry with `bits` as its stored bits (keel-bulk's tables store their own).
+pub fn encode_entry_bits(out: &mut Vec<u8>, key: &[u8], e: &IndexEntry, bits: u8) {
     debug_assert!(key.len() <= KEY_LEN_MAX);
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    out.push(e.bits & STALE);
+    out.push(bits);
     out.extend_from_slice(&e.atime.bytes());
     out.extend_from_slice(&e.offset.to_le_bytes());
     out.extend_from_slice(&e.cas.to_le_bytes());
@@ -141,6 +147,41 @@ pub fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: &IndexEntry) {
     out.extend_from_slice(&e.flags.to_le_bytes());
     out.extend_from_slice(&e.exptime.to_le_bytes());
     out.extend_from_slice(key);
+}
+
+/// Decodes the entry at `at` of `data` (entry number `n`, for the error): its key, its entry
+/// with the stored bits as they are, and where the next entry starts. `region_bytes` bounds the
+/// record offsets.
+pub fn decode_entry(
+    data: &[u8],
+    at: usize,
+    n: u64,
+    region_bytes: u64,
+) -> Result<(&[u8], IndexEntry, usize), String> {
+    let Some(head) = data.get(at..at + ENTRY_BYTES) else {
+        return Err(format!("entry {n} runs past the part's data"));
+    };
+    let key_len = u16::from_le_bytes([head[0], head[1]]) as usize;
+    let e = IndexEntry {
+        bits: head[2],
+        atime: Atime::from_bytes([head[3], head[4], head[5]]),
+        offset: u64_at(head, 6),
+        cas: u64_at(head, 14),
+        value_len: u32_at(head, 22),
+        flags: u32_at(head, 26),
+        exptime: u32_at(head, 30),
+    };
+    let Some(key) = data.get(at + ENTRY_BYTES..at + ENTRY_BYTES + key_len) else {
+        return Err(format!("entry {n}'s key runs past the part's data"));
+    };
+    if key_len == 0 || key_len > KEY_LEN_MAX {
+        return Err(format!("entry {n} has a key of {key_len} bytes"));
+    }
+    let end = e.offset + format::record_bytes(key_len, e.value_len as usize) as u64;
+    if e.offset % 8 != 0 || end > region_bytes {
+        return Err(format!("entry {n} points outside the log ({})", e.offset));
+    }
+    Ok((key, e, at + ENTRY_BYTES + key_len))
 }
 
 /// Adds the `entries` entries of `data` to `index`, leaving out those expired at `now`. `Err`
@@ -155,33 +196,12 @@ pub fn decode_entries(
 ) -> Result<(), String> {
     let mut at = 0usize;
     for n in 0..entries {
-        let Some(head) = data.get(at..at + ENTRY_BYTES) else {
-            return Err(format!("entry {n} runs past the part's data"));
-        };
-        let key_len = u16::from_le_bytes([head[0], head[1]]) as usize;
-        let e = IndexEntry {
-            bits: head[2] & STALE,
-            atime: Atime::from_bytes([head[3], head[4], head[5]]),
-            offset: u64_at(head, 6),
-            cas: u64_at(head, 14),
-            value_len: u32_at(head, 22),
-            flags: u32_at(head, 26),
-            exptime: u32_at(head, 30),
-        };
-        let Some(key) = data.get(at + ENTRY_BYTES..at + ENTRY_BYTES + key_len) else {
-            return Err(format!("entry {n}'s key runs past the part's data"));
-        };
-        if key_len == 0 || key_len > KEY_LEN_MAX {
-            return Err(format!("entry {n} has a key of {key_len} bytes"));
-        }
-        let end = e.offset + format::record_bytes(key_len, e.value_len as usize) as u64;
-        if e.offset % 8 != 0 || end > region_bytes {
-            return Err(format!("entry {n} points outside the log ({})", e.offset));
-        }
+        let (key, mut e, next) = decode_entry(data, at, n as u64, region_bytes)?;
+        e.bits &= STALE;
         if !e.expired(now) && index.insert(key.into(), e).is_some() {
             return Err(format!("entry {n} repeats a key"));
         }
-        at += ENTRY_BYTES + key_len;
+        at = next;
     }
     if at != data.len() {
         return Err(format!(
