@@ -32,7 +32,8 @@ enum Command {
         /// Input files, or directories of them (names starting with `.` or `_` are skipped).
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
-        /// tsv (`key<TAB>value` lines; docs/bulk.md gives the escaping) or parquet.
+        /// tsv (`key<TAB>value` lines; docs/design.md, "Bulk-built tables", gives the escaping) or
+        /// parquet (string or binary key and value columns).
         #[arg(long)]
         format: Format,
         /// The directory to build into.
