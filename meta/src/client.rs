@@ -25,6 +25,7 @@ use crate::proto::{
     self, Heartbeat, HeartbeatReply, Kind, NodeCommand, NodeReport, Registered, Request, Response,
     RouteNode, RoutingTable, Status, FRAME_HEADER_BYTES,
 };
+use crate::tables::TableDef;
 
 /// Errors of the client, one per thing a caller can act on.
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +265,23 @@ impl MetaClient {
 
     pub fn set_balance(&mut self, on: bool) -> Result<(), ClientError> {
         self.done(Request::SetBalance { on })
+    }
+
+    /// Declares a feature table.
+    pub fn create_table(&mut self, t: TableDef) -> Result<(), ClientError> {
+        self.done(Request::CreateTable(t))
+    }
+
+    pub fn drop_table(&mut self, name: &str) -> Result<(), ClientError> {
+        self.done(Request::DropTable { name: name.into() })
+    }
+
+    /// The declared tables, sorted by name.
+    pub fn tables(&mut self) -> Result<Vec<TableDef>, ClientError> {
+        match self.call(&Request::Tables)? {
+            Response::Tables(x) => Ok(x),
+            other => Err(unexpected(other)),
+        }
     }
 
     fn done(&mut self, req: Request) -> Result<(), ClientError> {

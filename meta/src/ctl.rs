@@ -7,6 +7,7 @@ use std::fmt::Write;
 use crate::client::{ClientConfig, ClientError, MetaClient};
 use crate::placement::{Health, Move, NodeId};
 use crate::proto::{NodeStatus, Status};
+use crate::tables::TableDef;
 
 /// One ctl command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,15 +17,14 @@ pub enum CtlCommand {
     Undrain(NodeId),
     Remove(NodeId),
     Balance(bool),
+    CreateTable(TableDef),
+    DropTable(String),
+    Tables,
 }
 
 /// Runs `cmd` against the meta group at `meta` ("ADDR[,ADDR...]") and returns what to print.
 pub fn run(meta: &str, cmd: &CtlCommand, json: bool) -> Result<String, ClientError> {
-    let cfg = ClientConfig {
-        retry_for: std::time::Duration::from_secs(5),
-        ..ClientConfig::default()
-    };
-    let mut c = MetaClient::from_list(meta, cfg)?;
+    let mut c = client(meta)?;
     match cmd {
         CtlCommand::Status => {
             let s = c.status()?;
@@ -51,7 +51,81 @@ pub fn run(meta: &str, cmd: &CtlCommand, json: bool) -> Result<String, ClientErr
             let what = if *on { "on" } else { "off" };
             Ok(done(json, &format!("balance {what}")))
         }
+        CtlCommand::CreateTable(t) => {
+            c.create_table(t.clone())?;
+            Ok(done(
+                json,
+                &format!(
+                    "table {} created: {} partitions, {} mode, {} versions kept",
+                    t.name,
+                    t.partitions,
+                    t.mode.name(),
+                    t.versions_kept
+                ),
+            ))
+        }
+        CtlCommand::DropTable(name) => {
+            c.drop_table(name)?;
+            Ok(done(json, &format!("table {name} dropped")))
+        }
+        CtlCommand::Tables => {
+            let ts = c.tables()?;
+            Ok(if json {
+                serde_json::to_string_pretty(&ts).expect("tables encode") + "\n"
+            } else {
+                tables_table(&ts)
+            })
+        }
     }
+}
+
+/// The readable form of `ctl tables`.
+pub fn tables_table(ts: &[TableDef]) -> String {
+    let mut rows =
+        vec![["TABLE", "MODE", "PARTITIONS", "REPLICAS", "VERSIONS KEPT"].map(String::from)];
+    for t in ts {
+        rows.push([
+            t.name.clone(),
+            t.mode.name().to_string(),
+            t.partitions.to_string(),
+            t.replication_factor.to_string(),
+            t.versions_kept.to_string(),
+        ]);
+    }
+    aligned(&rows)
+}
+
+/// Rows as left-aligned columns two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut o = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(o, "{}", line.join("  ").trim_end());
+    }
+    o
+}
+
+fn client(meta: &str) -> Result<MetaClient, ClientError> {
+    let cfg = ClientConfig {
+        retry_for: std::time::Duration::from_secs(5),
+        ..ClientConfig::default()
+    };
+    MetaClient::from_list(meta, cfg)
+}
+
+/// The keyspace's replication factor (a table's default).
+pub fn keyspace_rf(meta: &str) -> Result<u32, String> {
+    let s = client(meta)
+        .and_then(|mut c| c.status())
+        .map_err(|e| e.to_string())?;
+    Ok(s.replication_factor)
 }
 
 fn done(json: bool, msg: &str) -> String {
@@ -181,17 +255,7 @@ pub fn status_table(s: &Status) -> String {
         ]);
     }
     let _ = writeln!(o);
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(o, "{}", line.join("  ").trim_end());
-    }
+    o.push_str(&aligned(&rows));
     let mut zones: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
     for n in &s.nodes {
         let z = zones.entry(&n.zone).or_default();

@@ -30,3 +30,4 @@ pub mod proto;
 pub mod schedule;
 pub mod service;
 pub mod sim;
+pub mod tables;

@@ -4,8 +4,9 @@
 //! State: the keyspace (partition count and replication factor, fixed by the first
 //! [`Command::Bootstrap`]), the nodes (addresses, zone, capacity, drain and down flags), the
 //! placement of every partition (the planner's [`ClusterState`]), the moves handed out and not yet
-//! completed (at most one per partition), the balance switch and the placement epoch, which goes
-//! up with every change a routing table shows.
+//! completed (at most one per partition), the balance switch, the declared feature tables
+//! ([`crate::tables`]) and the placement epoch, which goes up with every change a routing table
+//! shows.
 //!
 //! Apply is deterministic: no clock, no I/O, no randomness; a command that does not fit the state
 //! is refused with a message and changes nothing, on every replica alike. Decisions that need a
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::placement::{self, ClusterState, Health, Move, Node, NodeId, PartitionId, Placement};
+use crate::tables::{TableDef, TABLES_MAX};
 
 /// Partitions the meta service accepts at most: its state (and so a snapshot) stays within one
 /// checkpoint slot (see `service/store.rs`).
@@ -27,7 +29,9 @@ pub const META_PARTITIONS_MAX: u32 = 1 << 16;
 pub const WEIGHT_UNIT_BYTES: u64 = 64 << 30;
 
 /// Version of the encoded [`Entry`] and [`Image`]; a replica refuses to apply a newer one.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version 2 added the tables: its images end with them, and its entries may hold the table
+/// commands. Version 1 entries and images are still read.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// What a node tells about itself when it registers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,11 @@ pub enum Command {
         voters: Vec<NodeId>,
         leader: NodeId,
     },
+    /// `ctl create-table`: refused for a name already declared or a definition that does not
+    /// fit the keyspace.
+    CreateTable(TableDef),
+    /// `ctl drop-table`.
+    DropTable { name: String },
 }
 
 /// One Raft entry: who proposed it (to answer the proposer once applied) and its commands.
@@ -146,6 +155,22 @@ pub struct Image {
     pub epoch: u64,
     /// The planner state's own epoch (moves applied).
     pub moves_applied: u64,
+    /// Sorted by name (version 2 on).
+    pub tables: Vec<TableDef>,
+}
+
+/// A version 1 image: [`Image`] before the tables.
+#[derive(Deserialize)]
+struct ImageV1 {
+    #[allow(dead_code)] // read to reach the fields after it; 1 by the caller's check
+    version: u8,
+    keyspace: Option<(u32, u32)>,
+    nodes: Vec<NodeInfo>,
+    placements: Vec<Placement>,
+    in_flight: Vec<Move>,
+    balance: bool,
+    epoch: u64,
+    moves_applied: u64,
 }
 
 /// The replicated state. See the module doc.
@@ -156,6 +181,7 @@ pub struct MetaState {
     in_flight: BTreeMap<PartitionId, Move>,
     balance: bool,
     epoch: u64,
+    tables: BTreeMap<String, TableDef>,
 }
 
 impl Default for MetaState {
@@ -166,6 +192,7 @@ impl Default for MetaState {
             in_flight: BTreeMap::new(),
             balance: true,
             epoch: 0,
+            tables: BTreeMap::new(),
         }
     }
 }
@@ -214,6 +241,11 @@ impl MetaState {
         self.balance
     }
 
+    /// The declared tables, by name.
+    pub fn tables(&self) -> &BTreeMap<String, TableDef> {
+        &self.tables
+    }
+
     /// The placement epoch: +1 for every change a routing table shows (nodes, their health,
     /// replicas, leaders).
     pub fn epoch(&self) -> u64 {
@@ -258,6 +290,14 @@ impl MetaState {
                 voters,
                 leader,
             } => self.adopt(*partition, voters, *leader),
+            Command::CreateTable(t) => self.create_table(t),
+            Command::DropTable { name } => {
+                if self.tables.remove(name).is_none() {
+                    return Err(format!("no table {name:?}"));
+                }
+                self.epoch += 1;
+                Ok(())
+            }
             &Command::SetLeader { partition, leader } => {
                 let cl = self.cluster_mut()?;
                 if cl
@@ -282,6 +322,27 @@ impl MetaState {
                 Ok(())
             }
         }
+    }
+
+    fn create_table(&mut self, t: &TableDef) -> Result<(), Refusal> {
+        let (_, rf) = self
+            .keyspace()
+            .ok_or_else(|| "the meta service is not bootstrapped yet; retry".to_string())?;
+        t.check(rf)?;
+        if let Some(have) = self.tables.get(&t.name) {
+            if have == t {
+                return Ok(()); // a retried create
+            }
+            return Err(format!("table {} already exists (drop it first)", t.name));
+        }
+        if self.tables.len() >= TABLES_MAX {
+            return Err(format!(
+                "{TABLES_MAX} tables already: no more can be declared"
+            ));
+        }
+        self.tables.insert(t.name.clone(), t.clone());
+        self.epoch += 1;
+        Ok(())
     }
 
     fn bootstrap(&mut self, partitions: u32, rf: u32) -> Result<(), Refusal> {
@@ -488,6 +549,7 @@ impl MetaState {
             balance: self.balance,
             epoch: self.epoch,
             moves_applied: self.cluster.as_ref().map_or(0, |c| c.epoch()),
+            tables: self.tables.values().cloned().collect(),
         }
     }
 
@@ -535,6 +597,11 @@ impl MetaState {
         }
         for m in img.in_flight {
             s.in_flight.insert(m.partition(), m);
+        }
+        for t in img.tables {
+            if s.tables.insert(t.name.clone(), t).is_some() {
+                return Err("state image: a table is listed twice".into());
+            }
         }
         Ok(s)
     }
@@ -603,9 +670,9 @@ pub fn decode_entry(b: &[u8]) -> Result<Entry, String> {
     let e: Entry = codec(DECODE_BYTES_MAX)
         .deserialize(b)
         .map_err(|e| format!("undecodable meta entry: {e}"))?;
-    if e.version != FORMAT_VERSION {
+    if e.version == 0 || e.version > FORMAT_VERSION {
         return Err(format!(
-            "meta entry version {} (this build reads {FORMAT_VERSION})",
+            "meta entry version {} (this build reads 1 to {FORMAT_VERSION})",
             e.version
         ));
     }
@@ -621,9 +688,27 @@ pub fn encode_image(s: &MetaState) -> Vec<u8> {
 
 pub fn decode_image(b: &[u8]) -> Result<MetaState, String> {
     use bincode::Options;
-    let img: Image = codec(DECODE_BYTES_MAX)
-        .deserialize(b)
-        .map_err(|e| format!("undecodable meta state image: {e}"))?;
+    let undecodable = |e: bincode::Error| format!("undecodable meta state image: {e}");
+    let img: Image = if b.first() == Some(&1) {
+        let v1: ImageV1 = codec(DECODE_BYTES_MAX)
+            .deserialize(b)
+            .map_err(undecodable)?;
+        Image {
+            version: FORMAT_VERSION,
+            keyspace: v1.keyspace,
+            nodes: v1.nodes,
+            placements: v1.placements,
+            in_flight: v1.in_flight,
+            balance: v1.balance,
+            epoch: v1.epoch,
+            moves_applied: v1.moves_applied,
+            tables: Vec::new(),
+        }
+    } else {
+        codec(DECODE_BYTES_MAX)
+            .deserialize(b)
+            .map_err(undecodable)?
+    };
     MetaState::from_image(img)
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use keel_meta::ctl::{self, CtlCommand};
 use keel_meta::service::{self, ServiceConfig};
+use keel_meta::tables::{TableDef, TableMode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -84,6 +85,27 @@ enum CtlCmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Declare a feature table, read by clients as `<table>:<key>`.
+    CreateTable {
+        name: String,
+        /// Its partitions (a power of two); `keel-bulk build --partitions` must match.
+        #[arg(long)]
+        partitions: u32,
+        /// bulk (written only by `keel-bulk load`; client writes are refused) or online.
+        #[arg(long)]
+        mode: TableMode,
+        /// Versions kept on the nodes: the current one and those a rollback returns to.
+        #[arg(long, default_value_t = 2)]
+        versions_kept: u32,
+        /// Replicas of each partition: the keyspace's (its partitions ride the keyspace's Raft
+        /// groups); by default the keyspace's.
+        #[arg(long)]
+        replicas: Option<u32>,
+    },
+    /// Forget a table.
+    DropTable { name: String },
+    /// The declared tables.
+    Tables,
 }
 
 fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -135,6 +157,27 @@ fn main() -> ExitCode {
                 CtlCmd::Undrain { id } => CtlCommand::Undrain(id),
                 CtlCmd::Remove { id } => CtlCommand::Remove(id),
                 CtlCmd::Balance { state } => CtlCommand::Balance(state == "on"),
+                CtlCmd::CreateTable {
+                    name,
+                    partitions,
+                    mode,
+                    versions_kept,
+                    replicas,
+                } => match replicas.map_or_else(|| ctl::keyspace_rf(&meta), Ok) {
+                    Ok(replication_factor) => CtlCommand::CreateTable(TableDef {
+                        name,
+                        partitions,
+                        replication_factor,
+                        versions_kept,
+                        mode,
+                    }),
+                    Err(e) => {
+                        eprintln!("keel-meta: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                CtlCmd::DropTable { name } => CtlCommand::DropTable(name),
+                CtlCmd::Tables => CtlCommand::Tables,
             };
             ctl::run(&meta, &cmd, json)
                 .map(|out| print!("{out}"))

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::machine::{codec, Registration};
 use crate::placement::{Health, Move, NodeId, PartitionId, Placement};
+use crate::tables::TableDef;
 
-pub const WIRE_VERSION: u8 = 2;
+/// 3: routing tables carry the declared tables, and the table requests.
+pub const WIRE_VERSION: u8 = 3;
 pub const FRAME_HEADER_BYTES: usize = 12;
 /// A routing table of 65,536 partitions at RF 3 is about 4 MiB; a frame may be 64 MiB.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -140,6 +142,8 @@ pub struct RoutingTable {
     pub nodes: Vec<RouteNode>,
     /// Indexed by partition id.
     pub placements: Vec<Placement>,
+    /// The declared feature tables, sorted by name.
+    pub tables: Vec<TableDef>,
 }
 
 impl RoutingTable {
@@ -163,6 +167,14 @@ impl RoutingTable {
             .map_or(Vec::new(), |p| {
                 p.voters.iter().copied().chain(p.learner).collect()
             })
+    }
+
+    /// The declared table named `name`.
+    pub fn table(&self, name: &[u8]) -> Option<&TableDef> {
+        self.tables
+            .binary_search_by(|t| t.name.as_bytes().cmp(name))
+            .ok()
+            .map(|i| &self.tables[i])
     }
 
     /// The partitions `node` hosts (voter or learner).
@@ -195,6 +207,12 @@ pub enum Request {
     SetBalance {
         on: bool,
     },
+    CreateTable(TableDef),
+    DropTable {
+        name: String,
+    },
+    /// The declared tables.
+    Tables,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +311,7 @@ pub enum Response {
     Refused(String),
     /// Try again shortly (no leader yet, not bootstrapped, a commit that timed out).
     Unavailable(String),
+    Tables(Vec<TableDef>),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -81,6 +81,9 @@ impl<'a> Round<'a> {
     }
 
     fn route(&mut self, shard: &Shard, op: Op) -> Part {
+        if let Some(r) = shard.replicas.bulk_table_answer(&op) {
+            return Part::Done(r);
+        }
         let dest = op.key().map_or(shard.id, |k| shard.shard_of(k));
         if dest == shard.id {
             return Part::Local(shard.start_local(op, self.now));
@@ -306,6 +309,12 @@ fn server_error(out: &mut Vec<u8>, msg: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+fn client_error(out: &mut Vec<u8>, msg: &str) {
+    out.extend_from_slice(b"CLIENT_ERROR ");
+    out.extend_from_slice(msg.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Replies common to the storage commands. Errors are written even under noreply, as memcached
 /// does; normal replies are not.
 fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
@@ -321,6 +330,7 @@ fn simple(out: &mut Vec<u8>, r: &OpResult, noreply: bool) {
             return out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n")
         }
         OpResult::ServerError(m) => return server_error(out, m),
+        OpResult::ClientError(m) => return client_error(out, m),
         OpResult::NonNumeric => {
             return out.extend_from_slice(
                 b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
@@ -462,6 +472,7 @@ fn render_get(
                 reply::value(out, key, item.flags, &item.value, cas.then_some(item.cas));
             }
             OpResult::ServerError(m) => return server_error(out, &m),
+            OpResult::ClientError(m) => return client_error(out, &m),
             _ => {
                 Counters::add(&c.get_misses, 1);
                 if touch {

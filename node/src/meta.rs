@@ -99,6 +99,11 @@ fn failure(out: &mut Vec<u8>, r: &OpResult) -> bool {
             out.extend_from_slice(b"\r\n");
         }
         OpResult::TooLarge => out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n"),
+        OpResult::ClientError(m) => {
+            out.extend_from_slice(b"CLIENT_ERROR ");
+            out.extend_from_slice(m.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         OpResult::NonNumeric => out
             .extend_from_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
         _ => return false,

@@ -130,6 +130,11 @@ pub(super) async fn handle(svc: &Rc<Service>, req: Request) -> Response {
             Ok(_) => Response::Done,
             Err(e) => Response::Unavailable(e),
         },
+        Request::CreateTable(t) => one(svc, Command::CreateTable(t)).await,
+        Request::DropTable { name } => one(svc, Command::DropTable { name }).await,
+        Request::Tables => {
+            Response::Tables(svc.state.borrow().tables().values().cloned().collect())
+        }
     }
 }
 
@@ -225,6 +230,7 @@ pub(super) fn routing_table(st: &MetaState) -> RoutingTable {
             })
             .collect(),
         placements: cl.placements().to_vec(),
+        tables: st.tables().values().cloned().collect(),
     }
 }
 

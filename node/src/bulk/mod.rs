@@ -41,6 +41,7 @@ use crate::engine::index_checkpoint::{decode_entry, decode_part_header};
 use crate::shard;
 
 pub use input::{Format, Loc};
+pub use keel_meta::tables::check_table_name;
 
 /// `TBL_MAGIC` opens every segment of a built table's value log.
 pub const TBL_MAGIC: u64 = u64::from_le_bytes(*b"KEELTBL1");
@@ -50,8 +51,7 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// The bit of a table entry that marks a deletion (an incremental version's tombstone).
 pub const TOMBSTONE: u8 = 8;
-/// Longest table name; a table's keys share memcached's 250 bytes with `<table>:`.
-pub const TABLE_NAME_MAX: usize = 64;
+/// A table's keys share memcached's 250 bytes with `<table>:`.
 const KEY_LEN_MAX: usize = 250;
 
 /// Block 0 of each segment of a built table's value log (little-endian; the rest of the block
@@ -170,23 +170,6 @@ pub struct BuildOptions {
     /// Parquet: the columns holding keys and values.
     pub key_column: String,
     pub value_column: String,
-}
-
-/// A table name: 1 to [`TABLE_NAME_MAX`] bytes of letters, digits, `_`, `-` and `.` (never the
-/// `:` that ends it in a key).
-pub fn check_table_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= TABLE_NAME_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "table name {name:?}: must be 1 to {TABLE_NAME_MAX} letters, digits, '_', '-' or '.'"
-        ))
-    }
 }
 
 /// The longest key a table named `table` can hold: `<table>:<key>` is a memcached key.

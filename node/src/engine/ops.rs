@@ -195,4 +195,7 @@ pub enum OpResult {
     TooLarge,
     /// Out of space or a poisoned log: the text follows "SERVER_ERROR ".
     ServerError(String),
+    /// A request this node refuses as the client's mistake (a write to a bulk-loaded table):
+    /// the text follows "CLIENT_ERROR ".
+    ClientError(String),
 }

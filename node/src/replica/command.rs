@@ -474,6 +474,10 @@ pub fn encode_reply(id: u64, r: &OpResult) -> Vec<u8> {
             w.u8(13);
             w.bytes(m.as_bytes());
         }
+        OpResult::ClientError(m) => {
+            w.u8(14);
+            w.bytes(m.as_bytes());
+        }
         OpResult::Stats(_)
         | OpResult::Latency(_)
         | OpResult::Conns(_)
@@ -510,6 +514,7 @@ pub fn decode_reply(b: &[u8]) -> Result<(u64, OpResult), DecodeError> {
         11 => OpResult::Ok,
         12 => OpResult::TooLarge,
         13 => OpResult::ServerError(String::from_utf8_lossy(&r.bytes()?).into_owned()),
+        14 => OpResult::ClientError(String::from_utf8_lossy(&r.bytes()?).into_owned()),
         _ => return Err(r.err("unknown result")),
     };
     r.end()?;

@@ -22,7 +22,8 @@ use keel_meta::proto::{NodeCommand, PartitionFact, RoutingTable};
 use raft::StateRole;
 
 use super::{err, open_group, Replicas};
-use crate::engine::{MemberChange, Op, Pending};
+use crate::engine::{MemberChange, Op, OpResult, Pending};
+use keel_meta::tables::TableMode;
 
 /// A forwarded request reached a node that does not host its partition: the forwarder's routing
 /// table is stale. Retried by the forwarder; a client never sees it.
@@ -70,6 +71,35 @@ impl Replicas {
                 }
             }
         }
+    }
+
+    /// The answer to a client's `op` on a key of a declared bulk table (`<table>:<key>`): a
+    /// read misses (no version of it is loaded on this node), anything that would change the
+    /// item is refused naming the table. `None` for every other op, which goes on as usual.
+    pub fn bulk_table_answer(&self, op: &Op) -> Option<OpResult> {
+        let routes = self.routes.borrow();
+        let t = routes.as_ref().filter(|t| !t.tables.is_empty())?;
+        let (name, _) = keel_meta::tables::split_key(op.key()?)?;
+        let table = t.table(name)?;
+        if table.mode != TableMode::Bulk {
+            return None;
+        }
+        let read = matches!(
+            op,
+            Op::Get {
+                touch: None,
+                vivify: None,
+                ..
+            }
+        );
+        Some(if read {
+            OpResult::Miss
+        } else {
+            OpResult::ClientError(format!(
+                "table {} is bulk-loaded: its keys are written only by keel-bulk load",
+                table.name
+            ))
+        })
     }
 
     /// The epoch of the routing table held (0: none yet).
