@@ -17,6 +17,7 @@
 //! - [`client`]: what keel-node and `keel-meta ctl` call: leader discovery with bounded
 //!   retries, register, heartbeat, routing table cache.
 //! - [`sim`]: a seeded simulation of the planner (tests and the `simulate` example).
+//! - [`tables`]: feature-table definitions (issue 11), declared with `ctl create-table`.
 //!
 //! Its public seams: [`placement::plan`] for placement, [`client::MetaClient`] /
 //! [`client::NodeSession`] for nodes, [`service::run`] for running a replica.

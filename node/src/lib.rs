@@ -11,8 +11,8 @@
 //!
 //! Every write goes through Raft ([`replica`]: a raft-rs group per partition, the shard's
 //! keel-raftlog as its log, [`transport`] to the peers); the engine is the state machine.
-//!
-//! Not here yet: Raft membership changes, the meta service.
+//! [`cluster`] is the node's side of keel-meta (registration, heartbeats, placement commands).
+//! [`bulk`] is `keel-bulk build`: feature-table versions built offline in the engine's formats.
 
 pub mod bulk;
 pub mod cluster;
