@@ -327,7 +327,9 @@ impl Partitions {
             len: 0,
             crc: 0,
         };
-        let budget = (self.segment_bytes - SEG_HEADER_BYTES) as usize;
+        // A part (header block and data) plus the header block a node puts before it fits one
+        // segment (engine/tables.rs).
+        let budget = (self.segment_bytes - 2 * SEG_HEADER_BYTES) as usize;
         let mut data = Vec::with_capacity(budget.min(64 << 20));
         let (mut part, mut entries) = (0u32, 0u32);
         let atime = Atime::at(self.now);

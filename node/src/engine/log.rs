@@ -30,6 +30,8 @@ pub enum SegState {
     Sealed,
     /// Holds a part of an index checkpoint (engine/index_checkpoint.rs); never collected.
     Index,
+    /// Holds a feature-table slice (engine/tables.rs); never collected.
+    Table,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -192,6 +194,26 @@ impl<D: Device> ValueLog<D> {
             live: 0,
         };
         Some(seg)
+    }
+
+    /// Takes `n` free segments for a table slice, leaving at least a sixteenth of the device
+    /// (and GC's reserve) to writes. Given back one by one with [`ValueLog::free_segment`].
+    pub fn take_segments_for_table(&self, n: usize) -> Option<Vec<usize>> {
+        let mut free = self.free.borrow_mut();
+        let margin = 4 + self.segs.borrow().len() / 16;
+        if free.len() < n + margin + self.gc_reserve {
+            return None;
+        }
+        let taken: Vec<usize> = free.drain(..n).map(|s| s as usize).collect();
+        let mut segs = self.segs.borrow_mut();
+        for &s in &taken {
+            segs[s] = Seg {
+                state: SegState::Table,
+                first_seq: 0,
+                live: 0,
+            };
+        }
+        Some(taken)
     }
 
     pub fn seg_of(&self, offset: u64) -> usize {

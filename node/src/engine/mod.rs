@@ -16,6 +16,7 @@ pub mod index_checkpoint;
 pub mod log;
 pub mod ops;
 pub mod recovery;
+pub mod tables;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -150,6 +151,8 @@ pub struct Engine<D: Device> {
     /// The shard's latency histograms (the engine times device reads; the replicas and the
     /// connections share them).
     pub latency: Rc<Latency>,
+    /// Feature-table slices adopted into this shard's device (engine/tables.rs).
+    pub slices: RefCell<tables::Slices>,
 }
 
 fn unix_now() -> u32 {
@@ -196,8 +199,44 @@ impl<D: Device + 'static> Engine<D> {
         stats
             .damaged_segment_headers
             .set(rec.damaged_segment_headers);
-        let log =
-            ValueLog::new(dev, &cfg.log, rec.segs, rec.next_seq).map_err(|e| e.to_string())?;
+        let (complete, stray) = rec.slices.sort();
+        let mut slices = tables::Slices::new();
+        let mut segs = rec.segs;
+        let mut free_again = stray;
+        for (id, data, index) in complete {
+            match tables::load_slice(&dev, cfg.log.seg_bytes, &data, &index).await {
+                Ok((index_map, tombstones)) => {
+                    slices.insert(
+                        id,
+                        tables::Slice {
+                            data_segs: data,
+                            index_segs: index,
+                            index: index_map,
+                            tombstones,
+                        },
+                    );
+                }
+                Err(why) => {
+                    eprintln!("keel-node: table slice {:x}/{}: {why}; dropped", id.0, id.1);
+                    free_again.extend(data.into_iter().chain(index));
+                }
+            }
+        }
+        if !free_again.is_empty() {
+            // An adoption a crash cut short, or a damaged slice: its headers go, so it can
+            // never be taken later, and its segments are free.
+            for &s in &free_again {
+                let buf = dev.alloc(format::SEG_HEADER_BYTES as usize);
+                dev.write_at(buf, s as u64 * cfg.log.seg_bytes)
+                    .await
+                    .map_err(|e| format!("recovery failed: {e}"))?;
+                segs[s].state = log::SegState::Free;
+            }
+            dev.sync()
+                .await
+                .map_err(|e| format!("recovery failed: {e}"))?;
+        }
+        let log = ValueLog::new(dev, &cfg.log, segs, rec.next_seq).map_err(|e| e.to_string())?;
         Ok(Rc::new(Engine {
             log: Rc::new(log),
             index: RefCell::new(rec.index),
@@ -214,6 +253,7 @@ impl<D: Device + 'static> Engine<D> {
             rmw_value: RefCell::new(None),
             cur: Cell::new(Stamp::read(now)),
             latency: Rc::new(Latency::default()),
+            slices: RefCell::new(slices),
         }))
     }
 
@@ -1175,5 +1215,7 @@ pub async fn resolve(p: Pending) -> OpResult {
 
 #[cfg(test)]
 mod index_checkpoint_tests;
+#[cfg(test)]
+mod tables_tests;
 #[cfg(test)]
 mod tests;

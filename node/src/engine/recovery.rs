@@ -13,6 +13,7 @@
 //!   here must be exactly the checkpoint's (a replayed append or incr must not find its own
 //!   effect already there).
 //! - A flush record clears the items of its partition (its key) written before it.
+//! - Segments of feature-table slices (engine/tables.rs) are set aside for the engine to load.
 //! - With an index checkpoint (engine/index_checkpoint.rs) the newest usable one is loaded and
 //!   only records above its `base_seq` are replayed, by the rules above; segments holding
 //!   nothing above it are not read. Every other checkpoint's headers are zeroed. A checkpoint
@@ -29,6 +30,7 @@ use super::format::{self, Bad, Kind, SEG_HEADER_BYTES};
 use super::index::{Atime, Index, IndexEntry, STALE};
 use super::index_checkpoint::{self as ixckpt, Generation};
 use super::log::{Seg, SegState};
+use super::tables::{FoundSlices, SliceSegHeader};
 
 pub struct Recovered {
     pub index: Index,
@@ -47,6 +49,8 @@ pub struct Recovered {
     pub refused: Vec<String>,
     /// The highest index-checkpoint generation seen, usable or not.
     pub generation_max: u64,
+    /// Segments of feature-table slices (engine/tables.rs), in state Table.
+    pub slices: FoundSlices,
 }
 
 pub struct Scan {
@@ -76,12 +80,18 @@ pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovere
     let mut damaged_segment_headers = 0;
     let mut order = Vec::new();
     let mut parts = Vec::new();
+    let mut slices = FoundSlices::default();
     for (i, seg) in segs.iter_mut().enumerate() {
         let block = dev
             .read_at(i as u64 * seg_bytes, SEG_HEADER_BYTES as usize)
             .await?;
         if let Some(p) = ixckpt::decode_part_header(&block).filter(|p| p.seg_no as usize == i) {
             parts.push(p);
+            continue;
+        }
+        if let Some(h) = SliceSegHeader::decode(&block).filter(|h| h.seg_no as usize == i) {
+            seg.state = SegState::Table;
+            slices.add(h);
             continue;
         }
         match format::decode_seg_header(&block) {
@@ -149,6 +159,7 @@ pub async fn recover<D: Device>(dev: &Region<D>, scan: &Scan) -> Result<Recovere
     r.damaged_segment_headers = damaged_segment_headers;
     r.refused = refused;
     r.generation_max = parts.iter().map(|p| p.generation).max().unwrap_or(0);
+    r.slices = slices;
     Ok(r)
 }
 
@@ -177,6 +188,7 @@ async fn replay<D: Device>(
         index_checkpoint: None,
         refused: Vec::new(),
         generation_max: 0,
+        slices: FoundSlices::default(),
     };
     let mut side_live = vec![0u64; nsegs]; // tombstones, touches and flushes still in the log
     let mut last_seq = 0u64;

@@ -74,7 +74,7 @@ pub(super) async fn open_region<D: keel_nvme::Device + 'static>(
     e
 }
 
-async fn set(e: &Rc<Engine<AnyDevice>>, key: &str, value: &[u8]) -> OpResult {
+pub(super) async fn set(e: &Rc<Engine<AnyDevice>>, key: &str, value: &[u8]) -> OpResult {
     let op = Op::Store {
         mode: StoreMode::Set,
         key: key.into(),
@@ -87,7 +87,7 @@ async fn set(e: &Rc<Engine<AnyDevice>>, key: &str, value: &[u8]) -> OpResult {
     resolve(e.start(op, stamp())).await
 }
 
-async fn get(e: &Rc<Engine<AnyDevice>>, key: &str) -> Option<Vec<u8>> {
+pub(super) async fn get(e: &Rc<Engine<AnyDevice>>, key: &str) -> Option<Vec<u8>> {
     read(e, key, true).await
 }
 
@@ -235,7 +235,7 @@ fn gc_frees_overwritten_segments_and_keeps_live_values() {
 }
 
 /// A directory of the test's own, removed when the guard is dropped (at the test's end).
-struct TempDir(std::path::PathBuf);
+pub(super) struct TempDir(std::path::PathBuf);
 
 impl std::ops::Deref for TempDir {
     type Target = std::path::Path;
@@ -250,7 +250,7 @@ impl Drop for TempDir {
     }
 }
 
-fn tempfile_dir() -> TempDir {
+pub(super) fn tempfile_dir() -> TempDir {
     let d = std::env::temp_dir().join(format!(
         "keel-engine-test-{}-{:?}",
         std::process::id(),
