@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::machine::Command;
 use crate::machine::Registration;
 use crate::placement::{NodeId, PartitionId};
 use crate::proto::{
     self, Heartbeat, HeartbeatReply, Kind, NodeCommand, NodeReport, Registered, Request, Response,
     RouteNode, RoutingTable, Status, FRAME_HEADER_BYTES,
 };
-use crate::tables::TableDef;
+use crate::tables::{TableDef, TableInfo};
 
 /// Errors of the client, one per thing a caller can act on.
 #[derive(Debug, thiserror::Error)]
@@ -277,11 +278,16 @@ impl MetaClient {
     }
 
     /// The declared tables, sorted by name.
-    pub fn tables(&mut self) -> Result<Vec<TableDef>, ClientError> {
+    pub fn tables(&mut self) -> Result<Vec<TableInfo>, ClientError> {
         match self.call(&Request::Tables)? {
             Response::Tables(x) => Ok(x),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// A table's load, abort, rollback or unrollback ([`Command`]).
+    pub fn table_command(&mut self, c: Command) -> Result<(), ClientError> {
+        self.done(Request::Table(c))
     }
 
     fn done(&mut self, req: Request) -> Result<(), ClientError> {

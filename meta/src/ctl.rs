@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::client::{ClientConfig, ClientError, MetaClient};
 use crate::placement::{Health, Move, NodeId};
 use crate::proto::{NodeStatus, Status};
-use crate::tables::TableDef;
+use crate::tables::{TableDef, TableInfo};
 
 /// One ctl command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,20 +79,49 @@ pub fn run(meta: &str, cmd: &CtlCommand, json: bool) -> Result<String, ClientErr
     }
 }
 
-/// The readable form of `ctl tables`.
-pub fn tables_table(ts: &[TableDef]) -> String {
-    let mut rows =
-        vec![["TABLE", "MODE", "PARTITIONS", "REPLICAS", "VERSIONS KEPT"].map(String::from)];
+/// The readable form of `ctl tables` and `keel-bulk status`: one row per table, then one line
+/// per version kept.
+pub fn tables_table(ts: &[TableInfo]) -> String {
+    let mut rows = vec![[
+        "TABLE",
+        "MODE",
+        "PARTITIONS",
+        "REPLICAS",
+        "VERSIONS KEPT",
+        "CURRENT",
+    ]
+    .map(String::from)];
     for t in ts {
+        let d = &t.def;
+        let mut current = t.current.map_or("-".into(), |v| v.to_string());
+        if t.rolled_back {
+            current += " (rolled back)";
+        }
         rows.push([
-            t.name.clone(),
-            t.mode.name().to_string(),
-            t.partitions.to_string(),
-            t.replication_factor.to_string(),
-            t.versions_kept.to_string(),
+            d.name.clone(),
+            d.mode.name().to_string(),
+            d.partitions.to_string(),
+            d.replication_factor.to_string(),
+            d.versions_kept.to_string(),
+            current,
         ]);
     }
-    aligned(&rows)
+    let mut o = aligned(&rows);
+    for t in ts {
+        for v in &t.versions {
+            let state = match (v.ready, Some(v.version) == t.current) {
+                (false, _) => "loading",
+                (true, true) => "current",
+                (true, false) => "kept",
+            };
+            let _ = writeln!(
+                o,
+                "  {} version {}: {state}, {} keys, build {:016x} from {}",
+                t.def.name, v.version, v.records, v.build_id, v.source
+            );
+        }
+    }
+    o
 }
 
 /// Rows as left-aligned columns two spaces apart.

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::placement::{self, ClusterState, Health, Move, Node, NodeId, PartitionId, Placement};
-use crate::tables::{TableDef, TABLES_MAX};
+use crate::tables::{TableDef, TableInfo, TableMode, VersionInfo, TABLES_MAX};
 
 /// Partitions the meta service accepts at most: its state (and so a snapshot) stays within one
 /// checkpoint slot (see `service/store.rs`).
@@ -95,20 +95,36 @@ pub enum Command {
     /// and its down flag cleared). The leader has checked liveness and reachability.
     Register(Registration),
     /// The leader saw the node silent past the failure timeout (`down`), or heard it again.
-    SetDown { node: NodeId, down: bool },
+    SetDown {
+        node: NodeId,
+        down: bool,
+    },
     /// `ctl drain` (true), or an undrain (false).
-    SetDraining { node: NodeId, draining: bool },
+    SetDraining {
+        node: NodeId,
+        draining: bool,
+    },
     /// `ctl remove`: refused while the node hosts a replica.
-    Remove { node: NodeId },
+    Remove {
+        node: NodeId,
+    },
     /// `ctl balance on|off`.
-    SetBalance { on: bool },
+    SetBalance {
+        on: bool,
+    },
     /// The leader hands these moves out (one per partition; a partition with a move in flight
     /// is skipped).
-    StartMoves { moves: Vec<Move> },
+    StartMoves {
+        moves: Vec<Move>,
+    },
     /// The nodes reported the move done: the placement takes it.
-    CompleteMove { m: Move },
+    CompleteMove {
+        m: Move,
+    },
     /// The move of this partition is given up (a node it needs went down, or it took too long).
-    AbortMove { partition: PartitionId },
+    AbortMove {
+        partition: PartitionId,
+    },
     /// The replicas reported this leader (Raft elects; the meta service only hears of it).
     SetLeader {
         partition: PartitionId,
@@ -127,7 +143,37 @@ pub enum Command {
     /// fit the keyspace.
     CreateTable(TableDef),
     /// `ctl drop-table`.
-    DropTable { name: String },
+    DropTable {
+        name: String,
+    },
+    /// `keel-bulk load`: a new version of a bulk table, to be adopted by every replica from
+    /// `source`. Refused while another load of the table is in flight or it is rolled back.
+    StartLoad {
+        table: String,
+        build_id: u64,
+        source: String,
+        records: u64,
+    },
+    /// Every replica of every partition holds the version (the leader saw it in their
+    /// heartbeats): it becomes current, and versions past `versions_kept` go.
+    FinishLoad {
+        table: String,
+        version: u32,
+    },
+    /// The load is given up (`keel-bulk load` cancelled, or its files refused).
+    AbortLoad {
+        table: String,
+        version: u32,
+    },
+    /// Reads go back to version `to` (the one before the current when `None`); loads are
+    /// refused until an Unrollback.
+    Rollback {
+        table: String,
+        to: Option<u32>,
+    },
+    Unrollback {
+        table: String,
+    },
 }
 
 /// One Raft entry: who proposed it (to answer the proposer once applied) and its commands.
@@ -156,7 +202,7 @@ pub struct Image {
     /// The planner state's own epoch (moves applied).
     pub moves_applied: u64,
     /// Sorted by name (version 2 on).
-    pub tables: Vec<TableDef>,
+    pub tables: Vec<TableInfo>,
 }
 
 /// A version 1 image: [`Image`] before the tables.
@@ -181,7 +227,7 @@ pub struct MetaState {
     in_flight: BTreeMap<PartitionId, Move>,
     balance: bool,
     epoch: u64,
-    tables: BTreeMap<String, TableDef>,
+    tables: BTreeMap<String, TableInfo>,
 }
 
 impl Default for MetaState {
@@ -242,7 +288,7 @@ impl MetaState {
     }
 
     /// The declared tables, by name.
-    pub fn tables(&self) -> &BTreeMap<String, TableDef> {
+    pub fn tables(&self) -> &BTreeMap<String, TableInfo> {
         &self.tables
     }
 
@@ -291,6 +337,33 @@ impl MetaState {
                 leader,
             } => self.adopt(*partition, voters, *leader),
             Command::CreateTable(t) => self.create_table(t),
+            Command::StartLoad {
+                table,
+                build_id,
+                source,
+                records,
+            } => self.start_load(table, *build_id, source, *records),
+            Command::FinishLoad { table, version } => self.finish_load(table, *version),
+            Command::AbortLoad { table, version } => {
+                let t = self.table_mut(table)?;
+                let before = t.versions.len();
+                t.versions.retain(|v| v.ready || v.version != *version);
+                if t.versions.len() == before {
+                    return Err(format!("table {table}: no load of version {version}"));
+                }
+                self.epoch += 1;
+                Ok(())
+            }
+            Command::Rollback { table, to } => self.rollback(table, *to),
+            Command::Unrollback { table } => {
+                let t = self.table_mut(table)?;
+                if !t.rolled_back {
+                    return Err(format!("table {table} is not rolled back"));
+                }
+                t.rolled_back = false;
+                self.epoch += 1;
+                Ok(())
+            }
             Command::DropTable { name } => {
                 if self.tables.remove(name).is_none() {
                     return Err(format!("no table {name:?}"));
@@ -330,7 +403,7 @@ impl MetaState {
             .ok_or_else(|| "the meta service is not bootstrapped yet; retry".to_string())?;
         t.check(rf)?;
         if let Some(have) = self.tables.get(&t.name) {
-            if have == t {
+            if have.def == *t {
                 return Ok(()); // a retried create
             }
             return Err(format!("table {} already exists (drop it first)", t.name));
@@ -340,7 +413,119 @@ impl MetaState {
                 "{TABLES_MAX} tables already: no more can be declared"
             ));
         }
-        self.tables.insert(t.name.clone(), t.clone());
+        self.tables
+            .insert(t.name.clone(), TableInfo::new(t.clone()));
+        self.epoch += 1;
+        Ok(())
+    }
+
+    fn table_mut(&mut self, name: &str) -> Result<&mut TableInfo, Refusal> {
+        self.tables
+            .get_mut(name)
+            .ok_or_else(|| format!("no table {name:?}"))
+    }
+
+    fn start_load(
+        &mut self,
+        table: &str,
+        build_id: u64,
+        source: &str,
+        records: u64,
+    ) -> Result<(), Refusal> {
+        let t = self.table_mut(table)?;
+        if t.def.mode != TableMode::Bulk {
+            return Err(format!(
+                "table {table} is online: only bulk tables are loaded"
+            ));
+        }
+        if t.rolled_back {
+            return Err(format!(
+                "table {table} is rolled back: loads are refused until keel-bulk unrollback"
+            ));
+        }
+        if let Some(v) = t.versions.iter().find(|v| v.build_id == build_id) {
+            // A retried load of the same build.
+            return match v.ready {
+                false => Ok(()),
+                true => Err(format!(
+                    "table {table}: this build is already version {}",
+                    v.version
+                )),
+            };
+        }
+        if let Some(v) = t.loading() {
+            return Err(format!(
+                "table {table}: version {} is still loading (one load at a time)",
+                v.version
+            ));
+        }
+        let version = t.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+        t.versions.push(VersionInfo {
+            version,
+            build_id,
+            source: source.to_string(),
+            records,
+            ready: false,
+        });
+        self.epoch += 1;
+        Ok(())
+    }
+
+    fn finish_load(&mut self, table: &str, version: u32) -> Result<(), Refusal> {
+        let t = self.table_mut(table)?;
+        let v = t
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version && !v.ready)
+            .ok_or_else(|| format!("table {table}: no load of version {version}"))?;
+        v.ready = true;
+        t.current = Some(version);
+        // Keep the newest versions_kept ready versions (the current one among them).
+        let kept = t.def.versions_kept as usize;
+        let ready: Vec<u32> = t
+            .versions
+            .iter()
+            .filter(|v| v.ready)
+            .map(|v| v.version)
+            .collect();
+        let drop_below = ready.len().saturating_sub(kept);
+        let gone: Vec<u32> = ready[..drop_below].to_vec();
+        t.versions.retain(|v| !gone.contains(&v.version));
+        self.epoch += 1;
+        Ok(())
+    }
+
+    fn rollback(&mut self, table: &str, to: Option<u32>) -> Result<(), Refusal> {
+        let t = self.table_mut(table)?;
+        let current = t
+            .current
+            .ok_or_else(|| format!("table {table} has no version to roll back from"))?;
+        let target = match to {
+            Some(v) => v,
+            None => t
+                .versions
+                .iter()
+                .filter(|v| v.ready && v.version < current)
+                .map(|v| v.version)
+                .max()
+                .ok_or_else(|| {
+                    format!("table {table}: no version before {current} is kept on the nodes")
+                })?,
+        };
+        if !t.versions.iter().any(|v| v.ready && v.version == target) {
+            let kept: Vec<String> = t
+                .versions
+                .iter()
+                .filter(|v| v.ready)
+                .map(|v| v.version.to_string())
+                .collect();
+            return Err(format!(
+                "table {table}: version {target} is not on the nodes (kept: {})",
+                kept.join(", ")
+            ));
+        }
+        t.current = Some(target);
+        t.rolled_back = true;
         self.epoch += 1;
         Ok(())
     }
@@ -599,7 +784,7 @@ impl MetaState {
             s.in_flight.insert(m.partition(), m);
         }
         for t in img.tables {
-            if s.tables.insert(t.name.clone(), t).is_some() {
+            if s.tables.insert(t.def.name.clone(), t).is_some() {
                 return Err("state image: a table is listed twice".into());
             }
         }

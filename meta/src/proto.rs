@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::machine::{codec, Registration};
 use crate::placement::{Health, Move, NodeId, PartitionId, Placement};
-use crate::tables::TableDef;
+use crate::tables::{TableDef, TableInfo};
 
 /// 3: routing tables carry the declared tables, and the table requests.
 pub const WIRE_VERSION: u8 = 3;
@@ -80,6 +80,15 @@ pub struct NodeReport {
     /// write or sync returned an error). The meta service marks the node Down at once and keeps
     /// it so while it says this; the node stops serving (keel-node exits after the report).
     pub failure: Option<String>,
+    /// The table slices the node holds (feature-table versions adopted on its devices).
+    pub slices: Vec<SliceHeld>,
+}
+
+/// One partition of one table build that a node holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SliceHeld {
+    pub build_id: u64,
+    pub partition: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,8 +151,8 @@ pub struct RoutingTable {
     pub nodes: Vec<RouteNode>,
     /// Indexed by partition id.
     pub placements: Vec<Placement>,
-    /// The declared feature tables, sorted by name.
-    pub tables: Vec<TableDef>,
+    /// The declared feature tables and their versions, sorted by name.
+    pub tables: Vec<TableInfo>,
 }
 
 impl RoutingTable {
@@ -170,9 +179,9 @@ impl RoutingTable {
     }
 
     /// The declared table named `name`.
-    pub fn table(&self, name: &[u8]) -> Option<&TableDef> {
+    pub fn table(&self, name: &[u8]) -> Option<&TableInfo> {
         self.tables
-            .binary_search_by(|t| t.name.as_bytes().cmp(name))
+            .binary_search_by(|t| t.def.name.as_bytes().cmp(name))
             .ok()
             .map(|i| &self.tables[i])
     }
@@ -213,6 +222,9 @@ pub enum Request {
     },
     /// The declared tables.
     Tables,
+    /// `keel-bulk load`, `rollback`, `unrollback`: the table commands above, as the leader
+    /// proposes them.
+    Table(crate::machine::Command),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,7 +323,7 @@ pub enum Response {
     Refused(String),
     /// Try again shortly (no leader yet, not bootstrapped, a commit that timed out).
     Unavailable(String),
-    Tables(Vec<TableDef>),
+    Tables(Vec<TableInfo>),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::machine::{partition_mismatch, Command, MetaState, Refusal, Registration};
 use crate::placement::{self, plan, Limits, Move, NodeId, PartitionId};
-use crate::proto::{NodeCommand, NodeReport, PartitionFact, Role};
+use crate::proto::{NodeCommand, NodeReport, PartitionFact, Role, SliceHeld};
 
 /// What the leader keeps in memory about the nodes (lost at a leader change; rebuilt from the
 /// next heartbeats, every node counting as heard at the moment the leader took over).
@@ -29,6 +29,8 @@ pub struct Soft {
     pub vouched: BTreeMap<NodeId, Instant>,
     /// The device failure each node reported in its latest heartbeat, if any.
     pub failures: BTreeMap<NodeId, String>,
+    /// The table slices each node reported holding in its latest heartbeat.
+    pub slices: BTreeMap<NodeId, std::collections::BTreeSet<SliceHeld>>,
 }
 
 impl Soft {
@@ -116,6 +118,8 @@ pub fn on_heartbeat(
             }
         }
     }
+    soft.slices
+        .insert(node, report.slices.iter().copied().collect());
     let facts = report.partitions;
     let Some(cl) = state.cluster() else {
         return out;
@@ -383,6 +387,42 @@ pub fn stuck_moves(
         let seen = *soft.move_seen.entry(p).or_insert(now);
         if now.saturating_duration_since(seen) >= move_timeout {
             out.push(Command::AbortMove { partition: p });
+        }
+    }
+    out
+}
+
+/// The loads every replica of every partition now holds: each gets a `FinishLoad` (the version
+/// becomes current). A table partition p needs a slice on every voter and learner of the
+/// keyspace partition `p & (partitions - 1)` it rides.
+pub fn loads_done(state: &MetaState, soft: &Soft) -> Vec<Command> {
+    let Some(cl) = state.cluster() else {
+        return Vec::new();
+    };
+    let mask = cl.partition_count() - 1;
+    let mut out = Vec::new();
+    for t in state.tables().values() {
+        let Some(v) = t.loading() else { continue };
+        let held = (0..t.def.partitions).all(|p| {
+            let Some(pl) = cl.placement(p & mask) else {
+                return false;
+            };
+            let replicas: Vec<NodeId> = pl.voters.iter().copied().chain(pl.learner).collect();
+            !replicas.is_empty()
+                && replicas.iter().all(|n| {
+                    soft.slices.get(n).is_some_and(|s| {
+                        s.contains(&SliceHeld {
+                            build_id: v.build_id,
+                            partition: p,
+                        })
+                    })
+                })
+        });
+        if held {
+            out.push(Command::FinishLoad {
+                table: t.def.name.clone(),
+                version: v.version,
+            });
         }
     }
     out

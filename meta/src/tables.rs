@@ -105,6 +105,63 @@ impl TableDef {
     }
 }
 
+/// A version of a bulk table: a build (`build_id`, at `source`, a directory every node reads)
+/// being loaded, or loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u32,
+    pub build_id: u64,
+    pub source: String,
+    pub records: u64,
+    /// Every replica of every partition holds it (it can be current).
+    pub ready: bool,
+}
+
+/// A declared table and its versions, as the state and every routing table hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub def: TableDef,
+    /// The version reads see (`None` before the first load completes).
+    pub current: Option<u32>,
+    /// The versions the nodes keep, oldest first: the ready ones within `versions_kept` and
+    /// the one loading, if any.
+    pub versions: Vec<VersionInfo>,
+    /// Set by a rollback: loads are refused until an unrollback.
+    pub rolled_back: bool,
+}
+
+impl TableInfo {
+    pub fn new(def: TableDef) -> TableInfo {
+        TableInfo {
+            def,
+            current: None,
+            versions: Vec::new(),
+            rolled_back: false,
+        }
+    }
+
+    pub fn version(&self, v: u32) -> Option<&VersionInfo> {
+        self.versions.iter().find(|x| x.version == v)
+    }
+
+    /// The build reads of this table see, if any.
+    pub fn current_build(&self) -> Option<u64> {
+        self.current
+            .and_then(|v| self.version(v))
+            .map(|x| x.build_id)
+    }
+
+    pub fn loading(&self) -> Option<&VersionInfo> {
+        self.versions.iter().find(|x| !x.ready)
+    }
+
+    /// The table partition of a table key, and the keyspace partition (Raft group) it rides.
+    pub fn partition_of(&self, key: &[u8], keyspace_partitions: u32) -> (u32, u32) {
+        let p = (xxhash_rust::xxh3::xxh3_64(key) & (self.def.partitions as u64 - 1)) as u32;
+        (p, p & (keyspace_partitions - 1))
+    }
+}
+
 /// The table part of a client key: `Some((table, key))` for `<table>:<key>` with a non-empty
 /// key, else `None` (whether `table` is declared is the caller's question).
 pub fn split_key(key: &[u8]) -> Option<(&[u8], &[u8])> {

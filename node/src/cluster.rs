@@ -31,7 +31,9 @@ use keel_meta::client::{
 };
 use keel_meta::machine::Registration;
 use keel_meta::placement::NodeId;
-use keel_meta::proto::{NodeCommand, NodeReport, PartitionFact, PeerHeard, RoutingTable};
+use keel_meta::proto::{
+    NodeCommand, NodeReport, PartitionFact, PeerHeard, RoutingTable, SliceHeld,
+};
 
 use crate::config::Profile;
 use crate::engine::Engine;
@@ -48,6 +50,8 @@ pub struct ShardLink {
     heard: Mutex<Vec<(NodeId, Instant)>>,
     /// The shard's device failure (its value log or Raft log poisoned).
     failure: Mutex<Option<String>>,
+    /// The table slices the shard holds.
+    slices: Mutex<Vec<SliceHeld>>,
     inbox: Mutex<Inbox>,
 }
 
@@ -106,8 +110,10 @@ impl Cluster {
         let mut heard: BTreeMap<NodeId, Instant> = BTreeMap::new();
         let mut failure = None;
         let mut partitions = Vec::new();
+        let mut slices = Vec::new();
         for (i, l) in self.links.iter().enumerate() {
             partitions.extend(locked(&l.facts).iter().cloned());
+            slices.extend(locked(&l.slices).iter().copied());
             for &(n, t) in locked(&l.heard).iter() {
                 let e = heard.entry(n).or_insert(t);
                 *e = (*e).max(t);
@@ -126,6 +132,7 @@ impl Cluster {
                 })
                 .collect(),
             failure,
+            slices,
         }
     }
 
@@ -273,6 +280,7 @@ impl Cluster {
         tq: glommio::TaskQueueHandle,
     ) -> Result<(), String> {
         let this = self.clone();
+        let slice_replicas = replicas.clone();
         glommio::spawn_local_into(
             async move {
                 let link = &this.links[id];
@@ -302,9 +310,34 @@ impl Cluster {
         )
         .map_err(|e| e.to_string())?
         .detach();
+        let this = self.clone();
+        glommio::spawn_local_into(
+            async move {
+                let link = &this.links[id];
+                loop {
+                    crate::replica::tables::sync_slices(&slice_replicas).await;
+                    *locked(&link.slices) = slice_replicas
+                        .engine
+                        .slices()
+                        .into_iter()
+                        .map(|(build_id, partition, _, _)| SliceHeld {
+                            build_id,
+                            partition,
+                        })
+                        .collect();
+                    glommio::timer::sleep(SLICE_POLL).await;
+                }
+            },
+            tq,
+        )
+        .map_err(|e| e.to_string())?
+        .detach();
         Ok(())
     }
 }
+
+/// How often a shard compares the table slices it holds with those the routing table wants.
+pub const SLICE_POLL: Duration = Duration::from_millis(200);
 
 fn partition_of(c: &NodeCommand) -> u32 {
     match *c {

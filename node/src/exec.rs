@@ -10,6 +10,7 @@ use crate::engine::{
     self, ConnRow, Member, MemberChange, Op, OpResult, PartitionRow, Pending, StatsGroup, StoreMode,
 };
 use crate::protocol::{reply, MemberCmd, Request, StoreCmd};
+use crate::replica::placed::TableRoute;
 use crate::shard::{Counters, Shard};
 
 /// Where one op of a request runs.
@@ -81,8 +82,13 @@ impl<'a> Round<'a> {
     }
 
     fn route(&mut self, shard: &Shard, op: Op) -> Part {
-        if let Some(r) = shard.replicas.bulk_table_answer(&op) {
-            return Part::Done(r);
+        match shard.replicas.table_route(&op) {
+            None => {}
+            Some(TableRoute::Answer(r)) => return Part::Done(r),
+            Some(TableRoute::Read { shard: dest, op }) if dest == shard.id => {
+                return Part::Local(shard.start_local(op, self.now))
+            }
+            Some(TableRoute::Read { shard: dest, op }) => return self.send(dest, op),
         }
         let dest = op.key().map_or(shard.id, |k| shard.shard_of(k));
         if dest == shard.id {

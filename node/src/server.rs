@@ -212,6 +212,10 @@ impl Stop {
     }
 }
 
+/// How long a node placed by the meta service waits for its first routing table before it
+/// serves clients anyway.
+const ROUTES_WAIT: Duration = Duration::from_secs(5);
+
 /// Peer connections a shard accepts per other shard, as if the cluster had at least this many
 /// nodes (placed by the meta service, a node learns its peers as they come).
 const PLACED_PEERS_MAX: usize = 256;
@@ -705,6 +709,22 @@ async fn run_shard(
             "metrics",
         );
         crate::metrics::spawn_metrics_task(shard.clone(), &p.node.metrics_listen, metrics_tq)?;
+    }
+    if placed {
+        // Clients come once the first routing table is here (registration takes well under a
+        // second), so a key of a declared table is never read from the keyspace instead; a
+        // meta service that does not answer within ROUTES_WAIT does not keep clients out.
+        let started = std::time::Instant::now();
+        while !shard.replicas.has_routes() && started.elapsed() < ROUTES_WAIT {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        if !shard.replicas.has_routes() {
+            eprintln!(
+                "keel-node: shard {id}: no routing table from the meta service after {} s; \
+                 serving clients without it (table keys read from the keyspace until it comes)",
+                ROUTES_WAIT.as_secs()
+            );
+        }
     }
     let listener = glommio::net::TcpListener::bind(&p.node.listen)
         .map_err(|e| format!("shard {id}: cannot listen on {}: {e}", p.node.listen))?;

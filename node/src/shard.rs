@@ -14,7 +14,8 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use keel_nvme::AnyDevice;
 
 use crate::conn::ConnInfo;
-use crate::engine::{self, ConnRow, Engine, Op, OpResult, Pending, StatsGroup};
+use crate::engine::tables::SliceRead;
+use crate::engine::{self, ConnRow, Engine, Item, Op, OpResult, Pending, StatsGroup};
 use crate::latency::Latency;
 use crate::protocol::Limits;
 use crate::replica::Replicas;
@@ -203,8 +204,51 @@ impl Shard {
                 v.extend(self.counters.values());
                 Pending::Ready(OpResult::Stats(v))
             }
+            Op::SliceGet {
+                build_id,
+                partition,
+                group,
+                key,
+            } => self.slice_get(build_id, partition, group, key),
             op => self.replicas.submit(op, now),
         }
+    }
+
+    /// A bulk table's read on this shard (engine/tables.rs): a miss for a key the version
+    /// lacks or deletes.
+    fn slice_get(&self, build_id: u64, partition: u32, group: u64, key: Vec<u8>) -> Pending {
+        if !self.replicas.groups.borrow().contains_key(&group) {
+            return Pending::Ready(OpResult::ServerError(format!(
+                "table partition {partition} is not on this node (its keyspace partition \
+                 {group} is hosted elsewhere)"
+            )));
+        }
+        let engine = self.engine.clone();
+        Pending::Later(Box::pin(async move {
+            match engine.slice_get(build_id, partition, &key).await {
+                Ok(SliceRead::Value { flags, cas, value }) => OpResult::Hit(Item {
+                    flags,
+                    exptime: 0,
+                    cas,
+                    value_len: value.len() as u32,
+                    value: value.into(),
+                    stale: false,
+                    win: false,
+                    already_won: false,
+                    fetched: false,
+                    idle_s: 0,
+                }),
+                Ok(SliceRead::Absent | SliceRead::Deleted) => OpResult::Miss,
+                Ok(SliceRead::NoSlice) => OpResult::ServerError(format!(
+                    "table partition {partition} of the current version is not loaded on this \
+                     node yet"
+                )),
+                Ok(SliceRead::Damaged) => {
+                    OpResult::ServerError("a table record is damaged on this node".into())
+                }
+                Err(e) => OpResult::ServerError(e.to_string()),
+            }
+        }))
     }
 
     pub async fn resolve(&self, p: Pending) -> OpResult {

@@ -87,12 +87,13 @@ def test_a_bulk_table_refuses_client_writes_and_reads_as_empty(fresh_server):
     # An online table's keys are written and read like any key.
     ctl(s, "create-table", "live", "--partitions", "8", "--mode", "online", "--versions-kept", "3")
     tables = json.loads(ctl(s, "--json", "tables").stdout)
-    assert [(t["name"], t["mode"], t["partitions"], t["versions_kept"]) for t in tables] == [
+    assert [(t["def"]["name"], t["def"]["mode"], t["def"]["partitions"], t["def"]["versions_kept"])
+            for t in tables] == [
         ("feat", "bulk", 16, 2),
         ("live", "online", 8, 3),
     ]
     text = ctl(s, "tables").stdout.splitlines()
-    assert text[0].split() == ["TABLE", "MODE", "PARTITIONS", "REPLICAS", "VERSIONS", "KEPT"]
+    assert text[0].split() == ["TABLE", "MODE", "PARTITIONS", "REPLICAS", "VERSIONS", "KEPT", "CURRENT"]
     assert text[1].split()[:3] == ["feat", "bulk", "16"]
     with s.connect() as c:
         assert c.set("live:k", b"1") == b"STORED\r\n"
@@ -101,7 +102,7 @@ def test_a_bulk_table_refuses_client_writes_and_reads_as_empty(fresh_server):
     # The table outlives a SIGKILL of the node (the meta service's data file holds it).
     s.crash_and_restart()
     wait_reply(s, b"set feat:u1 0 0 1\r\nx\r\n", REFUSED)
-    assert [t["name"] for t in json.loads(ctl(s, "--json", "tables").stdout)] == ["feat", "live"]
+    assert [t["def"]["name"] for t in json.loads(ctl(s, "--json", "tables").stdout)] == ["feat", "live"]
 
     # Dropped, its keys are ordinary keys again.
     assert ctl(s, "drop-table", "feat").stdout == "table feat dropped\n"

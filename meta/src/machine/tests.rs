@@ -419,3 +419,74 @@ fn tables_survive_the_image_and_a_version_1_image_still_reads() {
     };
     assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
 }
+
+#[test]
+fn loads_switch_versions_keep_the_window_and_rollback_refuses_loads() {
+    let mut s = booted();
+    s.apply(&Command::CreateTable(table("feat"))).unwrap();
+    let start = |s: &mut MetaState, build_id: u64| {
+        s.apply(&Command::StartLoad {
+            table: "feat".into(),
+            build_id,
+            source: format!("/builds/{build_id}"),
+            records: 10,
+        })
+    };
+    start(&mut s, 11).unwrap();
+    // A retried start is a no-op; another load while one is in flight is refused.
+    start(&mut s, 11).unwrap();
+    let e = start(&mut s, 12).unwrap_err();
+    assert!(e.contains("version 1 is still loading"), "{e}");
+    assert_eq!(s.tables()["feat"].current, None);
+    s.apply(&Command::FinishLoad {
+        table: "feat".into(),
+        version: 1,
+    })
+    .unwrap();
+    assert_eq!(s.tables()["feat"].current_build(), Some(11));
+    for (v, b) in [(2, 12), (3, 13)] {
+        start(&mut s, b).unwrap();
+        s.apply(&Command::FinishLoad {
+            table: "feat".into(),
+            version: v,
+        })
+        .unwrap();
+    }
+    // Two kept: versions 2 and 3.
+    let t = &s.tables()["feat"];
+    assert_eq!(t.current, Some(3));
+    assert_eq!(
+        t.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    let e = start(&mut s, 13).unwrap_err();
+    assert!(e.contains("already version 3"), "{e}");
+    let rb = |to| Command::Rollback {
+        table: "feat".into(),
+        to,
+    };
+    let e = s.apply(&rb(Some(1))).unwrap_err();
+    assert!(
+        e.contains("version 1 is not on the nodes (kept: 2, 3)"),
+        "{e}"
+    );
+    s.apply(&rb(None)).unwrap();
+    assert_eq!(s.tables()["feat"].current, Some(2));
+    let e = start(&mut s, 14).unwrap_err();
+    assert!(e.contains("rolled back"), "{e}");
+    s.apply(&Command::Unrollback {
+        table: "feat".into(),
+    })
+    .unwrap();
+    start(&mut s, 14).unwrap();
+    s.apply(&Command::AbortLoad {
+        table: "feat".into(),
+        version: 4,
+    })
+    .unwrap();
+    assert_eq!(s.tables()["feat"].versions.len(), 2);
+    assert_eq!(s.tables()["feat"].current, Some(2));
+    // The state image keeps all of it.
+    let back = decode_image(&encode_image(&s)).unwrap();
+    assert_eq!(back.image(), s.image());
+}

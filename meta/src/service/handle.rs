@@ -132,6 +132,13 @@ pub(super) async fn handle(svc: &Rc<Service>, req: Request) -> Response {
         },
         Request::CreateTable(t) => one(svc, Command::CreateTable(t)).await,
         Request::DropTable { name } => one(svc, Command::DropTable { name }).await,
+        Request::Table(
+            c @ (Command::StartLoad { .. }
+            | Command::AbortLoad { .. }
+            | Command::Rollback { .. }
+            | Command::Unrollback { .. }),
+        ) => one(svc, c).await,
+        Request::Table(c) => Response::Refused(format!("{c:?} is not a client's table command")),
         Request::Tables => {
             Response::Tables(svc.state.borrow().tables().values().cloned().collect())
         }
@@ -385,6 +392,7 @@ pub(super) async fn scheduler(svc: Rc<Service>) {
             let st = svc.state.borrow();
             let mut soft = svc.soft.borrow_mut();
             let mut c = schedule::silent_nodes(&st, &soft, now, svc.cfg.failure_timeout);
+            c.extend(schedule::loads_done(&st, &soft));
             c.extend(schedule::stuck_moves(
                 &st,
                 &mut soft,

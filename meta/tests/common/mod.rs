@@ -310,6 +310,7 @@ impl FakeCluster {
                 .map(|node| PeerHeard { node, ms_ago: 50 })
                 .collect(),
             failure: self.nodes[&id].failure.clone(),
+            slices: Vec::new(),
         }
     }
 

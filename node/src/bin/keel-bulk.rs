@@ -1,7 +1,8 @@
 //! `keel-bulk build --table T --input PATH... --format tsv|parquet --out DIR` builds a feature
 //! table's version offline, as per-partition files in the engine's formats
 //! ([`keel_node::bulk`]); `keel-bulk verify DIR` checks a built directory as a node would before
-//! adopting it.
+//! adopting it; `keel-bulk load --meta ADDR --table T DIR` makes it the table's current version
+//! on every node; `rollback`, `unrollback` and `status` operate the versions.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,52 @@ enum Command {
     /// Checks a built directory: every file's size and checksum against its manifest, every
     /// header, and every index entry against its record.
     Verify { dir: PathBuf },
+    /// Loads a built directory as the table's next version: every replica adopts its
+    /// partitions' files from DIR (a path every node reads), then the version becomes current
+    /// for every reader at once.
+    Load {
+        /// The meta service (ADDR[,ADDR...]); a lone keel-node's is its node.meta_listen.
+        #[arg(long)]
+        meta: String,
+        #[arg(long)]
+        table: String,
+        dir: PathBuf,
+        /// full (the version replaces the one before). incremental is not built yet.
+        #[arg(long, default_value = "full")]
+        mode: String,
+        /// DIR as the nodes see it (default: DIR made absolute).
+        #[arg(long)]
+        source: Option<String>,
+        /// Seconds to wait for every replica before the load is aborted.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Points the table's readers back to a version still on the nodes (the one before the
+    /// current by default); loads are refused until unrollback.
+    Rollback {
+        #[arg(long)]
+        meta: String,
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Ends a rollback: the table takes loads again (the current version stays).
+    Unrollback {
+        #[arg(long)]
+        meta: String,
+        #[arg(long)]
+        table: String,
+    },
+    /// The tables' versions, their sizes, which is current, and loads in flight.
+    Status {
+        #[arg(long)]
+        meta: String,
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +160,58 @@ fn main() -> ExitCode {
                     opts.threads
                 );
             })
+        }
+        Command::Load {
+            meta,
+            table,
+            dir,
+            mode,
+            source,
+            timeout,
+        } => (|| {
+            match mode.as_str() {
+                "full" => {}
+                "incremental" => {
+                    return Err("--mode incremental: not built yet (issue 11); load full \
+                                versions"
+                        .to_string())
+                }
+                other => return Err(format!("--mode {other}: must be full or incremental")),
+            }
+            let source = match source {
+                Some(s) => s,
+                None => std::fs::canonicalize(&dir)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?
+                    .display()
+                    .to_string(),
+            };
+            let l = bulk::load::load(
+                &meta,
+                &table,
+                &dir,
+                &source,
+                std::time::Duration::from_secs(timeout),
+            )?;
+            println!(
+                "table {table} version {} is current: {} keys, {} bytes loaded in {:.2} s",
+                l.version, l.records, l.bytes, l.secs
+            );
+            Ok(())
+        })(),
+        Command::Rollback { meta, table, to } => {
+            let t0 = std::time::Instant::now();
+            bulk::load::rollback(&meta, &table, to).map(|v| {
+                println!(
+                    "table {table}: reads see version {v} ({:.3} s); loads are refused until \
+                     keel-bulk unrollback",
+                    t0.elapsed().as_secs_f64()
+                )
+            })
+        }
+        Command::Unrollback { meta, table } => bulk::load::unrollback(&meta, &table)
+            .map(|()| println!("table {table}: takes loads again")),
+        Command::Status { meta, table, json } => {
+            bulk::load::status(&meta, table.as_deref(), json).map(|s| print!("{s}"))
         }
         Command::Verify { dir } => bulk::verify(&dir).map(|v| {
             println!(

@@ -24,6 +24,7 @@
 //! directory the way a node checks one before it adopts it.
 
 mod input;
+pub mod load;
 mod writer;
 
 use std::fs::{self, File};

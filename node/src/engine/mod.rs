@@ -316,7 +316,7 @@ impl<D: Device + 'static> Engine<D> {
             Op::Touch { key, exptime } => self.touch(&key, exptime, now),
             Op::FlushAll { delay } => self.flush_all(delay, stamp),
             Op::Stats(_) => Pending::Ready(OpResult::Stats(self.stat_values())),
-            Op::Member(_) | Op::Members => {
+            Op::Member(_) | Op::Members | Op::SliceGet { .. } => {
                 Pending::Ready(OpResult::ServerError("not an engine op".into()))
             }
         }

@@ -14,6 +14,16 @@ pub enum StoreMode {
 
 #[derive(Debug)]
 pub enum Op {
+    /// A read of a bulk table's key (`<table>:<key>` without `<table>:`) in the slice of
+    /// `build_id`'s table partition `partition`, on the shard of keyspace partition `group`
+    /// (engine/tables.rs). Never proposed to Raft: table versions are immutable, so any
+    /// replica answers.
+    SliceGet {
+        build_id: u64,
+        partition: u32,
+        group: u64,
+        key: Vec<u8>,
+    },
     /// get/gets/gat/gats/mg/me. `touch` updates the TTL (gat, mg T); `vivify` creates an empty
     /// item on a miss and hands this client the win token (mg N); `recache` hands it the win
     /// token if the item expires within that TTL (mg R); `bump` marks the item fetched and
@@ -142,7 +152,11 @@ impl Op {
             | Op::Delete { key, .. }
             | Op::Arith { key, .. }
             | Op::Touch { key, .. } => Some(key),
-            Op::FlushAll { .. } | Op::Stats(_) | Op::Member(_) | Op::Members => None,
+            Op::FlushAll { .. }
+            | Op::Stats(_)
+            | Op::Member(_)
+            | Op::Members
+            | Op::SliceGet { .. } => None,
         }
     }
 }

@@ -120,6 +120,7 @@ pub enum SliceRead {
     Deleted,
     Value {
         flags: u32,
+        cas: u64,
         value: Vec<u8>,
     },
     /// The record the entry points at fails its checks (counted in `keel_corrupt_records`).
@@ -418,6 +419,7 @@ impl<D: Device + 'static> Engine<D> {
             Ok(r) if r.key == key && r.header.cas == e.cas && r.header.kind == Kind::Put => {
                 Ok(SliceRead::Value {
                     flags: r.header.flags,
+                    cas: e.cas,
                     value: r.value.to_vec(),
                 })
             }

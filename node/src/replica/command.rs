@@ -255,6 +255,18 @@ fn put_op(w: &mut W, op: &Op) {
             }
         }
         Op::Members => w.u8(9),
+        Op::SliceGet {
+            build_id,
+            partition,
+            group,
+            key,
+        } => {
+            w.u8(10);
+            w.u64(*build_id);
+            w.u64(*partition as u64);
+            w.u64(*group);
+            w.bytes(key);
+        }
     }
 }
 
@@ -331,6 +343,12 @@ fn get_op(r: &mut R<'_>) -> Result<Op, DecodeError> {
             _ => return Err(r.err("unknown membership change")),
         }),
         9 => Op::Members,
+        10 => Op::SliceGet {
+            build_id: r.u64()?,
+            partition: u32::try_from(r.u64()?).map_err(|_| r.err("table partition"))?,
+            group: r.u64()?,
+            key: r.bytes()?,
+        },
         _ => return Err(r.err("unknown op")),
     })
 }
@@ -527,6 +545,12 @@ mod tests {
 
     fn ops() -> Vec<Op> {
         vec![
+            Op::SliceGet {
+                build_id: u64::MAX - 3,
+                partition: 65535,
+                group: 7,
+                key: b"user:1".to_vec(),
+            },
             Op::Get {
                 key: b"k".to_vec(),
                 touch: Some(-1),

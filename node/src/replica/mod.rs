@@ -34,6 +34,7 @@ pub mod driver;
 pub mod membership;
 pub mod placed;
 pub mod snapshot;
+pub mod tables;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -307,7 +308,9 @@ pub struct Replicas {
     /// Partitions whose group holds a batch not yet proposed.
     batched: RefCell<Vec<u64>>,
     /// The meta service's routing table, when placed by it.
-    routes: RefCell<Option<std::sync::Arc<keel_meta::proto::RoutingTable>>>,
+    /// Table slices whose adoption failed, and when (replica/tables.rs tries again later).
+    pub(crate) slice_failures: RefCell<HashMap<(u64, u32), std::time::Instant>>,
+    pub(crate) routes: RefCell<Option<std::sync::Arc<keel_meta::proto::RoutingTable>>>,
     /// Replicas dropped so far (a checkpoint taken across a drop is not stored).
     pub drops: Cell<u64>,
 }
@@ -365,6 +368,7 @@ impl Replicas {
             incoming: RefCell::new(HashMap::new()),
             checkpoint_now: Cell::new(false),
             batched: RefCell::new(Vec::new()),
+            slice_failures: RefCell::new(HashMap::new()),
             routes: RefCell::new(None),
             drops: Cell::new(0),
         });

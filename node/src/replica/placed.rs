@@ -25,6 +25,14 @@ use super::{err, open_group, Replicas};
 use crate::engine::{MemberChange, Op, OpResult, Pending};
 use keel_meta::tables::TableMode;
 
+/// Where [`Replicas::table_route`] sends a table op.
+pub enum TableRoute {
+    /// Answered at once (a refused write, a read of a table with no version yet).
+    Answer(OpResult),
+    /// To this shard of the node.
+    Read { shard: usize, op: Op },
+}
+
 /// A forwarded request reached a node that does not host its partition: the forwarder's routing
 /// table is stale. Retried by the forwarder; a client never sees it.
 pub const MOVED: &str = "moved: ";
@@ -73,15 +81,19 @@ impl Replicas {
         }
     }
 
-    /// The answer to a client's `op` on a key of a declared bulk table (`<table>:<key>`): a
-    /// read misses (no version of it is loaded on this node), anything that would change the
-    /// item is refused naming the table. `None` for every other op, which goes on as usual.
-    pub fn bulk_table_answer(&self, op: &Op) -> Option<OpResult> {
+    /// Where a client's `op` on a key of a declared bulk table (`<table>:<key>`) goes: a read
+    /// of the current version goes to the slice of the key's table partition
+    /// ([`TableRoute::Read`], on the shard of the keyspace partition it rides); a read before
+    /// any version misses; anything that would change the item is refused naming the table.
+    /// `None` for every other op, which goes on as usual. One call per key of a request, all
+    /// within one dispatch: every key of a multi-get sees the same routing table, so the same
+    /// version.
+    pub fn table_route(&self, op: &Op) -> Option<TableRoute> {
         let routes = self.routes.borrow();
         let t = routes.as_ref().filter(|t| !t.tables.is_empty())?;
-        let (name, _) = keel_meta::tables::split_key(op.key()?)?;
+        let (name, key) = keel_meta::tables::split_key(op.key()?)?;
         let table = t.table(name)?;
-        if table.mode != TableMode::Bulk {
+        if table.def.mode != TableMode::Bulk {
             return None;
         }
         let read = matches!(
@@ -92,14 +104,30 @@ impl Replicas {
                 ..
             }
         );
-        Some(if read {
-            OpResult::Miss
-        } else {
-            OpResult::ClientError(format!(
+        if !read {
+            return Some(TableRoute::Answer(OpResult::ClientError(format!(
                 "table {} is bulk-loaded: its keys are written only by keel-bulk load",
-                table.name
-            ))
+                table.def.name
+            ))));
+        }
+        let Some(build_id) = table.current_build() else {
+            return Some(TableRoute::Answer(OpResult::Miss));
+        };
+        let (partition, group) = table.partition_of(key, t.partitions);
+        Some(TableRoute::Read {
+            shard: (group as u64 % self.settings.shards as u64) as usize,
+            op: Op::SliceGet {
+                build_id,
+                partition,
+                group: group as u64,
+                key: key.to_vec(),
+            },
         })
+    }
+
+    /// Whether a routing table has arrived from the meta service.
+    pub fn has_routes(&self) -> bool {
+        self.routes.borrow().is_some()
     }
 
     /// The epoch of the routing table held (0: none yet).
