@@ -141,7 +141,9 @@ fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
     o
 }
 
-fn client(meta: &str) -> Result<MetaClient, ClientError> {
+/// A client of the meta group at `meta` ("ADDR[,ADDR...]") as operators' commands use it: 5 s of
+/// retries to find a leader.
+pub fn client(meta: &str) -> Result<MetaClient, ClientError> {
     let cfg = ClientConfig {
         retry_for: std::time::Duration::from_secs(5),
         ..ClientConfig::default()

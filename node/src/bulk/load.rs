@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keel_meta::client::{ClientConfig, MetaClient};
+use keel_meta::client::MetaClient;
 use keel_meta::ctl::tables_table;
 use keel_meta::machine::Command;
 use keel_meta::tables::{TableInfo, TableMode};
@@ -23,11 +23,7 @@ use super::{read_manifest, verify};
 const POLL: Duration = Duration::from_millis(100);
 
 fn client(meta: &str) -> Result<MetaClient, String> {
-    let cfg = ClientConfig {
-        retry_for: Duration::from_secs(5),
-        ..ClientConfig::default()
-    };
-    MetaClient::from_list(meta, cfg).map_err(|e| e.to_string())
+    keel_meta::ctl::client(meta).map_err(|e| e.to_string())
 }
 
 fn table(c: &mut MetaClient, name: &str) -> Result<TableInfo, String> {
